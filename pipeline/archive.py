@@ -1,0 +1,354 @@
+"""Cloud-free Zarr archives: template, chunk-aligned region writes, CRS, provenance, resume.
+
+One store per run. The template (all metadata, coordinates, empty arrays) is written
+first; data then lands region by region, each region a whole number of archive chunks,
+so no two writers ever touch the same chunk. Finished regions are recorded in the store's
+attributes; a rerun with ``mode="resume"`` skips them, and a store is marked complete only
+when every region is in.
+
+Readers: ``xarray.open_zarr(store, decode_coords="all")`` gets the CRS back because every
+data variable keeps ``grid_mapping`` pointing at ``spatial_ref``. Zarr format 3 is the
+default; GDAL older than 3.13 (QGIS) needs ``zarr_format=2``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+
+log = logging.getLogger(__name__)
+
+WriteMode = Literal["create", "resume", "overwrite"]
+DONE_ATTR = "phyvlm_cr_regions_done"
+COMPLETE_ATTR = "phyvlm_cr_complete"
+SPATIAL_REF = "spatial_ref"
+
+
+class ArchiveExistsError(FileExistsError):
+    """The output store exists and the caller asked neither to resume nor to overwrite."""
+
+
+class ArchiveMismatchError(ValueError):
+    """A store to resume was written for a different grid, time axis or set of variables."""
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """zarr_format: 3 (default) or 2 for GDAL < 3.13 / QGIS.
+    chunk_size: spatial chunk in pixels (time is chunked one date per chunk).
+    clevel: Blosc zstd level; bitshuffle suits float32 reflectance.
+    mode: "create" refuses an existing store; "resume" continues it; "overwrite" replaces it.
+    """
+
+    zarr_format: int = 3
+    chunk_size: int = 1024
+    clevel: int = 3
+    mode: WriteMode = "create"
+
+    def __post_init__(self) -> None:
+        if self.zarr_format not in (2, 3):
+            raise ValueError(f"zarr_format must be 2 or 3, not {self.zarr_format}")
+        if self.mode not in ("create", "resume", "overwrite"):
+            raise ValueError(f"mode must be create, resume or overwrite, not {self.mode!r}")
+        if self.chunk_size < 16:
+            raise ValueError(f"chunk_size {self.chunk_size} is too small: use 256..4096")
+
+
+def _compressor(config: ArchiveConfig) -> Any:
+    if config.zarr_format == 3:
+        from zarr.codecs import BloscCodec
+
+        return BloscCodec(cname="zstd", clevel=config.clevel, shuffle="bitshuffle")
+    import numcodecs
+
+    return numcodecs.Blosc(cname="zstd", clevel=config.clevel, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+def _spatial_dims(ds: xr.Dataset) -> tuple[str, str]:
+    if "y" in ds.dims and "x" in ds.dims:
+        return "y", "x"
+    if "latitude" in ds.dims and "longitude" in ds.dims:
+        return "latitude", "longitude"
+    raise ValueError(f"dataset has no y/x dims (dims: {dict(ds.sizes)}): is it a datacube?")
+
+
+def _chunk_sizes(ds: xr.Dataset, var: xr.DataArray, config: ArchiveConfig) -> tuple[int, ...]:
+    ydim, xdim = _spatial_dims(ds)
+    sizes = []
+    for dim in var.dims:
+        if dim in (ydim, xdim):
+            sizes.append(min(config.chunk_size, ds.sizes[dim]))
+        elif dim == "time":
+            sizes.append(1)
+        else:
+            sizes.append(ds.sizes[dim])
+    return tuple(sizes)
+
+
+def prepare_for_zarr(ds: xr.Dataset, config: ArchiveConfig) -> tuple[xr.Dataset, dict]:
+    """Attach the CRS, align dask chunks to archive chunks and build the encoding."""
+    ydim, xdim = _spatial_dims(ds)
+    ds = ds.copy()
+    crs = _dataset_crs(ds)
+    if crs is not None:
+        ds = ds.rio.write_crs(crs, grid_mapping_name=SPATIAL_REF)
+    compressor = _compressor(config)
+    encoding: dict[str, dict[str, Any]] = {}
+    rechunk: dict[str, int] = {}
+    for name, var in ds.data_vars.items():
+        chunks = _chunk_sizes(ds, var, config)
+        enc: dict[str, Any] = {"chunks": chunks, "compressors": (compressor,)}
+        if np.issubdtype(var.dtype, np.floating):
+            enc["_FillValue"] = np.nan
+        if crs is not None and ydim in var.dims and xdim in var.dims:
+            var.attrs.pop("grid_mapping", None)
+            enc["grid_mapping"] = SPATIAL_REF  # keeps the CRS through open_zarr(decode_coords="all")
+        var.encoding = {}
+        encoding[str(name)] = enc
+        if var.chunks is not None:
+            for dim in (ydim, xdim):
+                rechunk[dim] = min(config.chunk_size, ds.sizes[dim])
+    if rechunk:
+        # Dask chunks must cover whole archive chunks or parallel writes would race.
+        ds = ds.chunk(rechunk)
+    for name in ds.coords:
+        ds[name].encoding = {}
+    return ds, encoding
+
+
+def _dataset_crs(ds: xr.Dataset) -> Any:
+    try:
+        crs = ds.rio.crs
+    except Exception:  # noqa: BLE001 - rioxarray raises several types for a missing CRS
+        crs = None
+    if crs is None and hasattr(ds, "odc"):
+        try:
+            odc_crs = ds.odc.crs
+            crs = None if odc_crs is None else str(odc_crs)
+        except Exception:  # noqa: BLE001
+            crs = None
+    return crs
+
+
+def _json_safe(value: Any) -> Any:
+    """Attributes must be JSON: tuples to lists, numpy scalars to Python, dicts to strings."""
+    if isinstance(value, Mapping):
+        return json.dumps(value, default=str, sort_keys=True)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _store_exists(store: str | os.PathLike) -> bool:
+    path = str(store)
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path)
+        return bool(fs.exists(root))
+    return Path(path.removeprefix("file://")).exists()
+
+
+def regions(ds: xr.Dataset, config: ArchiveConfig) -> Iterator[dict[str, slice]]:
+    """Chunk-aligned spatial regions (one archive chunk each), row-major."""
+    ydim, xdim = _spatial_dims(ds)
+    step = config.chunk_size
+    ny, nx = ds.sizes[ydim], ds.sizes[xdim]
+    for y0, x0 in itertools.product(range(0, ny, step), range(0, nx, step)):
+        yield {ydim: slice(y0, min(y0 + step, ny)), xdim: slice(x0, min(x0 + step, nx))}
+
+
+def region_key(region: Mapping[str, slice]) -> str:
+    return "_".join(f"{dim}{sl.start}" for dim, sl in region.items())
+
+
+def _check_resumable(store: str, ds: xr.Dataset) -> list[str]:
+    existing = xr.open_zarr(store, decode_coords="all", consolidated=False)
+    problems = []
+    if set(existing.data_vars) != set(ds.data_vars):
+        problems.append(f"variables {sorted(existing.data_vars)} vs {sorted(ds.data_vars)}")
+    for dim in ds.dims:
+        if existing.sizes.get(dim) != ds.sizes[dim]:
+            problems.append(f"dim {dim}: {existing.sizes.get(dim)} vs {ds.sizes[dim]}")
+        elif dim in ds.coords and not np.array_equal(existing[dim].values, ds[dim].values):
+            problems.append(f"coordinate {dim} differs")
+    if problems:
+        raise ArchiveMismatchError(
+            f"cannot resume {store}: it was written for another run ({'; '.join(problems)}). "
+            "Run with the same area, dates and bands as the original run, or write a new store "
+            "(or --overwrite to replace it)."
+        )
+    # Progress lives in the root attributes, which consolidated metadata may hold stale.
+    return list(existing.attrs.get(DONE_ATTR, []))
+
+
+def write_archive(
+    ds: xr.Dataset,
+    store: str | os.PathLike,
+    config: ArchiveConfig | None = None,
+    *,
+    attrs: Mapping[str, Any] | None = None,
+    progress: bool | Callable[[int, int], None] = True,
+    client: Any = None,
+) -> dict[str, Any]:
+    """Write ``ds`` (numpy or dask backed) into a Zarr store; return a summary.
+
+    Existing store: mode "create" raises ArchiveExistsError and touches nothing; "resume"
+    checks the store matches and writes only the regions not yet recorded; "overwrite"
+    replaces it. Regions are computed in parallel on ``client`` (or the current dask
+    scheduler); each finished region is recorded in the store before the next batch.
+    """
+    config = config or ArchiveConfig()
+    store = str(store)
+    exists = _store_exists(store)
+    done: set[str] = set()
+    if exists and config.mode == "create":
+        raise ArchiveExistsError(
+            f"output store {store} already exists. Choose a new path, pass --resume to finish "
+            "an interrupted run into it, or --overwrite to replace it."
+        )
+    prepared, encoding = prepare_for_zarr(ds, config)
+    all_attrs = {k: _json_safe(v) for k, v in {**ds.attrs, **(attrs or {})}.items()}
+    prepared.attrs = {**all_attrs, DONE_ATTR: [], COMPLETE_ATTR: False}
+    # Consolidated metadata (both formats): one read opens the store, on object storage too.
+    consolidated = True
+    if exists and config.mode == "resume":
+        done = set(_check_resumable(store, prepared))
+        log.info("resuming %s: %d region(s) already written", store, len(done))
+    else:
+        with _quiet_consolidation_warning():
+            prepared.to_zarr(
+                store,
+                mode="w",
+                compute=False,
+                encoding=encoding,
+                zarr_format=config.zarr_format,
+                consolidated=consolidated,
+            )
+        log.info("wrote template of %s (zarr format %d)", store, config.zarr_format)
+
+    todo = [r for r in regions(prepared, config) if region_key(r) not in done]
+    total = len(todo) + len(done)
+    ydim, xdim = _spatial_dims(prepared)
+    spatial_vars = [n for n, v in prepared.data_vars.items() if ydim in v.dims and xdim in v.dims]
+    other_vars = [n for n in prepared.data_vars if n not in spatial_vars]
+    bar = _progress_bar(progress, total, initial=len(done))
+    try:
+        for batch in _batches(todo, _parallel_regions(client)):
+            writes = []
+            for region in batch:
+                part = prepared[spatial_vars].isel(region)
+                # A region write may only hold variables that have the region's dims.
+                part = part.drop_vars([c for c in part.coords if not {ydim, xdim} & set(part[c].dims)])
+                writes.append(
+                    part.to_zarr(store, region=region, compute=False, zarr_format=config.zarr_format,
+                                 consolidated=False)
+                )
+            _compute(writes, client)
+            for region in batch:
+                done.add(region_key(region))
+            _record(store, {DONE_ATTR: sorted(done)}, config)
+            if bar is not None:
+                bar(len(batch))
+        if other_vars:
+            # Per-date scene parameters and the like: small, written once at the end.
+            prepared[other_vars].to_zarr(store, mode="r+", zarr_format=config.zarr_format, consolidated=False)
+    finally:
+        if bar is not None:
+            bar(0, close=True)
+    _record(store, {COMPLETE_ATTR: True}, config, consolidate=consolidated)
+    summary = {"store": store, "regions_written": len(todo), "regions_skipped": total - len(todo)}
+    log.info("archive complete: %s", summary)
+    return summary
+
+
+def _parallel_regions(client: Any) -> int:
+    """How many regions to compute per batch: enough to keep every worker thread busy."""
+    if client is not None:
+        try:
+            return max(2, 2 * sum(client.nthreads().values()))
+        except Exception:  # noqa: BLE001
+            pass
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+def _batches(seq: list, size: int) -> Iterator[list]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _compute(writes: list, client: Any) -> None:
+    import dask
+
+    if client is not None:
+        client.compute(writes, sync=True)
+    else:
+        dask.compute(*writes)
+
+
+def _record(store: str, values: Mapping[str, Any], config: ArchiveConfig, consolidate: bool = False) -> None:
+    import zarr
+
+    group = zarr.open_group(store, mode="r+", zarr_format=config.zarr_format)
+    group.attrs.update(dict(values))
+    if consolidate:
+        with _quiet_consolidation_warning():
+            zarr.consolidate_metadata(store, zarr_format=config.zarr_format)
+
+
+@contextlib.contextmanager
+def _quiet_consolidation_warning() -> Iterator[None]:
+    """zarr warns that consolidated metadata is not in the v3 spec; xarray and zarr read it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        yield
+
+
+def _progress_bar(progress: bool | Callable[[int, int], None], total: int, initial: int = 0):
+    """A callable ``advance(n, close=False)``: tqdm when progress is True, or the user's callback."""
+    if progress is False or total == 0:
+        return None
+    if callable(progress):
+        count = [initial]
+
+        def advance(n: int, close: bool = False) -> None:
+            count[0] += n
+            if n:
+                progress(count[0], total)
+
+        return advance
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc="writing regions", unit="region")
+
+    def advance_tqdm(n: int, close: bool = False) -> None:
+        if n:
+            bar.update(n)
+        if close:
+            bar.close()
+
+    return advance_tqdm
+
+
+def open_archive(store: str | os.PathLike, **kwargs: Any) -> xr.Dataset:
+    """Open an archive the way analysts should: lazily, with the CRS decoded."""
+    ds = xr.open_zarr(str(store), decode_coords="all", **kwargs)
+    if not ds.attrs.get(COMPLETE_ATTR, False):
+        log.warning("%s is incomplete (an interrupted run): rerun with --resume", store)
+    return ds

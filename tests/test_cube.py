@@ -1,0 +1,83 @@
+"""Datacube loading: real Planetary Computer DN, both baselines, proj:epsg and proj:code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.cube import CubeConfig, load_cube
+
+from .real_fixtures import AUSTRIA_BANDS, read_austria_dn, write_austria_items
+
+
+@pytest.fixture(scope="module")
+def austria_items(tmp_path_factory, request):
+    from .conftest import shared_data
+
+    tif = shared_data("pc-l2a-austria-2dates", "inference-img.tif")
+    items_dir = shared_data("pc-stac-items")
+    out = tmp_path_factory.mktemp("austria")
+    return tif, write_austria_items(tif, items_dir, out)
+
+
+def test_cube_scales_each_date_by_its_own_baseline(austria_items):
+    tif, items = austria_items
+    assert items[0].properties["s2:processing_baseline"] == "02.12"
+    assert items[1].properties["s2:processing_baseline"] == "05.10"
+    assert "proj:code" in items[1].properties and "proj:epsg" not in items[1].properties
+
+    cube = load_cube(items, CubeConfig(bands=AUSTRIA_BANDS, include_scl=False, chunk_size=256))
+    assert cube.sizes["time"] == 2
+    assert str(cube.odc.crs) == "EPSG:32633"
+    for band in AUSTRIA_BANDS:
+        assert cube[band].dtype == np.float32
+        assert cube[band].chunks is not None  # lazy
+    loaded = cube.compute()
+
+    dn = read_austria_dn(tif)
+    for band in AUSTRIA_BANDS:
+        got = loaded[band].values
+        assert got.shape[1:] == dn[band].shape[1:]
+        expected = np.where(dn[band] > 0, dn[band] / 10000.0, np.nan).astype("float32")
+        # Date B was re-encoded as baseline 05.10 (DN + 1000): the -1000 must be undone.
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, equal_nan=True)
+
+
+def test_missing_asset_names_item_and_fix(austria_items):
+    _, items = austria_items
+    with pytest.raises(ValueError, match=r"has no asset\(s\) \['B11'\].*--bands"):
+        load_cube(items, CubeConfig(bands=("B04", "B11"), include_scl=False))
+
+
+def test_unknown_band_is_rejected_with_the_valid_keys():
+    with pytest.raises(ValueError, match="valid asset keys are B01"):
+        CubeConfig(bands=("B04", "B10"))
+
+
+def test_failed_read_raises_with_asset_named(austria_items, tmp_path):
+    _, items = austria_items
+    broken = [it.clone() for it in items]
+    broken[1].assets["B04"].href = (tmp_path / "gone.tif").as_uri()
+    cube = load_cube(broken, CubeConfig(bands=("B04",), include_scl=False, max_read_attempts=1))
+    from pipeline._reading import ReadFailedError, collect_read_failures
+
+    collect_read_failures()  # start clean
+    with pytest.raises(ReadFailedError, match="gone.tif"):
+        cube.compute(scheduler="synchronous")
+    failures = collect_read_failures()
+    assert [f.href.endswith("gone.tif") for f in failures] == [True]
+
+
+def test_failed_read_counted_not_silent(austria_items, tmp_path):
+    _, items = austria_items
+    broken = [it.clone() for it in items]
+    broken[1].assets["B04"].href = (tmp_path / "gone.tif").as_uri()
+    config = CubeConfig(bands=("B04",), include_scl=False, on_read_error="count", max_read_attempts=1)
+    from pipeline._reading import collect_read_failures
+
+    collect_read_failures()
+    loaded = load_cube(broken, config).compute(scheduler="synchronous")
+    assert np.isnan(loaded["B04"].values[1]).all()
+    assert np.isfinite(loaded["B04"].values[0]).mean() > 0.99
+    failures = collect_read_failures()
+    assert len(failures) >= 1 and all(f.href.endswith("gone.tif") for f in failures)
