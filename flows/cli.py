@@ -1,0 +1,280 @@
+"""The ``phyvlm-cr`` command: search, run, demo.
+
+A thin layer over the library: it parses flags into typed configs, calls one flow and maps
+failures to exit codes with a message that names the fix.
+
+Exit codes: 0 done; 1 the run failed; 2 bad arguments; 3 nothing found; 4 catalog or
+cluster unreachable; 5 the output exists (use --resume or --overwrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOTHING_FOUND, EXIT_UNREACHABLE, EXIT_EXISTS = range(6)
+
+log = logging.getLogger("phyvlm_cr")
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    parts = text.replace(",", " ").split()
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(
+            f"bbox needs 4 numbers 'west,south,east,north' in degrees, got {text!r}"
+        )
+    try:
+        west, south, east, north = (float(p) for p in parts)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bbox values must be numbers, got {text!r}") from exc
+    return west, south, east, north
+
+
+def _bands(text: str) -> tuple[str, ...]:
+    return tuple(b.strip().upper() for b in text.split(",") if b.strip())
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.search import DEFAULT_COLLECTION, PLANETARY_COMPUTER_STAC
+
+    area = p.add_mutually_exclusive_group(required=True)
+    area.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="area in degrees (lon/lat)")
+    area.add_argument("--geometry", metavar="FILE", help="area as a GeoJSON file (Feature, FeatureCollection or geometry)")
+    p.add_argument("--datetime", required=True, metavar="START/END", help="e.g. 2024-05-01/2024-06-30")
+    p.add_argument("--max-cloud", type=float, default=None, metavar="PCT", help="keep items with eo:cloud_cover below PCT")
+    p.add_argument("--tile", default=None, metavar="MGRS", help="only this MGRS tile, e.g. 33UUP")
+    p.add_argument("--collection", default=DEFAULT_COLLECTION)
+    p.add_argument(
+        "--catalog",
+        default=PLANETARY_COMPUTER_STAC,
+        help="STAC API URL (default: Planetary Computer) or a local folder / items.json",
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N items")
+
+
+def _search_params(args: argparse.Namespace):
+    from pipeline.search import SearchParams, read_geometry
+
+    return SearchParams(
+        bbox=args.bbox,
+        intersects=read_geometry(args.geometry) if args.geometry else None,
+        datetime=args.datetime,
+        collection=args.collection,
+        max_cloud_cover=args.max_cloud,
+        mgrs_tile=args.tile,
+        catalog=args.catalog,
+        max_items=args.limit,
+    )
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dask cluster")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="attach to a running scheduler, e.g. tcp://host:8786")
+    g.add_argument("--cluster", choices=("local", "cuda", "kubernetes"), default="local", help="cluster to start (default local)")
+    g.add_argument("--workers", type=int, default=None, help="worker processes (default: min(cores, 4))")
+    g.add_argument("--threads", type=int, default=None, help="threads per worker")
+    g.add_argument("--memory-limit", default=None, help="per worker, e.g. 4GiB")
+    g.add_argument("--dashboard", default=":8787", help="dashboard address (default :8787)")
+
+
+def _cluster_config(args: argparse.Namespace):
+    from pipeline.cluster import ClusterConfig
+
+    if args.scheduler:
+        return ClusterConfig(kind="address", address=args.scheduler)
+    return ClusterConfig(
+        kind=args.cluster,
+        n_workers=args.workers,
+        threads_per_worker=args.threads,
+        memory_limit=args.memory_limit,
+        dashboard_address=args.dashboard,
+    )
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="3 (default); 2 for GDAL < 3.13 / QGIS")
+    g.add_argument("--chunk-size", type=int, default=1024, help="spatial chunk of cube and archive, px (default 1024)")
+    when = g.add_mutually_exclusive_group()
+    when.add_argument("--resume", action="store_true", help="finish an interrupted run into the existing store")
+    when.add_argument("--overwrite", action="store_true", help="replace an existing store")
+
+
+def _archive_config(args: argparse.Namespace):
+    from pipeline.archive import ArchiveConfig
+
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
+    return ArchiveConfig(zarr_format=args.zarr_format, chunk_size=args.chunk_size, mode=mode)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline._bands import DEFAULT_BANDS
+
+    parser = argparse.ArgumentParser(
+        prog="phyvlm-cr",
+        description=(
+            "Cloud removal for Sentinel-2 L2A: STAC search, lazy odc-stac datacubes, "
+            "physics-guided restoration on Dask, cloud-free Zarr archives."
+        ),
+        epilog="Start with 'phyvlm-cr demo' (offline, a few minutes). Docs: README.md.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_search = sub.add_parser("search", help="list the items a search finds", description="Search a STAC catalog and print what was found (after de-duplication).")
+    _add_search_args(p_search)
+    p_search.add_argument("--json", action="store_true", help="print the items as a GeoJSON FeatureCollection")
+
+    p_run = sub.add_parser(
+        "run",
+        help="search, restore and write a cloud-free Zarr archive",
+        description="Search, load a lazy datacube, restore every date (or a composite) on Dask and write Zarr.",
+    )
+    _add_search_args(p_run)
+    p_run.add_argument("--output", "-o", required=True, metavar="STORE", help="Zarr store path or fsspec URL")
+    p_run.add_argument("--bands", type=_bands, default=DEFAULT_BANDS, help=f"comma-separated asset keys (default {','.join(DEFAULT_BANDS)})")
+    p_run.add_argument("--resolution", type=float, default=10.0, help="pixel size in CRS units (default 10)")
+    p_run.add_argument("--crs", default=None, help="output CRS, e.g. EPSG:32633 (default: the items' most common)")
+    p_run.add_argument("--mode", choices=("dates", "composite"), default="dates", help="restore every date (default) or one composite per period")
+    p_run.add_argument("--period", default=None, help="composite period as a pandas alias: MS (monthly), QS (quarterly); default the whole range")
+    p_run.add_argument("--prior", default="physics", help="prior backend (default physics)")
+    p_run.add_argument("--no-scl", action="store_true", help="do not load SCL as evidence")
+    p_run.add_argument("--on-read-error", choices=("raise", "count"), default="raise", help="fail on a read error (default) or write nodata and count it")
+    _add_output_args(p_run)
+    _add_cluster_args(p_run)
+
+    p_demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline offline on a synthetic stack with known truth",
+        description=(
+            "Generate a realistic synthetic Sentinel-2 L2A stack (COGs + STAC items), find it through "
+            "the search code, restore it on a local Dask cluster, write Zarr, print accuracy "
+            "against the truth and save a quicklook PNG. No internet, no credentials."
+        ),
+    )
+    p_demo.add_argument("--output", "-o", default="phyvlm-demo", metavar="DIR", help="folder for COGs, store and PNG (default ./phyvlm-demo)")
+    p_demo.add_argument("--size", type=int, default=512, help="image side in pixels at 10 m (default 512)")
+    p_demo.add_argument("--dates", type=int, default=10, help="number of dates (default 10)")
+    p_demo.add_argument("--seed", type=int, default=0)
+    p_demo.add_argument("--chunk-size", type=int, default=256, help="spatial chunk, px (default 256)")
+    p_demo.add_argument("--workers", type=int, default=2)
+    p_demo.add_argument("--threads", type=int, default=1)
+    p_demo.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+    p_demo.add_argument("--overwrite", action="store_true", help="replace the demo folder's store if it exists")
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if args.quiet else (logging.INFO if args.verbose < 2 else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.verbose < 2:
+        for noisy in ("distributed", "bokeh", "tornado", "rasterio", "urllib3", "fsspec"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.verbose == 0 and not args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("phyvlm_cr").setLevel(logging.INFO)
+        logging.getLogger("flows").setLevel(logging.INFO)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.search import items_table, search
+
+    items = search(_search_params(args))
+    if args.json:
+        fc = {"type": "FeatureCollection", "features": [it.to_dict() for it in items]}
+        print(json.dumps(fc, indent=1))
+    else:
+        print(items_table(items))
+        print(f"{len(items)} item(s)")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.cube import CubeConfig
+
+    from .run import RunConfig, run
+
+    config = RunConfig(
+        search=_search_params(args),
+        output=args.output,
+        cube=CubeConfig(
+            bands=args.bands,
+            resolution=args.resolution,
+            crs=args.crs,
+            chunk_size=args.chunk_size,
+            include_scl=not args.no_scl,
+            on_read_error=args.on_read_error,
+        ),
+        archive=_archive_config(args),
+        cluster=_cluster_config(args),
+        mode=args.mode,
+        period=args.period,
+        prior=args.prior,
+    )
+    summary = run(config, progress=not args.quiet)
+    print("\n".join(summary.lines()))
+    if summary.read_failures:
+        print(f"WARNING: {len(summary.read_failures)} read failure(s) written as nodata:", file=sys.stderr)
+        for failure in summary.read_failures[:20]:
+            print(f"  {failure}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    result = run_demo(
+        DemoConfig(
+            output_dir=args.output,
+            size=args.size,
+            dates=args.dates,
+            seed=args.seed,
+            chunk_size=args.chunk_size,
+            workers=args.workers,
+            threads=args.threads,
+            zarr_format=args.zarr_format,
+            overwrite=args.overwrite,
+        ),
+        progress=not args.quiet,
+    )
+    print(result.report())
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    from pipeline.archive import ArchiveExistsError, ArchiveMismatchError
+    from pipeline.search import CatalogUnreachable, NoItemsFound, SearchError
+
+    handlers = {"search": _cmd_search, "run": _cmd_run, "demo": _cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except NoItemsFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_FOUND
+    except (CatalogUnreachable, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (ArchiveExistsError, ArchiveMismatchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_EXISTS
+    except (SearchError, ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with --resume to finish", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence prints, logs and exits 1
+        log.debug("run failed", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc} (run with -vv for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

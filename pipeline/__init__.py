@@ -1,0 +1,45 @@
+"""PhyVLM-CR: physics-guided VLM-prior cloud removal for Sentinel-2 L2A.
+
+The public API is small and stable; everything else is private to its module::
+
+    items = pipeline.search(pipeline.SearchParams(bbox=..., datetime="2024-05-01/2024-05-31"))
+    cube = pipeline.load_cube(items, pipeline.CubeConfig(bands=("B02", "B03", "B04", "B08")))
+    restored = pipeline.restore(cube)              # every date, with quality layers
+    monthly = pipeline.composite(restored, period="MS")
+    pipeline.write_archive(restored, "out.zarr")
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("phyvlm-cr")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+from ._bands import DEFAULT_BANDS, SCL, WAVELENGTH_NM
+from .archive import ArchiveConfig, ArchiveExistsError, open_archive, write_archive
+from .cluster import ClusterConfig, dask_client
+from .cube import CubeConfig, load_cube
+from .restore import composite, restore
+from .search import SearchParams, search
+
+__all__ = [
+    "DEFAULT_BANDS",
+    "SCL",
+    "WAVELENGTH_NM",
+    "ArchiveConfig",
+    "ArchiveExistsError",
+    "ClusterConfig",
+    "CubeConfig",
+    "SearchParams",
+    "composite",
+    "dask_client",
+    "load_cube",
+    "open_archive",
+    "restore",
+    "search",
+    "write_archive",
+    "__version__",
+]
