@@ -38,10 +38,10 @@ def _bands(text: str) -> tuple[str, ...]:
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    from pipeline.search import DEFAULT_COLLECTION, PLANETARY_COMPUTER_STAC
+    from pipeline._search import DEFAULT_COLLECTION, PLANETARY_COMPUTER_STAC
 
     area = p.add_mutually_exclusive_group(required=True)
-    area.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="area in degrees (lon/lat)")
+    area.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="area in degrees (lon/lat); write --bbox=-10,35,5,44 when west is negative")
     area.add_argument("--geometry", metavar="FILE", help="area as a GeoJSON file (Feature, FeatureCollection or geometry)")
     p.add_argument("--datetime", required=True, metavar="START/END", help="e.g. 2024-05-01/2024-06-30")
     p.add_argument("--max-cloud", type=float, default=None, metavar="PCT", help="keep items with eo:cloud_cover below PCT")
@@ -56,7 +56,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def _search_params(args: argparse.Namespace):
-    from pipeline.search import SearchParams, read_geometry
+    from pipeline._search import SearchParams, read_geometry
 
     return SearchParams(
         bbox=args.bbox,
@@ -181,7 +181,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.search import items_table, search
+    from pipeline._search import items_table, search
 
     items = search(_search_params(args))
     if args.json:
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args)
     from pipeline.archive import ArchiveExistsError, ArchiveMismatchError
-    from pipeline.search import CatalogUnreachable, NoItemsFound, SearchError
+    from pipeline._search import CatalogUnreachable, NoItemsFound, SearchError
 
     handlers = {"search": _cmd_search, "run": _cmd_run, "demo": _cmd_demo}
     try:

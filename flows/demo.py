@@ -23,7 +23,7 @@ from pipeline.cluster import ClusterConfig
 from pipeline.cube import CubeConfig
 from pipeline.metrics import format_table, score
 from pipeline.quicklook import save_quicklook
-from pipeline.search import SearchParams, search
+from pipeline._search import SearchParams, search
 
 from .run import RunConfig, RunSummary, run
 

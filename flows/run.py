@@ -5,6 +5,7 @@ A flow names its steps and owns no science; every step is a library call.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -14,10 +15,10 @@ from typing import Any, Literal
 import numpy as np
 
 import pipeline
-from pipeline.archive import ArchiveConfig, open_archive, write_archive
+from pipeline.archive import ArchiveConfig, check_destination, open_archive, write_archive
 from pipeline.cluster import ClusterConfig, dask_client
 from pipeline.cube import CubeConfig, load_cube
-from pipeline.search import PLANETARY_COMPUTER_STAC, SearchParams, search
+from pipeline._search import SearchParams, is_planetary_computer, search
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,6 @@ class RunSummary:
         ]
 
 
-def is_planetary_computer(catalog: str) -> bool:
-    return catalog.rstrip("/").startswith(PLANETARY_COMPUTER_STAC.rsplit("/api", 1)[0])
-
-
 def provenance(config: RunConfig, items: list, restored: Any) -> dict[str, Any]:
     """Archive attributes: software, search, items, prior and its parameters."""
     s = config.search
@@ -108,8 +105,11 @@ def run(
     from pipeline._reading import collect_read_failures, configure_gdal, planetary_computer_signer
 
     started = time.perf_counter()
+    check_destination(config.output, config.archive)  # refuse before any work, not after
     if items is None:
-        items = search(config.search)  # step 1: catalog search + item hygiene
+        # step 1: catalog search + item hygiene. Hrefs stay unsigned in the graph: the
+        # reader signs each one at read time on the worker (tokens expire after ~45 min).
+        items = search(dataclasses.replace(config.search, sign=False))
     signer = planetary_computer_signer if is_planetary_computer(config.search.catalog) else None
     with dask_client(config.cluster) as client:
         configure_gdal(client)

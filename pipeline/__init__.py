@@ -21,9 +21,14 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 from ._bands import DEFAULT_BANDS, SCL, WAVELENGTH_NM
 from .archive import ArchiveConfig, ArchiveExistsError, open_archive, write_archive
 from .cluster import ClusterConfig, dask_client
+from ._search import (
+    CatalogUnreachable,
+    NoItemsFound,
+    SearchError,
+)
 from .cube import CubeConfig, load_cube
 from .restore import composite, restore
-from .search import SearchParams, search
+from ._search import SearchParams, search
 
 __all__ = [
     "DEFAULT_BANDS",
@@ -31,6 +36,9 @@ __all__ = [
     "WAVELENGTH_NM",
     "ArchiveConfig",
     "ArchiveExistsError",
+    "CatalogUnreachable",
+    "NoItemsFound",
+    "SearchError",
     "ClusterConfig",
     "CubeConfig",
     "SearchParams",

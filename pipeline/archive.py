@@ -198,6 +198,20 @@ def _check_resumable(store: str, ds: xr.Dataset) -> list[str]:
     return list(existing.attrs.get(DONE_ATTR, []))
 
 
+def check_destination(store: str | os.PathLike, config: ArchiveConfig) -> bool:
+    """Fail early (before any compute) when ``store`` exists and mode is "create".
+
+    Returns whether the store exists. Nothing is written or deleted here.
+    """
+    exists = _store_exists(store)
+    if exists and config.mode == "create":
+        raise ArchiveExistsError(
+            f"output store {store} already exists. Choose a new path, pass --resume to finish "
+            "an interrupted run into it, or --overwrite to replace it."
+        )
+    return exists
+
+
 def write_archive(
     ds: xr.Dataset,
     store: str | os.PathLike,
@@ -216,13 +230,8 @@ def write_archive(
     """
     config = config or ArchiveConfig()
     store = str(store)
-    exists = _store_exists(store)
+    exists = check_destination(store, config)
     done: set[str] = set()
-    if exists and config.mode == "create":
-        raise ArchiveExistsError(
-            f"output store {store} already exists. Choose a new path, pass --resume to finish "
-            "an interrupted run into it, or --overwrite to replace it."
-        )
     prepared, encoding = prepare_for_zarr(ds, config)
     all_attrs = {k: _json_safe(v) for k, v in {**ds.attrs, **(attrs or {})}.items()}
     prepared.attrs = {**all_attrs, DONE_ATTR: [], COMPLETE_ATTR: False}

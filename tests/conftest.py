@@ -65,3 +65,7 @@ def pc_items_dir() -> Path:
 @pytest.fixture
 def austria_tif() -> Path:
     return shared_data("pc-l2a-austria-2dates", "inference-img.tif")
+
+
+# Session fixture ``stac_api``: a real stac-fastapi-pgstac on 127.0.0.1 (tests/stac_server.py).
+pytest_plugins = ["tests.stac_server"]
