@@ -169,15 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    level = logging.WARNING if args.quiet else (logging.INFO if args.verbose < 2 else logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.verbose < 2:
-        for noisy in ("distributed", "bokeh", "tornado", "rasterio", "urllib3", "fsspec"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.verbose == 0 and not args.quiet:
-        logging.getLogger().setLevel(logging.WARNING)
-        logging.getLogger("phyvlm_cr").setLevel(logging.INFO)
-        logging.getLogger("flows").setLevel(logging.INFO)
+    """Our loggers at INFO by default (WARNING with -q); other libraries at WARNING unless -vv."""
+    import distributed  # noqa: F401  (it installs its own handlers on import: tame them after)
+
+    ours = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    others = logging.DEBUG if args.verbose >= 3 else (logging.INFO if args.verbose >= 2 else logging.WARNING)
+    logging.basicConfig(
+        level=others, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger().setLevel(others)
+    for name in ("distributed", "bokeh", "tornado", "rasterio", "urllib3", "fsspec", "numba"):
+        logging.getLogger(name).setLevel(max(others, logging.WARNING if args.verbose < 3 else others))
+    for name in ("pipeline", "flows", "phyvlm_cr"):
+        logging.getLogger(name).setLevel(ours)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

@@ -188,7 +188,7 @@ def load_cube(
         len(config.bands),
         cube.sizes["y"],
         cube.sizes["x"],
-        cube.odc.crs if hasattr(cube, "odc") else "",
+        f"EPSG:{cube.odc.crs.epsg}" if cube.odc.crs is not None and cube.odc.crs.epsg else cube.odc.crs,
         config.chunk_size,
     )
     return cube

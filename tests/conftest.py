@@ -42,6 +42,16 @@ def _loopback_only(monkeypatch):
         check(address)
         return real_connect_ex(self, address)
 
+    real_getaddrinfo = socket.getaddrinfo
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        # Name lookups count too: a lookup of a public host leaks the test's intent.
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is not None and not _is_loopback(name) and not name.endswith(".localhost"):
+            raise RuntimeError(f"test tried to resolve {name!r}: only loopback is allowed")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
     yield
