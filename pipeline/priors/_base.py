@@ -1,0 +1,158 @@
+"""The prior interface the restore step calls, and the prior registry.
+
+A prior turns observations into per-pixel *transmission* (t at 490 nm) and *confidence* that
+the physical inversion is faithful, in two steps:
+
+1. ``estimate_scene(sample, bands, scl)`` once per cube on a strided pixel sample (small,
+   in memory): per-date scene parameters (airlight, Angstrom gamma, ...);
+2. ``block(data, bands, scene, scl)`` per spatial chunk with the whole time axis: returns a
+   ``PriorBlock`` (t_ref, band transmissions, confidence, the physical inversion J_phys).
+
+A later VLM prior (e.g. Qwen2.5-VL through ``transformers``) plugs in behind the same
+interface by wrapping ``PhysicsPrior``: call its ``block`` and refine ``confidence`` (and,
+where it knows better, ``transmission``, then re-invert with ``pipeline.kernels.invert``).
+Models must be loaded lazily on the worker (a per-process cache), never held in the prior
+object, so the prior stays small, picklable and tokenizable.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class SceneParams:
+    """Per-date scene parameters (small numpy arrays; T dates, B bands).
+
+    airlight (T, B), gamma (T,), dark_object (B,), hot_slope / hot_intercept (T,) (NaN where
+    HOT is unusable), extras: anything a prior adds (name -> array).
+    """
+
+    bands: tuple[str, ...]
+    airlight: np.ndarray
+    gamma: np.ndarray
+    dark_object: np.ndarray
+    hot_slope: np.ndarray
+    hot_intercept: np.ndarray
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __dask_tokenize__(self) -> tuple:
+        from dask.base import tokenize
+
+        arrays = (self.airlight, self.gamma, self.dark_object, self.hot_slope, self.hot_intercept)
+        return ("SceneParams", self.bands, tokenize(*arrays), tokenize(dict(self.extras)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (lists of floats) for provenance."""
+        return {
+            "bands": list(self.bands),
+            "airlight": np.asarray(self.airlight).tolist(),
+            "gamma": np.asarray(self.gamma).tolist(),
+            "dark_object": np.asarray(self.dark_object).tolist(),
+        }
+
+
+class PriorBlock(NamedTuple):
+    """What a prior returns for one block (float32; T dates, B bands)."""
+
+    transmission: np.ndarray  # (T, Y, X) t at the reference wavelength (490 nm), 0..1
+    band_transmission: np.ndarray  # (T, B, Y, X) t_b
+    confidence: np.ndarray  # (T, Y, X) 0..1, faith in the physical inversion
+    surface: np.ndarray  # (T, B, Y, X) physical inversion J_phys
+
+
+class Prior(ABC):
+    """Interface of a cloud prior (see the module docstring)."""
+
+    #: Registry name, recorded in the output attributes.
+    name: str = "prior"
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """JSON-able parameters, recorded for provenance."""
+
+    @property
+    @abstractmethod
+    def halo(self) -> int:
+        """Spatial radius (px) ``block`` reads around each output pixel."""
+
+    @abstractmethod
+    def estimate_scene(
+        self, sample: np.ndarray, bands: tuple[str, ...], scl: np.ndarray | None = None
+    ) -> SceneParams:
+        """Scene parameters from a (T, B, N) float32 pixel sample (and (T, N) SCL or None)."""
+
+    @abstractmethod
+    def block(
+        self,
+        data: np.ndarray,
+        bands: tuple[str, ...],
+        scene: SceneParams,
+        scl: np.ndarray | None = None,
+    ) -> PriorBlock:
+        """Transmission, confidence and physical inversion for a (T, B, Y, X) block."""
+
+    def sample_block(
+        self,
+        sample: np.ndarray,
+        bands: tuple[str, ...],
+        scene: SceneParams,
+        scl: np.ndarray | None = None,
+    ) -> PriorBlock:
+        """``block`` on the (T, B, N) scene sample; fields come back without the x axis.
+
+        Used for the scene-level (global) harmonisation fit. Default: ``block`` on the sample
+        laid out as an (N, 1) image; priors with spatial windows should override it with a
+        window-less version (sample neighbours are not image neighbours).
+        """
+        res = self.block(sample[..., None], bands, scene, None if scl is None else scl[..., None])
+        return PriorBlock(*(np.asarray(f)[..., 0] for f in res))
+
+    def __dask_tokenize__(self) -> tuple:
+        return (type(self).__module__, type(self).__qualname__, self.name, _json(self.params()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({_json(self.params())})"
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+_REGISTRY: dict[str, Callable[..., Prior]] = {}
+
+
+def register_prior(name: str, factory: Callable[..., Prior]) -> None:
+    """Make ``get_prior(name, **kw)`` build priors with ``factory(**kw)``."""
+    _REGISTRY[name] = factory
+
+
+def available_priors() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def get_prior(name: str | Prior, **kw: Any) -> Prior:
+    """A prior by registry name (with config keywords), or the given ``Prior`` unchanged.
+
+    >>> get_prior("physics", t_min=0.15).name
+    'physics'
+    """
+    if isinstance(name, Prior):
+        if kw:
+            raise TypeError(
+                f"get_prior got a {type(name).__name__} instance and keywords {sorted(kw)}; "
+                "pass either a configured Prior or a name with keywords"
+            )
+        return name
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"unknown prior {name!r}; valid names: {', '.join(available_priors())} "
+            "(or pass a pipeline.priors.Prior instance)"
+        )
+    return _REGISTRY[name](**kw)

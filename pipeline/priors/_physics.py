@@ -1,0 +1,193 @@
+"""The physics prior: transmission and confidence from the scattering model alone.
+
+Scene step (per date, on the strided sample): dark object D_b, airlight A_b, clear-sky line
+for HOT, Angstrom gamma (``pipeline.kernels`` scene estimators). Block step: t_ref from the
+dark-channel / HOT / snow / SCL cues, t_b by the Angstrom law, J_phys by inversion, and the
+confidence c (``pipeline.kernels.transmission`` and ``inversion_confidence`` say how).
+
+Limitations
+-----------
+* All cues are per date; the temporal cues (shadow darkening vs the reference) are added in
+  the fusion step. Snow without SWIR bands is indistinguishable from cloud here.
+* The airlight is one spectrum per date; scenes with clouds of very different optical
+  properties (cirrus over cumulus) would need A per region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from ..kernels import (
+    band_transmission,
+    estimate_airlight,
+    estimate_dark_object,
+    estimate_gamma,
+    fit_clear_line,
+    inversion_confidence,
+    invert,
+    pixel_haze_bound,
+    snow_score,
+    temporal_dark_object,
+    transmission,
+    wavelengths_of,
+)
+from ..kernels._common import band_index
+from ._base import Prior, PriorBlock, SceneParams
+
+
+@dataclass(frozen=True)
+class PhysicsConfig:
+    """Settings of the physics prior (frozen: hashable, tokenizable, recorded in provenance).
+
+    t_min: lower bound of t_b in the inversion (bounds noise amplification).
+    window_radius: dark-channel window radius (px); the prior reads 2x this around a pixel.
+    dark_channel_max_nm: bands shorter than this feed the dark channel and the airlight.
+    hot_margin: slack of the HOT veto on the dark-channel haze.
+    scl_weight: 0 ignores SCL, 1 uses it as the default weak evidence.
+    confidence_t_low, confidence_t_high: t_ref ramp of the confidence.
+    gamma_default, gamma_min, gamma_max: Angstrom exponent fallback and clip range.
+    airlight_top_fraction: share of brightest haze-channel pixels that define A.
+    min_cloud_reflectance: a date's brightest pixels below this hold no thick cloud.
+    dark_object_percentile: percentile of temporal minima that defines the scene D_b.
+    max_dark_object: cap of the per-pixel temporal dark object (reflectance).
+    """
+
+    t_min: float = 0.1
+    window_radius: int = 1
+    dark_channel_max_nm: float = 700.0
+    hot_margin: float = 0.1
+    scl_weight: float = 1.0
+    confidence_t_low: float = 0.25
+    confidence_t_high: float = 0.6
+    gamma_default: float = 1.0
+    gamma_min: float = 0.0
+    gamma_max: float = 2.5
+    airlight_top_fraction: float = 0.002
+    min_cloud_reflectance: float = 0.4
+    dark_object_percentile: float = 1.0
+    max_dark_object: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.t_min < 1.0:
+            raise ValueError(f"PhysicsConfig.t_min must be in (0, 1), got {self.t_min}")
+        if self.window_radius < 0:
+            raise ValueError("PhysicsConfig.window_radius must be >= 0")
+        if not self.confidence_t_low < self.confidence_t_high:
+            raise ValueError("PhysicsConfig needs confidence_t_low < confidence_t_high")
+        if not self.gamma_min <= self.gamma_default <= self.gamma_max:
+            raise ValueError("PhysicsConfig needs gamma_min <= gamma_default <= gamma_max")
+
+
+class PhysicsPrior(Prior):
+    """Physics-only prior (dark channel + HOT + spectral shape + SCL, Angstrom law)."""
+
+    name = "physics"
+
+    def __init__(self, config: PhysicsConfig | None = None, **kw: Any) -> None:
+        if config is not None and kw:
+            raise TypeError("PhysicsPrior takes a PhysicsConfig or keywords, not both")
+        if kw:
+            valid = {f.name for f in fields(PhysicsConfig)}
+            unknown = sorted(set(kw) - valid)
+            if unknown:
+                raise TypeError(
+                    f"unknown physics prior option(s) {unknown}; valid: {', '.join(sorted(valid))}"
+                )
+            config = PhysicsConfig(**kw)
+        self.config = config or PhysicsConfig()
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    @property
+    def halo(self) -> int:
+        # min filter (r) then box mean (r) on the dark channel; HOT box mean (r) alongside.
+        return 2 * self.config.window_radius
+
+    def estimate_scene(
+        self, sample: np.ndarray, bands: tuple[str, ...], scl: np.ndarray | None = None
+    ) -> SceneParams:
+        cfg = self.config
+        sample = np.asarray(sample, dtype=np.float32)
+        wl = wavelengths_of(bands)
+        dark = estimate_dark_object(sample, cfg.dark_object_percentile)
+        snow = snow_score(sample[..., None], bands)
+        airlight = estimate_airlight(
+            sample,
+            wl,
+            snow=None if snow is None else snow[..., 0],
+            top_fraction=cfg.airlight_top_fraction,
+            min_cloud_reflectance=cfg.min_cloud_reflectance,
+            max_nm=cfg.dark_channel_max_nm,
+        )
+        gamma = estimate_gamma(
+            sample,
+            airlight,
+            wl,
+            dark,
+            default=cfg.gamma_default,
+            bounds=(cfg.gamma_min, cfg.gamma_max),
+        )
+        pix_dark = temporal_dark_object(sample[..., None], wl, dark, cap=cfg.max_dark_object)
+        h = pixel_haze_bound(
+            sample[..., None], airlight, pix_dark, wl, gamma, cfg.dark_channel_max_nm
+        )
+        slope, icpt = fit_clear_line(
+            sample, band_index(bands, "B02"), band_index(bands, "B04"), h[..., 0] < 0.05
+        )
+        return SceneParams(tuple(bands), airlight, gamma, dark, slope, icpt)
+
+    def _block(self, data, bands, scene, scl, radius) -> PriorBlock:
+        cfg = self.config
+        wl = wavelengths_of(bands)
+        dark = temporal_dark_object(data, wl, scene.dark_object, cap=cfg.max_dark_object)
+        t_ref = transmission(
+            data,
+            scene.airlight,
+            scene.gamma,
+            dark,
+            scene.hot_slope,
+            scene.hot_intercept,
+            tuple(bands),
+            wl,
+            scl,
+            radius=radius,
+            max_nm=cfg.dark_channel_max_nm,
+            hot_margin=cfg.hot_margin,
+            scl_weight=cfg.scl_weight,
+        )
+        t_b = band_transmission(t_ref, wl, scene.gamma)
+        surface = invert(data, scene.airlight, t_b, cfg.t_min)
+        conf = inversion_confidence(
+            t_ref,
+            surface,
+            scl,
+            t_low=cfg.confidence_t_low,
+            t_high=cfg.confidence_t_high,
+            scl_weight=cfg.scl_weight,
+        )
+        return PriorBlock(t_ref, t_b, conf, surface)
+
+    def block(
+        self,
+        data: np.ndarray,
+        bands: tuple[str, ...],
+        scene: SceneParams,
+        scl: np.ndarray | None = None,
+    ) -> PriorBlock:
+        return self._block(data, bands, scene, scl, self.config.window_radius)
+
+    def sample_block(
+        self,
+        sample: np.ndarray,
+        bands: tuple[str, ...],
+        scene: SceneParams,
+        scl: np.ndarray | None = None,
+    ) -> PriorBlock:
+        res = self._block(
+            sample[..., None], bands, scene, None if scl is None else scl[..., None], 0
+        )
+        return PriorBlock(*(np.asarray(f)[..., 0] for f in res))

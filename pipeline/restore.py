@@ -1,0 +1,513 @@
+"""Restore a Sentinel-2 L2A datacube: prior -> physical inversion -> temporal reference -> fusion.
+
+``restore`` maps the pure block kernels of ``pipeline.kernels`` (through a ``Prior``) over
+spatial chunks and rebuilds a labelled Dataset with the restored bands and quality layers;
+``composite`` reduces restored dates to one value per pixel and period.
+
+Order of work (DESIGN.md sections 2 and 4):
+
+1. scene parameters (airlight, gamma, clear-sky line, pair gain/offset) once, on a strided
+   sample of GLOBAL pixel indices (every s-th row/column), so they do not depend on chunking;
+2. per chunk (whole time axis, halo = prior.halo + fusion.halo on y/x): transmission,
+   confidence, J_phys, per-pixel reference, harmonisation, soft-gated fusion.
+
+Numpy-backed input is processed in memory as one block; dask-backed input stays lazy (only
+the scene sample is computed) and gives the same values for any chunking, because every
+spatial window treats out-of-array pixels as absent and the halo covers every window.
+
+Limitations
+-----------
+* Each task holds the whole time axis of its chunk (memory ~ T x (B + 5) x chunk x 4 bytes x
+  a few temporaries); long series should be split in time windows first.
+* Scene parameters travel inside every task (small: T x T x B floats for the pair fit).
+* The strided scene sample touches every chunk, so for a remote (odc-stac) cube the data are
+  read twice (sample, then restore); reading COG overviews for the sample, or persisting the
+  cube, would avoid that.
+* Gamma is fitted against the clearest other date, so radiometric drift between dates biases
+  it slightly (toward grey); fitting it after the pair harmonisation would remove that.
+* ``composite`` with a period keeps only periods that hold at least one date.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields, replace
+from functools import partial
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from dask.base import tokenize
+
+from ._bands import SCL_BAND, WAVELENGTH_NM
+from .kernels import (
+    FusionConfig,
+    composite_block,
+    fuse_dates,
+    pair_gain_offset,
+    reference_quality,
+)
+from .priors import PhysicsConfig, Prior, SceneParams, get_prior
+
+__all__ = ["FusionConfig", "QUALITY_LAYERS", "composite", "estimate_scene", "restore"]
+
+#: Per-date quality layers written beside the restored bands.
+QUALITY_LAYERS = ("confidence", "gate", "transmission", "reference_days", "no_valid_observation")
+_MODES = ("dates", "composite")
+DEFAULT_SAMPLE_PIXELS = 250_000
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _spectral_bands(ds: xr.Dataset) -> tuple[str, ...]:
+    return tuple(str(v) for v in ds.data_vars if v in WAVELENGTH_NM)
+
+
+def _validate(cube: Any) -> tuple[xr.Dataset, tuple[str, ...], str | None]:
+    """Check the DESIGN section 4 contract; return (cube with (time, y, x) order, bands, scl)."""
+    if isinstance(cube, xr.DataArray):
+        raise TypeError(
+            "restore expects an xarray.Dataset with one variable per band, got a DataArray; "
+            "fix: cube.to_dataset(dim='band') if the bands are along a 'band' dimension"
+        )
+    if not isinstance(cube, xr.Dataset):
+        raise TypeError(f"restore expects an xarray.Dataset, got {type(cube).__name__}")
+    bands = _spectral_bands(cube)
+    if not bands:
+        raise ValueError(
+            f"the cube has no Sentinel-2 spectral band: its variables are {list(cube.data_vars)}; "
+            f"restore needs float reflectance variables named by asset key "
+            f"({', '.join(WAVELENGTH_NM)}); fix: rename them, e.g. cube.rename(blue='B02')"
+        )
+    scl = SCL_BAND if SCL_BAND in cube.data_vars else None
+    for name in bands + ((scl,) if scl else ()):
+        var = cube[name]
+        dims = tuple(var.dims)
+        if "time" not in dims:
+            raise ValueError(
+                f"variable {name!r} has dims {dims} but restore needs a 'time' dimension "
+                "(dims ('time', 'y', 'x')); fix: for a single date use "
+                "cube.expand_dims(time=[np.datetime64('2024-06-01')]), or rename the date "
+                "dimension to 'time'"
+            )
+        if set(dims) != {"time", "y", "x"}:
+            raise ValueError(
+                f"variable {name!r} has dims {dims}; restore needs exactly ('time', 'y', 'x'); "
+                "fix: rename the spatial dims (e.g. cube.rename(latitude='y', longitude='x')) "
+                "and drop or select extra dims (e.g. .squeeze('band'))"
+            )
+        if name != scl and not np.issubdtype(var.dtype, np.floating):
+            raise TypeError(
+                f"band {name!r} has dtype {var.dtype}; restore needs float reflectance with NaN "
+                "nodata, not digital numbers; fix: scale it, e.g. "
+                f"cube[{name!r}].where(cube[{name!r}] != 0).astype('float32') / 10000 (minus "
+                "1000 DN first for processing baseline >= 04.00), or load with pipeline.cube"
+            )
+    cube = cube.transpose("time", "y", "x", ...)
+    if cube.sizes["time"] < 1:
+        raise ValueError("the cube has an empty 'time' dimension")
+    return cube, bands, scl
+
+
+def _days(cube: xr.Dataset) -> np.ndarray:
+    """Days of each date (float64) relative to the first, from the time coordinate."""
+    if "time" not in cube.coords:
+        return np.arange(cube.sizes["time"], dtype=np.float64)
+    t = cube["time"].values
+    if np.issubdtype(t.dtype, np.datetime64):
+        t = t.astype("datetime64[ns]")
+        return (t - t[0]) / np.timedelta64(1, "D")
+    if np.issubdtype(t.dtype, np.number):
+        return t.astype(np.float64) - float(t[0])
+    raise TypeError(
+        f"the 'time' coordinate has dtype {t.dtype}; restore needs datetime64 (or numeric days); "
+        "fix: cube.assign_coords(time=pd.to_datetime(cube.time.values))"
+    )
+
+
+def _split_options(
+    prior: str | Prior, fusion: FusionConfig | dict | None, options: dict[str, Any]
+) -> tuple[Prior, FusionConfig, int]:
+    options = dict(options)
+    sample_pixels = int(options.pop("sample_pixels", DEFAULT_SAMPLE_PIXELS))
+    fusion_names = {f.name for f in fields(FusionConfig)}
+    prior_names = {f.name for f in fields(PhysicsConfig)} if isinstance(prior, str) else set()
+    fusion_kw = {k: options.pop(k) for k in list(options) if k in fusion_names}
+    prior_kw = {k: options.pop(k) for k in list(options) if k in prior_names}
+    if options:
+        valid = sorted(fusion_names | prior_names | {"sample_pixels", "period"})
+        raise TypeError(f"unknown restore option(s) {sorted(options)}; valid: {', '.join(valid)}")
+    if fusion is None:
+        cfg = FusionConfig()
+    elif isinstance(fusion, FusionConfig):
+        cfg = fusion
+    elif isinstance(fusion, dict):
+        cfg = FusionConfig(**fusion)
+    else:
+        raise TypeError(
+            f"fusion must be a FusionConfig, a dict or None, got {type(fusion).__name__}"
+        )
+    if fusion_kw:
+        cfg = replace(cfg, **fusion_kw)
+    return get_prior(prior, **prior_kw), cfg, sample_pixels
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _stack(cube: xr.Dataset, bands: tuple[str, ...], scl: str | None):
+    """(T, B [+1 SCL], Y, X) float32 array, numpy or dask (time and band in one chunk)."""
+    names = bands + ((scl,) if scl else ())
+    datas = [cube[n].data for n in names]
+    if any(isinstance(d, da.Array) for d in datas):
+        ref = next(d for d in datas if isinstance(d, da.Array))
+        chunks = ((cube.sizes["time"],), ref.chunks[1], ref.chunks[2])
+        datas = [
+            (d if isinstance(d, da.Array) else da.from_array(d, chunks=chunks))
+            .astype(np.float32)
+            .rechunk(chunks)
+            for d in datas
+        ]
+        return da.stack(datas, axis=1).rechunk({0: -1, 1: -1})
+    return np.stack([np.asarray(d, dtype=np.float32) for d in datas], axis=1)
+
+
+def _sample(arr, sample_pixels: int) -> tuple[np.ndarray, int]:
+    """Strided sample of global pixel indices -> (T, C, N) float32 and the stride."""
+    ny, nx = arr.shape[2:]
+    stride = max(1, math.ceil(math.sqrt(ny * nx / max(sample_pixels, 1))))
+    sub = arr[:, :, ::stride, ::stride]
+    if isinstance(sub, da.Array):
+        sub = sub.compute()
+    sub = np.asarray(sub, dtype=np.float32)
+    return sub.reshape(sub.shape[0], sub.shape[1], -1), stride
+
+
+def estimate_scene(
+    cube: xr.Dataset, *, prior: str | Prior = "physics", sample_pixels: int = DEFAULT_SAMPLE_PIXELS
+) -> SceneParams:
+    """Scene parameters of ``cube`` as ``restore`` estimates them (computes only the sample)."""
+    cube, bands, scl = _validate(cube)
+    prior = get_prior(prior)
+    sample, _ = _sample(_stack(cube, bands, scl), sample_pixels)
+    nb = len(bands)
+    return prior.estimate_scene(sample[:, :nb], bands, sample[:, nb] if scl else None)
+
+
+def _restore_block(
+    block: np.ndarray,
+    params: dict[str, Any],
+) -> np.ndarray:
+    """Block kernel: (T, B [+1], y, x) float32 -> (T, B + 5, y, x) float32 (bands + quality)."""
+    bands = params["bands"]
+    nb = len(bands)
+    data = np.ascontiguousarray(block[:, :nb], dtype=np.float32)
+    scl = block[:, nb] if params["has_scl"] else None
+    prior: Prior = params["prior"]
+    pb = prior.block(data, bands, params["scene"], scl)
+    fr = fuse_dates(
+        data,
+        pb.surface,
+        pb.transmission,
+        pb.confidence,
+        params["days"],
+        params["pair_gain"],
+        params["pair_offset"],
+        params["fusion"],
+    )
+    out = np.empty((data.shape[0], nb + len(QUALITY_LAYERS)) + data.shape[2:], dtype=np.float32)
+    out[:, :nb] = fr.output
+    out[:, nb] = fr.confidence
+    out[:, nb + 1] = fr.gate
+    out[:, nb + 2] = pb.transmission
+    out[:, nb + 3] = fr.reference_days
+    out[:, nb + 4] = fr.no_valid_observation
+    return out
+
+
+def _block_call(block: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    return _restore_block(block, params)
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def restore(
+    cube: xr.Dataset,
+    *,
+    prior: str | Prior = "physics",
+    mode: str = "dates",
+    fusion: FusionConfig | dict | None = None,
+    **options: Any,
+) -> xr.Dataset:
+    """Remove clouds from a (time, y, x) Sentinel-2 L2A reflectance cube.
+
+    Parameters
+    ----------
+    cube
+        Dataset per DESIGN section 4: one float variable per band named by asset key (any
+        subset of the L2A bands), NaN nodata, optional ``SCL`` (0 = nodata), coordinates
+        time / y / x (and ``spatial_ref``, kept). numpy- or dask-backed.
+    prior
+        A registry name (``"physics"``) or a ``pipeline.priors.Prior``.
+    mode
+        ``"dates"``: one restored image per input date. ``"composite"``: restore, then
+        ``composite(..., period=options["period"])``.
+    fusion
+        ``FusionConfig`` (or a dict of its fields) for reference choice, harmonisation, gate.
+    **options
+        Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
+        ``sample_pixels`` (size of the scene-parameter sample), ``period`` (composite mode).
+
+    Returns
+    -------
+    Dataset with dims (time, y, x): the bands (float32, same names), ``confidence``,
+    ``gate``, ``transmission`` (float32 0..1, t at 490 nm), ``reference_days`` (float32,
+    reference date minus target date in days, NaN where none was used),
+    ``no_valid_observation`` (uint8); ``gamma`` (time) and ``airlight`` (time, band); attrs
+    ``prior``, ``prior_params`` and ``fusion_params`` (JSON). Lazy for dask input.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(_MODES)}")
+    period = options.pop("period", None)
+    if period is not None and mode != "composite":
+        raise TypeError("period= is only used with mode='composite'")
+    prior_obj, cfg, sample_pixels = _split_options(prior, fusion, options)
+    cube, bands, scl = _validate(cube)
+    days = _days(cube)
+    arr = _stack(cube, bands, scl)
+    nb = len(bands)
+
+    sample, stride = _sample(arr, sample_pixels)
+    sample_bands = sample[:, :nb]
+    sample_scl = sample[:, nb] if scl else None
+    scene = prior_obj.estimate_scene(sample_bands, bands, sample_scl)
+    sb = prior_obj.sample_block(sample_bands, bands, scene, sample_scl)
+    quality = reference_quality(sb.transmission, sb.confidence)
+    pair_gain, pair_offset = pair_gain_offset(
+        sb.surface,
+        quality**2,
+        ridge=cfg.harmonise_ridge,
+        shrink_pixels=cfg.harmonise_shrink_pixels,
+    )
+    params = {
+        "bands": bands,
+        "has_scl": scl is not None,
+        "days": days,
+        "scene": scene,
+        "pair_gain": pair_gain,
+        "pair_offset": pair_offset,
+        "prior": prior_obj,
+        "fusion": cfg,
+    }
+    nout = nb + len(QUALITY_LAYERS)
+    if isinstance(arr, da.Array):
+        depth = prior_obj.halo + cfg.halo
+        axes = {0: 0, 1: 0, 2: depth, 3: depth}
+        padded = da.overlap.overlap(arr, depth=axes, boundary="none") if depth else arr
+        token = tokenize(arr.name, bands, days, scene, pair_gain, pair_offset, prior_obj, cfg)
+        result = da.map_blocks(
+            partial(_block_call, params=params),
+            padded,
+            dtype=np.float32,
+            meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+            chunks=(padded.chunks[0], (nout,), padded.chunks[2], padded.chunks[3]),
+            name=f"restore-{token}",
+        )
+        if depth:
+            result = da.overlap.trim_internal(result, axes, boundary="none")
+    else:
+        result = _restore_block(arr, params)
+
+    out = _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride)
+    if mode == "composite":
+        return composite(out, period=period)
+    return out
+
+
+def _spatial_attrs(cube: xr.Dataset, bands: tuple[str, ...]) -> tuple[dict, dict]:
+    """attrs / encoding entries that tie a variable to its CRS (grid_mapping)."""
+    src = cube[bands[0]]
+    attrs = {k: v for k, v in src.attrs.items() if k == "grid_mapping"}
+    enc = {k: v for k, v in src.encoding.items() if k == "grid_mapping"}
+    return attrs, enc
+
+
+def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dataset:
+    nb = len(bands)
+    dims = ("time", "y", "x")
+    coords = {k: v for k, v in cube.coords.items() if set(v.dims) <= set(dims)}
+    gm_attrs, gm_enc = _spatial_attrs(cube, bands)
+    data_vars: dict[str, xr.DataArray] = {}
+    for k, b in enumerate(bands):
+        v = xr.DataArray(result[:, k], dims=dims, attrs={**cube[b].attrs, **gm_attrs})
+        v.encoding.update(gm_enc)
+        data_vars[b] = v
+    descriptions = {
+        "confidence": "belief (0..1) that the physical inversion is faithful",
+        "gate": "weight (0..1) of the physical inversion in the output",
+        "transmission": "atmospheric/cloud transmission at 490 nm (B02), 0..1",
+        "reference_days": "reference date minus target date (days); NaN: no reference used",
+        "no_valid_observation": "1 where no valid observation supports the output (NaN output)",
+    }
+    for k, name in enumerate(QUALITY_LAYERS):
+        layer = result[:, nb + k]
+        if name == "no_valid_observation":
+            layer = layer.astype(np.uint8)
+        v = xr.DataArray(layer, dims=dims, attrs={"long_name": descriptions[name], **gm_attrs})
+        v.encoding.update(gm_enc)
+        data_vars[name] = v
+    data_vars["gamma"] = xr.DataArray(
+        np.asarray(scene.gamma, np.float32),
+        dims=("time",),
+        attrs={"long_name": "Angstrom exponent of the cloud/haze transmission, per date"},
+    )
+    data_vars["airlight"] = xr.DataArray(
+        np.asarray(scene.airlight, np.float32),
+        dims=("time", "band"),
+        attrs={"long_name": "cloud/atmospheric light A_b per date and band (reflectance)"},
+    )
+    out = xr.Dataset(data_vars, coords={**coords, "band": list(bands)})
+    out.attrs.update(cube.attrs)
+    out.attrs.update(
+        {
+            "prior": prior_obj.name,
+            "prior_params": json.dumps(prior_obj.params(), sort_keys=True),
+            "fusion_params": json.dumps(cfg.params(), sort_keys=True),
+            "scene_sample_stride": int(stride),
+        }
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- composite
+
+
+def _composite_call(block: np.ndarray, nb: int) -> np.ndarray:
+    res = composite_block(block[:, :nb], block[:, nb], block[:, nb + 1])
+    out = np.empty((1, nb + 4) + block.shape[2:], dtype=np.float32)
+    out[0, :nb] = res.values
+    out[0, nb] = res.confidence
+    out[0, nb + 1] = res.observation_count
+    out[0, nb + 2] = res.direct_count
+    out[0, nb + 3] = res.no_valid_observation
+    return out
+
+
+def _period_groups(times: pd.DatetimeIndex, period: str | None) -> list[tuple[Any, np.ndarray]]:
+    order = np.argsort(times.values, kind="stable")
+    if period is None:
+        return [(times[order[0]], order)]
+    series = pd.Series(order, index=times[order])
+    try:
+        grouped = list(series.resample(period))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"period {period!r} is not a pandas offset alias; use e.g. 'MS' (month start), "
+            "'QS' (quarter start), 'YS' (year start) or None for the whole stack"
+        ) from exc
+    return [(label, grp.to_numpy()) for label, grp in grouped if len(grp)]
+
+
+def composite(restored: xr.Dataset, *, period: str | None = None) -> xr.Dataset:
+    """One quality-weighted, outlier-robust composite per period of a restored stack.
+
+    ``period`` None composites the whole stack into one time step labelled by its first
+    date; otherwise a pandas offset alias ("MS", "QS", ...) gives one step per non-empty
+    period labelled by the period start. Per-date weights are confidence x gate (plus a small
+    floor so dates filled from references count only when nothing better exists), see
+    ``pipeline.kernels.composite_block``.
+
+    Returns bands (float32), ``confidence`` (float32), ``observation_count`` and
+    ``direct_observation_count`` (uint16: dates with a restored value / mostly from their
+    own observation) and ``no_valid_observation`` (uint8).
+    """
+    if not isinstance(restored, xr.Dataset):
+        raise TypeError(f"composite expects an xarray.Dataset, got {type(restored).__name__}")
+    bands = _spectral_bands(restored)
+    if not bands:
+        raise ValueError(
+            f"nothing to composite: no spectral band among {list(restored.data_vars)}; "
+            "pass the output of restore()"
+        )
+    if "time" not in restored.dims:
+        raise ValueError("composite needs a 'time' dimension; pass the output of restore()")
+    restored = restored.transpose("time", "y", "x", ...)
+    nb = len(bands)
+    layers = []
+    for b in bands:
+        layers.append(restored[b].data)
+    for name in ("confidence", "gate"):
+        if name in restored:
+            layers.append(restored[name].data)
+        else:
+            layers.append(np.ones(restored[bands[0]].shape, dtype=np.float32))
+    lazy = any(isinstance(x, da.Array) for x in layers)
+    if lazy:
+        ref = next(x for x in layers if isinstance(x, da.Array))
+        chunks = ((restored.sizes["time"],), ref.chunks[1], ref.chunks[2])
+        layers = [
+            (x if isinstance(x, da.Array) else da.from_array(x, chunks=chunks))
+            .astype(np.float32)
+            .rechunk(chunks)
+            for x in layers
+        ]
+        stack = da.stack(layers, axis=1).rechunk({0: -1, 1: -1})
+    else:
+        stack = np.stack([np.asarray(x, dtype=np.float32) for x in layers], axis=1)
+
+    times = pd.DatetimeIndex(restored["time"].values)
+    groups = _period_groups(times, period)
+    pieces = []
+    for _, idx in groups:
+        sub = stack[idx]
+        if lazy:
+            sub = sub.rechunk({0: -1, 1: -1})
+            pieces.append(
+                sub.map_blocks(
+                    partial(_composite_call, nb=nb),
+                    dtype=np.float32,
+                    meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+                    chunks=((1,), (nb + 4,), sub.chunks[2], sub.chunks[3]),
+                    name=f"composite-{tokenize(sub.name, nb)}",
+                )
+            )
+        else:
+            pieces.append(_composite_call(sub, nb))
+    result = da.concatenate(pieces, axis=0) if lazy else np.concatenate(pieces, axis=0)
+
+    dims = ("time", "y", "x")
+    coords = {
+        k: v
+        for k, v in restored.coords.items()
+        if "time" not in v.dims and set(v.dims) <= set(dims)
+    }
+    coords["time"] = pd.DatetimeIndex([label for label, _ in groups])
+    gm_attrs, gm_enc = _spatial_attrs(restored, bands)
+    data_vars = {}
+    for k, b in enumerate(bands):
+        data_vars[b] = xr.DataArray(result[:, k], dims=dims, attrs=dict(restored[b].attrs))
+    extra = {
+        "confidence": (np.float32, "quality-weighted mean per-date confidence"),
+        "observation_count": (np.uint16, "dates in the period with a restored value"),
+        "direct_observation_count": (
+            np.uint16,
+            "dates whose output is mostly their own (gate >= 0.5)",
+        ),
+        "no_valid_observation": (np.uint8, "1 where no date of the period has a value"),
+    }
+    for k, (name, (dtype, desc)) in enumerate(extra.items()):
+        data_vars[name] = xr.DataArray(
+            result[:, nb + k].astype(dtype), dims=dims, attrs={"long_name": desc, **gm_attrs}
+        )
+    for v in data_vars.values():
+        v.attrs.update(gm_attrs)
+        v.encoding.update(gm_enc)
+    out = xr.Dataset(data_vars, coords=coords)
+    out.attrs.update(restored.attrs)
+    out.attrs["composite_period"] = "all" if period is None else str(period)
+    return out
