@@ -253,8 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
-    from pipeline.archive import ArchiveExistsError, ArchiveMismatchError
     from pipeline._search import CatalogUnreachable, NoItemsFound, SearchError
+    from pipeline.archive import ArchiveExistsError, ArchiveMismatchError
 
     handlers = {"search": _cmd_search, "run": _cmd_run, "demo": _cmd_demo}
     try:

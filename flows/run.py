@@ -15,10 +15,10 @@ from typing import Any, Literal
 import numpy as np
 
 import pipeline
+from pipeline._search import SearchParams, is_planetary_computer, search
 from pipeline.archive import ArchiveConfig, check_destination, open_archive, write_archive
 from pipeline.cluster import ClusterConfig, dask_client
 from pipeline.cube import CubeConfig, load_cube
-from pipeline._search import SearchParams, is_planetary_computer, search
 
 log = logging.getLogger(__name__)
 

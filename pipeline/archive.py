@@ -125,6 +125,9 @@ def prepare_for_zarr(ds: xr.Dataset, config: ArchiveConfig) -> tuple[xr.Dataset,
         ds = ds.chunk(rechunk)
     for name in ds.coords:
         ds[name].encoding = {}
+        if ds[name].dtype.kind == "U":
+            # Fixed-width unicode has no Zarr v3 spec; variable-length strings do.
+            ds[name] = ds[name].astype(object)
     return ds, encoding
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import pystac
 import xarray as xr
 
-from ._bands import NATIVE_RESOLUTION_M, QUANTIFICATION, SCL_BAND, boa_offset_dn, check_bands
 from ._bands import DEFAULT_BANDS as _DEFAULT_BANDS
+from ._bands import NATIVE_RESOLUTION_M, QUANTIFICATION, SCL_BAND, boa_offset_dn, check_bands
 from ._reading import AccountingRioDriver, ReadErrorPolicy
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ if "PHYVLM_SHARED_DATA" in os.environ:
 
 
 def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+    # "0.0.0.0" / "::" are what servers bind to (no traffic leaves the machine).
+    if host in ("localhost", "", "0.0.0.0", "::"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

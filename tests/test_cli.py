@@ -95,7 +95,7 @@ def _run_args(catalog: Path, output: Path, *extra: str) -> list[str]:
     return [
         "-q", "run", "--bbox", AUSTRIA_BBOX, "--datetime", AUSTRIA_DATES, "--catalog", str(catalog),
         "--bands", ",".join(AUSTRIA_BANDS), "--no-scl", "--output", str(output), "--chunk-size", "256",
-        "--workers", "2", "--threads", "1", "--dashboard", ":0", *extra,
+        "--workers", "2", "--threads", "1", "--dashboard", "127.0.0.1:0", *extra,
     ]
 
 
@@ -115,8 +115,8 @@ def test_run_on_real_data_writes_an_archive_and_refuses_to_overwrite(austria_cat
     assert np.nanmin(conf) >= 0 and np.nanmax(conf) <= 1
     assert len(ds.attrs["item_ids"]) == 2 and ds.attrs["search_datetime"] == AUSTRIA_DATES
     # Both dates are clear: restoration must keep the real reflectance nearly unchanged.
-    from pipeline.cube import CubeConfig, load_cube
     from pipeline._search import SearchParams, search
+    from pipeline.cube import CubeConfig, load_cube
 
     items = search(SearchParams(bbox=(13.0, 48.0, 13.3, 48.4), datetime=AUSTRIA_DATES, catalog=str(austria_catalog)))
     cube = load_cube(items, CubeConfig(bands=AUSTRIA_BANDS, include_scl=False), geobox=ds.odc.geobox).compute()
