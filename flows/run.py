@@ -66,6 +66,7 @@ class RunSummary:
             f"read failures    {len(self.read_failures)}",
             f"no valid obs.    {self.no_valid_pixels} pixel-dates",
             f"time             {self.seconds:.1f} s",
+            *([f"dask dashboard   {self.dashboard} (closed with the run)"] if self.dashboard else []),
         ]
 
 
