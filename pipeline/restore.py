@@ -206,6 +206,13 @@ def _restore_block(
     bands = params["bands"]
     nb = len(bands)
     data = np.ascontiguousarray(block[:, :nb], dtype=np.float32)
+    out = np.empty((data.shape[0], nb + len(QUALITY_LAYERS)) + data.shape[2:], dtype=np.float32)
+    if np.isnan(data).all():
+        # Outside every footprint (a search area larger than the data): nothing to restore.
+        out[:, : nb + 4] = np.nan
+        out[:, nb : nb + 2] = 0.0  # confidence, gate (as the kernels leave never-seen pixels)
+        out[:, nb + 4] = 1.0  # no_valid_observation
+        return out
     scl = block[:, nb] if params["has_scl"] else None
     prior: Prior = params["prior"]
     pb = prior.block(data, bands, params["scene"], scl)
@@ -219,7 +226,6 @@ def _restore_block(
         params["pair_offset"],
         params["fusion"],
     )
-    out = np.empty((data.shape[0], nb + len(QUALITY_LAYERS)) + data.shape[2:], dtype=np.float32)
     out[:, :nb] = fr.output
     out[:, nb] = fr.confidence
     out[:, nb + 1] = fr.gate

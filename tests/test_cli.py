@@ -23,7 +23,8 @@ from flows.cli import (
 from .real_fixtures import AUSTRIA_BANDS, write_austria_items
 
 ENTRY_POINT = Path(sys.executable).with_name("phyvlm-cr")
-AUSTRIA_BBOX = "13.0,48.0,13.3,48.4"
+# Just around the real crop (13.100-13.179 E, 48.274-48.310 N): a larger box would only add NaN.
+AUSTRIA_BBOX = "13.1,48.274,13.18,48.31"
 AUSTRIA_DATES = "2021-06-01/2021-10-01"
 
 
@@ -118,7 +119,7 @@ def test_run_on_real_data_writes_an_archive_and_refuses_to_overwrite(austria_cat
     from pipeline._search import SearchParams, search
     from pipeline.cube import CubeConfig, load_cube
 
-    items = search(SearchParams(bbox=(13.0, 48.0, 13.3, 48.4), datetime=AUSTRIA_DATES, catalog=str(austria_catalog)))
+    items = search(SearchParams(bbox=(13.1, 48.274, 13.18, 48.31), datetime=AUSTRIA_DATES, catalog=str(austria_catalog)))
     cube = load_cube(items, CubeConfig(bands=AUSTRIA_BANDS, include_scl=False), geobox=ds.odc.geobox).compute()
     diff = np.abs(ds["B04"].values - cube["B04"].values)
     assert np.nanmedian(diff) < 0.01
@@ -138,3 +139,15 @@ def test_missing_asset_is_reported(austria_catalog, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "B11" in err and "--bands" in err
     assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.slow
+def test_composite_mode_writes_one_step_per_period(austria_catalog, tmp_path, capsys):
+    store = tmp_path / "composite.zarr"
+    assert main(_run_args(austria_catalog, store, "--mode", "composite", "--period", "QS")) == EXIT_OK
+    ds = xr.open_zarr(store, decode_coords="all")
+    # 2021-06-17 and 2021-09-25 fall in two quarters (Q2, Q3).
+    assert [str(t)[:10] for t in ds.time.values] == ["2021-04-01", "2021-07-01"]
+    assert {"confidence", "no_valid_observation", "observation_count"} <= set(ds.data_vars)
+    assert ds.attrs["mode"] == "composite" and ds.attrs["period"] == "QS"
+    assert ds.rio.crs.to_epsg() == 32633

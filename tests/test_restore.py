@@ -284,3 +284,22 @@ def test_estimate_scene_is_chunking_invariant(cube_and_truth):
     b = estimate_scene(cube.chunk({"y": 5, "x": 9}), sample_pixels=500)
     np.testing.assert_array_equal(a.airlight, b.airlight)
     np.testing.assert_array_equal(a.gamma, b.gamma)
+
+
+def test_all_nan_block_shortcut_matches_the_kernels_on_never_seen_pixels():
+    """A chunk outside every footprint takes a shortcut; it must equal what the kernels give."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    t, y, x = 3, 24, 64
+    cube = xr.Dataset(
+        {b: (("time", "y", "x"), (0.05 + 0.2 * rng.random((t, y, x))).astype("float32")) for b in ("B02", "B03", "B04", "B08")},
+        coords={"time": pd.date_range("2024-01-01", periods=t, freq="10D"), "y": -10.0 * np.arange(y), "x": 10.0 * np.arange(x)},
+    )
+    for b in cube.data_vars:
+        cube[b][:, :, :40] = np.nan  # never observed
+    whole = restore(cube).compute()  # one block: the kernels see the NaN pixels
+    # x chunk [0, 20) plus its halo (< 20 px) is all NaN: the shortcut runs there.
+    split = restore(cube.chunk({"x": 20})).compute()
+    xr.testing.assert_allclose(whole.isel(x=slice(0, 20)), split.isel(x=slice(0, 20)))
+    assert (split["no_valid_observation"].values[:, :, :20] == 1).all()
