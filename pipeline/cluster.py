@@ -43,6 +43,7 @@ class ClusterConfig:
     dashboard_address: str = ":8787"
     kubernetes_image: str = "ghcr.io/phyvlm-cr/phyvlm-cr:latest"
     kubernetes_name: str = "phyvlm-cr"
+    connect_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "address", "cuda", "kubernetes"):
@@ -118,7 +119,7 @@ def dask_client(config: ClusterConfig | None = None) -> Iterator[Any]:
     try:
         if cluster is None:
             try:
-                client = Client(config.address, timeout="20s")
+                client = Client(config.address, timeout=f"{config.connect_timeout_s}s")
             except OSError as exc:
                 raise ConnectionError(
                     f"cannot reach the Dask scheduler at {config.address}: {exc}. Check the address "

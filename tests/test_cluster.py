@@ -35,7 +35,7 @@ def test_unreachable_scheduler_names_the_address_and_the_fix():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ConnectionError, match=rf"127.0.0.1:{port}.*drop --scheduler"):
-        with dask_client(ClusterConfig(kind="address", address=f"tcp://127.0.0.1:{port}")):
+        with dask_client(ClusterConfig(kind="address", address=f"tcp://127.0.0.1:{port}", connect_timeout_s=2)):
             pass
 
 
