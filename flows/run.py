@@ -55,7 +55,6 @@ class RunSummary:
     no_valid_pixels: int
     seconds: float
     dashboard: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         return [

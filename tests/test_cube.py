@@ -81,3 +81,18 @@ def test_failed_read_counted_not_silent(austria_items, tmp_path):
     assert np.isfinite(loaded["B04"].values[0]).mean() > 0.99
     failures = collect_read_failures()
     assert len(failures) >= 1 and all(f.href.endswith("gone.tif") for f in failures)
+
+
+def test_one_day_with_two_baselines_is_scaled_per_item_then_fused(austria_items):
+    """Tiles of one day processed at different baselines: each keeps its own offset."""
+    tif, items = austria_items
+    old, new = items[0].clone(), items[1].clone()
+    new.datetime = old.datetime  # same acquisition day, the second item at baseline 05.10
+    new.id = new.id + "_reprocessed"
+    cube = load_cube([old, new], CubeConfig(bands=("B04",), include_scl=False, chunk_size=256))
+    loaded = cube.compute()
+    assert loaded.sizes["time"] == 1
+    dn = read_austria_dn(tif)["B04"]
+    # Newer-baseline pixels come first; a single shared offset would be 0.1 off for one of them.
+    expected = np.where(dn[1] > 0, dn[1] / 10000.0, np.where(dn[0] > 0, dn[0] / 10000.0, np.nan))
+    np.testing.assert_allclose(loaded["B04"].values[0], expected.astype("float32"), atol=1e-6, equal_nan=True)
