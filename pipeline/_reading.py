@@ -203,4 +203,5 @@ def configure_gdal(client: Any | None = None) -> None:
     """Apply ``GDAL_SETTINGS`` to odc-stac reads here and, given a client, on its workers."""
     from odc.stac import configure_rio
 
-    configure_rio(cloud_defaults=True, client=client, **GDAL_SETTINGS)
+    settings: dict[str, Any] = dict(GDAL_SETTINGS)
+    configure_rio(cloud_defaults=True, client=client, **settings)

@@ -52,7 +52,7 @@ class ArchiveConfig:
     mode: "create" refuses an existing store; "resume" continues it; "overwrite" replaces it.
     """
 
-    zarr_format: int = 3
+    zarr_format: Literal[2, 3] = 3
     chunk_size: int = 1024
     clevel: int = 3
     mode: WriteMode = "create"
@@ -185,7 +185,9 @@ def _check_resumable(store: str, ds: xr.Dataset) -> list[str]:
     existing = xr.open_zarr(store, decode_coords="all", consolidated=False)
     problems = []
     if set(existing.data_vars) != set(ds.data_vars):
-        problems.append(f"variables {sorted(existing.data_vars)} vs {sorted(ds.data_vars)}")
+        problems.append(
+            f"variables {sorted(map(str, existing.data_vars))} vs {sorted(map(str, ds.data_vars))}"
+        )
     for dim in ds.dims:
         if existing.sizes.get(dim) != ds.sizes[dim]:
             problems.append(f"dim {dim}: {existing.sizes.get(dim)} vs {ds.sizes[dim]}")

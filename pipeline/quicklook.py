@@ -33,7 +33,10 @@ def save_quicklook(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("cloudy input", rgb_image(cloudy), None), ("restored", rgb_image(restored), None)]
+    panels: list[tuple[str, np.ndarray, str | None]] = [
+        ("cloudy input", rgb_image(cloudy), None),
+        ("restored", rgb_image(restored), None),
+    ]
     if truth is not None:
         panels.append(("truth", rgb_image(truth), None))
     panels.append(("confidence", np.asarray(restored["confidence"].values), "viridis"))
