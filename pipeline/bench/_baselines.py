@@ -91,7 +91,8 @@ def masked_median(cloudy, target: int, days=None, **kw) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nanmedian(masked, axis=0)
-    return np.where(clear.any(axis=0)[None], med, x[target]).astype("float32")
+    any_clear: np.ndarray = np.asarray(clear.any(axis=0))
+    return np.where(any_clear[None], med, x[target]).astype("float32")
 
 
 def _guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
