@@ -159,21 +159,29 @@ def _split_options(
 # --------------------------------------------------------------------------- arrays
 
 
+def _stack_layers(layers: list, ntime: int):
+    """Stack (T, Y, X) layers into a (T, C, Y, X) float32 array, numpy or dask.
+
+    With any dask layer, all are aligned to its spatial chunks and time and channel are
+    one chunk each (the kernels need the whole series per chunk).
+    """
+    if any(isinstance(x, da.Array) for x in layers):
+        ref = next(x for x in layers if isinstance(x, da.Array))
+        chunks = ((ntime,), ref.chunks[1], ref.chunks[2])
+        layers = [
+            (x if isinstance(x, da.Array) else da.from_array(x, chunks=chunks))
+            .astype(np.float32)
+            .rechunk(chunks)
+            for x in layers
+        ]
+        return da.stack(layers, axis=1).rechunk({0: -1, 1: -1})
+    return np.stack([np.asarray(x, dtype=np.float32) for x in layers], axis=1)
+
+
 def _stack(cube: xr.Dataset, bands: tuple[str, ...], scl: str | None):
     """(T, B [+1 SCL], Y, X) float32 array, numpy or dask (time and band in one chunk)."""
     names = bands + ((scl,) if scl else ())
-    datas = [cube[n].data for n in names]
-    if any(isinstance(d, da.Array) for d in datas):
-        ref = next(d for d in datas if isinstance(d, da.Array))
-        chunks = ((cube.sizes["time"],), ref.chunks[1], ref.chunks[2])
-        datas = [
-            (d if isinstance(d, da.Array) else da.from_array(d, chunks=chunks))
-            .astype(np.float32)
-            .rechunk(chunks)
-            for d in datas
-        ]
-        return da.stack(datas, axis=1).rechunk({0: -1, 1: -1})
-    return np.stack([np.asarray(d, dtype=np.float32) for d in datas], axis=1)
+    return _stack_layers([cube[n].data for n in names], cube.sizes["time"])
 
 
 def _sample(arr, sample_pixels: int) -> tuple[np.ndarray, int]:
@@ -452,19 +460,8 @@ def composite(restored: xr.Dataset, *, period: str | None = None) -> xr.Dataset:
             layers.append(restored[name].data)
         else:
             layers.append(np.ones(restored[bands[0]].shape, dtype=np.float32))
-    lazy = any(isinstance(x, da.Array) for x in layers)
-    if lazy:
-        ref = next(x for x in layers if isinstance(x, da.Array))
-        chunks = ((restored.sizes["time"],), ref.chunks[1], ref.chunks[2])
-        layers = [
-            (x if isinstance(x, da.Array) else da.from_array(x, chunks=chunks))
-            .astype(np.float32)
-            .rechunk(chunks)
-            for x in layers
-        ]
-        stack = da.stack(layers, axis=1).rechunk({0: -1, 1: -1})
-    else:
-        stack = np.stack([np.asarray(x, dtype=np.float32) for x in layers], axis=1)
+    stack = _stack_layers(layers, restored.sizes["time"])
+    lazy = isinstance(stack, da.Array)
 
     times = pd.DatetimeIndex(restored["time"].values)
     groups = _period_groups(times, period)
