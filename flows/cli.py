@@ -1,4 +1,4 @@
-"""The ``phyvlm-cr`` command: search, run, demo.
+"""The ``phyvlm-cr`` command: search, run, demo, benchmark.
 
 A thin layer over the library: it parses flags into typed configs, calls one flow and maps
 failures to exit codes with a message that names the fix.
@@ -10,6 +10,7 @@ cluster unreachable; 5 the output exists (use --resume or --overwrite).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -18,6 +19,11 @@ from collections.abc import Sequence
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOTHING_FOUND, EXIT_UNREACHABLE, EXIT_EXISTS = range(6)
 
 log = logging.getLogger("phyvlm_cr")
+
+#: ``phyvlm-cr benchmark KIND``: each is a module ``flows.benchmarks.KIND`` with HELP,
+#: DESCRIPTION, ``add_arguments(parser)`` and ``main(args) -> exit code``; the modules import
+#: their heavy dependencies inside ``main`` so that building the parser stays fast.
+BENCHMARKS: tuple[str, ...] = ("quality",)
 
 
 def _bbox(text: str) -> tuple[float, float, float, float]:
@@ -165,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--threads", type=int, default=1)
     p_demo.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     p_demo.add_argument("--overwrite", action="store_true", help="replace the demo folder's store if it exists")
+
+    p_bench = sub.add_parser(
+        "benchmark",
+        help="measure quality, speed or prior cost; prints a table and writes JSON",
+        description="Benchmarks. Each prints its table and writes the figures as JSON (and figures where it has them).",
+    )
+    kinds = p_bench.add_subparsers(dest="benchmark", required=True, metavar="KIND")
+    for name in BENCHMARKS:
+        module = importlib.import_module(f"flows.benchmarks.{name}")
+        module.add_arguments(kinds.add_parser(name, help=module.HELP, description=module.DESCRIPTION))
     return parser
 
 
@@ -249,6 +265,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"flows.benchmarks.{args.benchmark}")
+    return int(module.main(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -256,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline._search import CatalogUnreachable, NoItemsFound, SearchError
     from pipeline.archive import ArchiveExistsError, ArchiveMismatchError
 
-    handlers = {"search": _cmd_search, "run": _cmd_run, "demo": _cmd_demo}
+    handlers = {"search": _cmd_search, "run": _cmd_run, "demo": _cmd_demo, "benchmark": _cmd_benchmark}
     try:
         return handlers[args.command](args)
     except NoItemsFound as exc:

@@ -1,0 +1,1 @@
+"""Benchmark commands (``phyvlm-cr benchmark KIND``), one module per kind; see ``flows.cli``."""
