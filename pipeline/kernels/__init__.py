@@ -9,6 +9,7 @@ from ._common import box_mean_nan, min_filter_nan, smoothstep, wavelengths_of
 from ._composite import CompositeResult, composite_block
 from ._fusion import FusionConfig, FusionResult, fuse_dates, gate
 from ._physics import (
+    floor_transmission,
     band_transmission,
     dark_channel_haze,
     forward_model,
@@ -42,6 +43,7 @@ __all__ = [
     "estimate_gamma",
     "fit_clear_line",
     "forward_model",
+    "floor_transmission",
     "fuse_dates",
     "gate",
     "harmonise_local",

@@ -19,12 +19,15 @@ from typing import NamedTuple
 import numpy as np
 
 from ._common import F32, smoothstep
+from ._common import wavelengths_of
+from ._physics import floor_transmission, inversion_confidence, invert, snow_score
 from ._reference import (
     harmonise_local,
     reference_quality,
     smoothed_quality,
     spectral_consistency,
 )
+from ._temporal import temporal_band_transmission
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,26 @@ class FusionConfig:
     time_scale_days: e-folding time of the closeness-in-time factor exp(-|dt| / scale).
     max_candidates: the reference is sought among this many dates nearest in time.
     consistency_sigma: reflectance RMS scale of the spectral-consistency factor.
+    consistency_floor: least value of that factor (it ranks candidates, never removes one).
     reference_smooth_radius: window radius (px) of the quality smoothing for the choice.
     harmonise_radius: window radius (px) of the local gain/offset fit.
     harmonise_shrink_pixels, harmonise_ridge: fallback strength toward the global fit.
+    harmonise_clear_t_low, harmonise_clear_t_high: t_ref ramp of the "clear" weight of the
+        pixels the local fit uses (c * S(t; low, high), squared, on both dates).
     shadow_ratio_low, shadow_ratio_high: brightness ratio J / R below which the pixel is
         taken as shadowed (confidence scaled down smoothly between the two).
+    temporal_weight: trust (0..1, times the reference's quality) in the transmission from
+        the harmonised reference (``temporal_band_transmission``); 0 keeps the prior's.
+    temporal_radius, temporal_min_leverage, temporal_noise: its window radius (px), least
+        A_b - R_b of a usable band, and the haze level below which it is shrunk to zero.
+    temporal_t_min, temporal_t_low, temporal_t_high: inversion floor and transmission ramp
+        of the confidence when the inversion is redone with the temporal transmission (the
+        physics prior's t_min, confidence_t_low and confidence_t_high play that role there).
+    gamma_max: largest Angstrom exponent (bounds the temporal per-band transmissions).
+    sigma_t_clear, sigma_t_haze: error model of the transmission, sigma_t = clear + haze *
+        (1 - t), behind the inverse-variance confidence (``_physics_weight``).
+    reference_sigma, reference_sigma_floor: error (reflectance RMS) of a harmonised
+        reference where the local fit has no support, and the least error ever assumed.
     """
 
     gate_low: float = 0.2
@@ -51,12 +69,27 @@ class FusionConfig:
     time_scale_days: float = 30.0
     max_candidates: int = 8
     consistency_sigma: float = 0.05
+    consistency_floor: float = 0.05
     reference_smooth_radius: int = 3
-    harmonise_radius: int = 12
-    harmonise_shrink_pixels: float = 30.0
+    harmonise_radius: int = 32
+    harmonise_shrink_pixels: float = 1000.0
     harmonise_ridge: float = 4e-3
     shadow_ratio_low: float = 0.5
     shadow_ratio_high: float = 0.85
+    temporal_weight: float = 1.0
+    temporal_radius: int = 1
+    temporal_min_leverage: float = 0.15
+    temporal_noise: float = 0.03
+    temporal_t_min: float = 0.1
+    temporal_t_low: float = 0.25
+    temporal_t_high: float = 0.6
+    harmonise_clear_t_low: float = 0.9
+    harmonise_clear_t_high: float = 0.97
+    gamma_max: float = 2.5
+    sigma_t_clear: float = 0.01
+    sigma_t_haze: float = 0.1
+    reference_sigma: float = 0.04
+    reference_sigma_floor: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gate_low < self.gate_high <= 1.0:
@@ -66,13 +99,16 @@ class FusionConfig:
             )
         if self.max_candidates < 1:
             raise ValueError("FusionConfig.max_candidates must be >= 1")
-        if self.reference_smooth_radius < 0 or self.harmonise_radius < 0:
+        if self.reference_smooth_radius < 0 or self.harmonise_radius < 0 or self.temporal_radius < 0:
             raise ValueError("FusionConfig radii must be >= 0")
+        if not 0.0 <= self.temporal_weight <= 1.0:
+            raise ValueError(f"FusionConfig.temporal_weight must be in [0, 1], got {self.temporal_weight}")
 
     @property
     def halo(self) -> int:
         """Spatial radius (px) the fusion step reads around each output pixel."""
-        return max(self.reference_smooth_radius, self.harmonise_radius)
+        temporal = self.harmonise_radius + self.temporal_radius if self.temporal_weight > 0 else 0
+        return max(self.reference_smooth_radius, self.harmonise_radius, temporal)
 
     def params(self) -> dict:
         return asdict(self)
@@ -84,6 +120,7 @@ class FusionResult(NamedTuple):
     gate: np.ndarray  # (T, Y, X) float32
     reference_days: np.ndarray  # (T, Y, X) float32, NaN = no reference
     no_valid_observation: np.ndarray  # (T, Y, X) uint8
+    transmission: np.ndarray  # (T, Y, X) float32, t_ref after the temporal refinement
 
 
 def gate(confidence: np.ndarray, cfg: FusionConfig) -> np.ndarray:
@@ -119,6 +156,116 @@ def _agreement(
     return np.where(np.isfinite(w), w, 0.0)
 
 
+def _physics_weight(
+    expected: np.ndarray,
+    t_ref: np.ndarray,
+    airlight: np.ndarray,
+    reference_var: np.ndarray,
+    q_ref: np.ndarray,
+    cfg: FusionConfig,
+) -> np.ndarray:
+    """Inverse-variance share of the physical inversion against the reference, (Y, X) in [0, 1].
+
+    The inversion J = (I - A (1 - t)) / t has dJ/dt = (A - J) / t, so an error sigma_t of
+    the transmission gives sigma_J = sigma_t |A - J| / t: small on clear pixels, exploding
+    under opaque cloud. J there is the *expected* surface, the reference (the inversion
+    itself would say J ~ A under a cloud, hiding its own error). sigma_t = sigma_t_clear + sigma_t_haze (1 - t). The reference's
+    error is the local harmonisation residual (``harmonise_local``), floored, and inflated by
+    the reference date's own quality q_j (a hazy reference is a worse one):
+    var_R = max(resid, floor^2) / max(q_j, 0.05)^2. The weight var_R / (var_R + var_J) is
+    what minimises the expected squared error of the blend of two independent estimates.
+    """
+    a = np.asarray(airlight, np.float64).reshape(-1, 1, 1)
+    dev = a - np.asarray(expected, np.float64)
+    fin = np.isfinite(dev)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.sqrt(np.where(fin, dev * dev, 0.0).sum(0) / fin.sum(0))
+        t = np.clip(np.asarray(t_ref, np.float64), 0.0, 1.0)
+        sigma_t = cfg.sigma_t_clear + cfg.sigma_t_haze * (1.0 - t)
+        var_j = (sigma_t * spread / np.maximum(t, cfg.temporal_t_min)) ** 2
+        var_r = np.where(np.isfinite(reference_var), reference_var, cfg.reference_sigma**2)
+        var_r = np.maximum(var_r, cfg.reference_sigma_floor**2) / np.maximum(q_ref, 0.05) ** 2
+        w = var_r / (var_r + var_j)
+    return np.where(np.isfinite(w), w, 0.0)
+
+
+def _plausible(surface: np.ndarray) -> np.ndarray:
+    """S(min_b J; -0.05, 0) (1 - S(max_b J; 1, 1.3)): a negative or implausibly bright
+    inverted surface means the model does not hold there (as ``inversion_confidence``)."""
+    j = np.asarray(surface, np.float64)
+    jmin = np.where(np.isnan(j), np.inf, j).min(axis=0)
+    jmax = np.where(np.isnan(j), -np.inf, j).max(axis=0)
+    p = smoothstep(jmin, -0.05, 0.0) * (1.0 - smoothstep(jmax, 1.0, 1.3))
+    return np.where(np.isfinite(p), p, 0.0)
+
+
+def _temporal_refinement(
+    observed: np.ndarray,
+    reference: np.ndarray,
+    airlight: np.ndarray,
+    prior_tb: np.ndarray,
+    surface: np.ndarray,
+    t_ref: np.ndarray,
+    q_ref: np.ndarray,
+    bands: tuple[str, ...],
+    cfg: FusionConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 4 of ``fuse_dates`` for one date: (J_phys, t_ref) refined by the transmission
+    read against the harmonised reference, weighted by the reference's quality.
+
+    Where the temporal cue has no usable reading (a surface change, see
+    ``temporal_band_transmission``) or the target is snow (``snow_score(strict=True)``:
+    fresh snow against a snow-free reference reads as haze in every band) the prior's
+    transmission stays.
+    """
+    wavelengths = wavelengths_of(bands)
+    tb_temp, usable = temporal_band_transmission(
+        observed,
+        reference,
+        airlight,
+        wavelengths,
+        radius=cfg.temporal_radius,
+        min_leverage=cfg.temporal_min_leverage,
+        noise=cfg.temporal_noise,
+        gamma_max=cfg.gamma_max,
+    )
+    ref_band = int(np.argmin(wavelengths))
+    w = cfg.temporal_weight * np.clip(q_ref, 0.0, 1.0)
+    snow = snow_score(np.asarray(observed)[None], bands, strict=True)
+    if snow is not None:
+        w = w * (1.0 - snow[0])
+    wb = np.where(usable, w[None], 0.0)
+    prior = np.asarray(prior_tb, np.float64)
+    tb = floor_transmission(observed, airlight, np.where(usable, wb * tb_temp + (1.0 - wb) * prior, prior))
+    j_new = invert(observed[None], np.asarray(airlight)[None], tb[None], cfg.temporal_t_min)[0].astype(np.float64)
+    t_new = tb[ref_band]
+    touched = w > 0
+    surface = np.where(touched[None] & np.isfinite(j_new), j_new, surface)
+    w_ref = np.where(usable[ref_band], w, 0.0)
+    t_out = np.where(np.isfinite(t_new), w_ref * t_new + (1.0 - w_ref) * t_ref, t_ref)
+    return surface, t_out
+
+
+def _prior_factor(
+    confidence: np.ndarray, t_ref: np.ndarray, surface: np.ndarray, cfg: FusionConfig
+) -> np.ndarray:
+    """What a prior's confidence says beyond the transmission ramp, (T, Y, X) in [0, 1].
+
+    A prior's confidence is the physical part (``inversion_confidence`` of its own t and
+    J) times its own knowledge (SCL evidence, a VLM's judgement, a plug-in's scaling). The
+    fusion recomputes the physical part with the temporal transmission, so it keeps the
+    prior's factor c / c_phys and multiplies it back in; where c_phys is near zero the
+    factor is unknown and taken as 1 (the prior had nothing to add there).
+    """
+    c_phys = inversion_confidence(
+        t_ref, surface, t_low=cfg.temporal_t_low, t_high=cfg.temporal_t_high
+    ).astype(np.float64)
+    c = np.asarray(confidence, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.where(c_phys > 0.05, c / c_phys, 1.0)
+    return np.clip(np.where(np.isfinite(factor), factor, 1.0), 0.0, 1.0)
+
+
 def fuse_dates(
     observed: np.ndarray,
     surface: np.ndarray,
@@ -128,6 +275,9 @@ def fuse_dates(
     pair_gain: np.ndarray,
     pair_offset: np.ndarray,
     cfg: FusionConfig,
+    band_transmission: np.ndarray | None = None,
+    airlight: np.ndarray | None = None,
+    bands: tuple[str, ...] | None = None,
 ) -> FusionResult:
     """Per-pixel temporal reference, harmonisation and soft-gated fusion for one block.
 
@@ -145,8 +295,12 @@ def fuse_dates(
     3. R = g_ij J_j + o_ij with the local gain/offset of ``harmonise_local`` fitted on pixels
        clear in both dates (weights (q_i q_j)^2, emphasising the clearest pixels, times the
        robust ``_agreement`` pre-weight);
-    4. shadow cue: rho = sum_b J_i / sum_b R; c_i *= 1 - q_j (1 - S(rho; low, high));
-    5. J_out = g(c) J_phys + (1 - g(c)) R. Without a reference J_out = J_phys (gate 1) if
+    4. temporal transmission (with ``band_transmission`` (T, B, Y, X) and ``airlight`` (T, B)
+       of the prior): t_b = w t_b,temporal + (1 - w) t_b,prior with w = temporal_weight * q_j
+       per usable band (``temporal_band_transmission``; ``bands``: the asset keys), then
+       J_phys, t_ref (the shortest band) and the confidence are recomputed from it (blended by w likewise);
+    5. shadow cue: rho = sum_b J_i / sum_b R; c_i *= 1 - q_j (1 - S(rho; low, high));
+    6. J_out = g(c) J_phys + (1 - g(c)) R. Without a reference J_out = J_phys (gate 1) if
        c >= ``min_confidence_without_reference``, else NaN with the no-valid-observation flag;
        an unobserved target pixel with a reference gets R (gate 0).
     """
@@ -157,14 +311,30 @@ def fuse_dates(
     valid = np.isfinite(obs).any(axis=1)
     q = np.where(valid, reference_quality(t_ref, confidence), 0.0)
     eligible = valid & (q >= cfg.reference_min_quality)
-    cons = spectral_consistency(j64, eligible, cfg.consistency_sigma)
+    # Consistency ranks candidates; it must never veto the only one (with few dates the
+    # median it is measured against can be half an undetected cloud), hence the floor.
+    cons = np.maximum(spectral_consistency(j64, eligible, cfg.consistency_sigma), cfg.consistency_floor)
     base = smoothed_quality(q, cfg.reference_smooth_radius) * cons * eligible
+    # harmonisation is fitted where both dates are clear, not merely invertible: a hazy
+    # target's inversion carries the prior's transmission error into the map
+    clear = np.where(
+        valid,
+        np.asarray(confidence, np.float64)
+        * smoothstep(np.asarray(t_ref, np.float64), cfg.harmonise_clear_t_low, cfg.harmonise_clear_t_high),
+        0.0,
+    )
 
     out = np.full(obs.shape, np.nan, dtype=F32)
     conf_out = np.zeros((nt,) + obs.shape[2:], dtype=F32)
     gate_out = np.zeros_like(conf_out)
     ref_days = np.full_like(conf_out, np.nan)
     flag = np.zeros(conf_out.shape, dtype=np.uint8)
+    t_out = np.asarray(t_ref, dtype=F32).copy()
+    use_temporal = cfg.temporal_weight > 0 and band_transmission is not None and airlight is not None
+    if use_temporal and bands is None:
+        raise ValueError("fuse_dates: the temporal refinement needs the band names (bands=)")
+    if use_temporal:
+        prior_factor = _prior_factor(confidence, t_ref, surface, cfg)
 
     for i in range(nt):
         dt = days - days[i]
@@ -173,6 +343,7 @@ def fuse_dates(
         reference = np.full((nb,) + obs.shape[2:], np.nan)
         has = np.zeros(obs.shape[2:], dtype=bool)
         q_ref = np.zeros(obs.shape[2:])
+        reference_var = np.full(obs.shape[2:], np.nan)
         if cand.size:
             score = base[cand] * np.exp(-np.abs(dt[cand]) / cfg.time_scale_days)[:, None, None]
             score = np.round(score, 6)
@@ -183,22 +354,40 @@ def fuse_dates(
             ref_days[i] = np.where(has, dt[jstar], np.nan)
             for j in np.unique(jstar[has]):
                 m = has & (jstar == j)
-                g, o = harmonise_local(
+                g, o, resid = harmonise_local(
                     j64[i],
                     j64[j],
-                    (q[i] * q[j]) ** 2
+                    (clear[i] * clear[j]) ** 2
                     * _agreement(j64[i], j64[j], pair_gain[i, j], pair_offset[i, j], cfg),
                     cfg.harmonise_radius,
                     pair_gain[i, j],
                     pair_offset[i, j],
                     ridge=cfg.harmonise_ridge,
                     shrink_pixels=cfg.harmonise_shrink_pixels,
+                    residual=True,
                 )
                 reference[:, m] = (g * j64[j] + o)[:, m]
+                reference_var[m] = resid[m]
 
         ji = j64[i]
+        ci = np.asarray(confidence[i], np.float64)
+        ti = np.asarray(t_ref[i], np.float64)
+        if use_temporal and has.any():
+            ji, ti = _temporal_refinement(
+                obs[i], reference, airlight[i], band_transmission[i], ji, ti, q_ref, tuple(bands or ()), cfg
+            )
+        t_out[i] = ti
         dark = _darkening(ji, reference, cfg)
-        c = np.asarray(confidence[i], np.float64) * (1.0 - dark * q_ref)
+        if use_temporal:
+            # with a reference, faith in the inversion is relative to it (inverse variance)
+            w_phys = (
+                _physics_weight(reference, ti, airlight[i], reference_var, q_ref, cfg)
+                * _plausible(ji)
+                * smoothstep(ti, cfg.temporal_t_low, cfg.temporal_t_high)
+                * prior_factor[i]
+            )
+            ci = np.where(has, w_phys, ci)
+        c = ci * (1.0 - dark * q_ref)
         c = np.where(valid[i], c, 0.0)
         g = gate(c, cfg)
         g = np.where(has, np.where(valid[i], g, 0.0), 1.0)
@@ -211,4 +400,4 @@ def fuse_dates(
         conf_out[i] = c
         gate_out[i] = g
         flag[i] = bad
-    return FusionResult(out, conf_out, gate_out, ref_days, flag)
+    return FusionResult(out, conf_out, gate_out, ref_days, flag, t_out)

@@ -73,6 +73,24 @@ def invert(
     return j.astype(F32)
 
 
+def floor_transmission(observed: np.ndarray, airlight: np.ndarray, t_band: np.ndarray) -> np.ndarray:
+    """t_b raised where it would invert to a negative surface: t_b >= 1 - I_b / A_b.
+
+    From the model, 1 - t_b = (I_b - J_b t_b) / A_b <= I_b / A_b for any J_b >= 0, so the
+    darkest band of a pixel caps its haze (He et al.'s dark-channel argument, per band and
+    per pixel). A haze estimate above the cap would make J_b < 0; it is lowered instead of
+    letting the inversion fail (dark water and shadowed slopes are the usual cases).
+    Works on (T, B, Y, X) or (B, Y, X) with airlight (T, B) or (B,).
+    """
+    obs = np.asarray(observed, dtype=np.float64)
+    a = np.asarray(airlight, dtype=np.float64)
+    a = a.reshape(a.shape + (1,) * (obs.ndim - a.ndim))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cap = 1.0 - np.clip(obs, 0.0, None) / np.maximum(a, 1e-3)
+    t = np.asarray(t_band, dtype=np.float64)
+    return np.where(np.isfinite(cap), np.maximum(t, cap), t).astype(F32)
+
+
 def pixel_haze_bound(
     observed: np.ndarray,
     airlight: np.ndarray,
@@ -208,14 +226,15 @@ def hot_haze(
     return h, weight
 
 
-def snow_score(observed: np.ndarray, bands: tuple[str, ...]) -> np.ndarray | None:
+def snow_score(observed: np.ndarray, bands: tuple[str, ...], *, strict: bool = False) -> np.ndarray | None:
     """Snow/ice likelihood from NDSI = (G - SWIR) / (G + SWIR), Fmask style; None without SWIR.
 
     Snow is bright and white in the visible like cloud but dark in B11/B12; cloud stays bright
     there. score = S(NDSI; 0.4, 0.6) * S(NIR; 0.08, 0.12) (NIR test when B08/B8A exist:
     water also has a high NDSI but is dark in the NIR). The NDSI ramp sits above the usual
     0.15-0.4 because haze over vegetation raises green far more than SWIR and reaches NDSI
-    ~0.35 at t ~ 0.3; fresh snow has NDSI ~0.7-0.9.
+    ~0.35 at t ~ 0.3; fresh snow has NDSI ~0.7-0.9. ``strict`` adds two tests that thin
+    haze over dark surfaces fails: NIR / green > 0.6-0.75 and green > 0.25-0.35.
     """
     swir = band_index(bands, "B11", "B12")
     green = band_index(bands, "B03", "B02", "B04")
@@ -229,6 +248,12 @@ def snow_score(observed: np.ndarray, bands: tuple[str, ...]) -> np.ndarray | Non
     nir = band_index(bands, "B08", "B8A")
     if nir is not None:
         score = score * smoothstep(observed[:, nir].astype(np.float64), 0.08, 0.12)
+    if strict and nir is not None:
+        # Thin haze over water also has a high NDSI and a bright NIR; snow keeps the NIR close
+        # to the visible (NIR / green > 0.6-0.75), a hazy dark surface does not.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = observed[:, nir].astype(np.float64) / np.maximum(g, 1e-6)
+        score = score * smoothstep(ratio, 0.6, 0.75) * smoothstep(g, 0.25, 0.35)
     return np.where(np.isfinite(score), score, 0.0)
 
 
@@ -258,6 +283,13 @@ def _scl_lookup(scl: np.ndarray, table: dict, column: int, default: float) -> np
     return lut[np.clip(codes, 0, 255).astype(np.intp)]
 
 
+def _visible_floor(observed: np.ndarray, wavelengths: np.ndarray, max_nm: float) -> np.ndarray:
+    """min over the visible bands of I (T, Y, X); +inf where none is observed."""
+    vis = visible_band_mask(wavelengths, max_nm)
+    obs = np.asarray(observed, dtype=np.float64)[:, vis]
+    return np.where(np.isnan(obs), np.inf, obs).min(axis=1)
+
+
 def transmission(
     observed: np.ndarray,
     airlight: np.ndarray,
@@ -283,7 +315,9 @@ def transmission(
        ``dark_channel_haze``);
     2. HOT veto: H = (1 - w) H_dcp + w min(H_dcp, H_hot + margin). A bright surface that is
        not blue-shifted the way haze is (sand, soil, red roofs) has a high dark channel but a
-       low HOT, so the smaller of the two wins; ``w`` is the HOT reliability of the date;
+       low HOT, so the smaller of the two wins; ``w`` is the HOT reliability of the date,
+       lifted where every visible band exceeds 0.3-0.45 (no surface but snow is that bright;
+       grey opaque cloud sits on the clear-sky line);
     3. snow: H *= 1 - snow_score (bright in the visible, dark in the SWIR: not cloud);
     4. SCL as weak evidence: H += w_scl (H_target - H) for the classes in
        ``SCL_HAZE_EVIDENCE``.
@@ -293,7 +327,10 @@ def transmission(
     hot = hot_haze(observed, airlight, bands, hot_slope, hot_intercept, radius)
     if hot is not None:
         h_hot, w = hot
-        w = w[:, None, None]
+        # The veto protects bright *surfaces*; no land surface but snow (handled below) is
+        # brighter than ~0.3-0.45 in every visible band, so there it is lifted: grey opaque
+        # cloud sits near the clear-sky line and would otherwise be read as clear.
+        w = w[:, None, None] * (1.0 - smoothstep(_visible_floor(observed, wavelengths, max_nm), 0.3, 0.45))
         h = (1.0 - w) * h + w * np.fmin(h, h_hot + hot_margin)
     snow = snow_score(observed, bands)
     if snow is not None:

@@ -57,7 +57,8 @@ def harmonise_local(
     *,
     ridge: float = 4e-3,
     shrink_pixels: float = 30.0,
-) -> tuple[np.ndarray, np.ndarray]:
+    residual: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Local per-band gain/offset mapping ``source`` onto ``target`` (B, Y, X) each, float64.
 
     Fitted by weighted least squares in a (2r+1)^2 window from box-filter moments
@@ -66,6 +67,11 @@ def harmonise_local(
     loop. The gain is ridge-pulled toward the prior (scene-level pair fit) and the pair
     (g, o) shrinks to the prior where the window holds less than ``shrink_pixels`` clear
     weight: local where the data allow, global elsewhere, identity without either.
+
+    With ``residual=True`` a third array (Y, X) is returned: the weighted mean squared
+    residual of the fitted map over the window and the bands, mean_b E_w[(t - g s - o)^2]
+    (NaN where the window holds no weight). It is the local error of the harmonised
+    reference as a stand-in for the target's surface, measured where both are clear.
     """
     t = np.asarray(target, np.float64)
     s = np.asarray(source, np.float64)
@@ -90,6 +96,16 @@ def harmonise_local(
             shrink_pixels,
         )
         gains[b], offsets[b] = g, o
+        if residual:
+            syy = box_sum(wy * y, radius)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                n = np.where(s0 > 1e-9, s0, np.nan)
+                sx, sy = box_sum(wx, radius), box_sum(wy, radius)
+                sxx, sxy = box_sum(wx * x, radius), box_sum(wx * y, radius)
+                mse = (syy - 2 * g * sxy - 2 * o * sy + g * g * sxx + 2 * g * o * sx) / n + o * o
+            resid_sum = mse if b == 0 else resid_sum + mse
+    if residual:
+        return gains, offsets, np.maximum(resid_sum / t.shape[0], 0.0)
     return gains, offsets
 
 

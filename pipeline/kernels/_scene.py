@@ -192,32 +192,45 @@ def pair_gain_offset(
     *,
     ridge: float = 4e-3,
     shrink_pixels: float = 30.0,
+    robust_scale: float = 0.1,
+    iterations: int = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Global gain/offset that maps each date j onto each date i, (T, T, B) each.
 
     Weighted least squares of x_i,b = g x_j,b + o (x: the sample, raw or physically
-    inverted) on pixels clear in both dates (weight w_i w_j), with a ridge pull of g toward 1 (``ridge`` is in units of sum(w) * variance) and
-    shrinkage of (g, o) toward identity when the common clear weight is below
-    ``shrink_pixels``. All pair sums are matrix products over the sample (T x N times N x T).
-    Used as the fallback of the local harmonisation.
+    inverted) on pixels clear in both dates (weight w_i w_j), with a ridge pull of g toward 1
+    (``ridge`` is in units of sum(w) * variance) and shrinkage of (g, o) toward identity when
+    the common clear weight is below ``shrink_pixels``. Used as the fallback of the local
+    harmonisation and as the anchor of its robust pre-weight.
+
+    Robust: ``iterations`` rounds of iteratively reweighted least squares with Cauchy weights
+    1 / (1 + (r / robust_scale)^2) on the band-RMS residual r of each pixel and pair, so a
+    surface change between the two dates (snow, harvest, an undetected cloud) does not bend
+    the map that the rest of the scene agrees on. 1 iteration = plain weighted LS.
     """
-    t, nb, _ = sample.shape
+    t, nb, n = sample.shape
     x = sample.astype(np.float64)
     ok: np.ndarray = np.asarray(np.isfinite(x).all(axis=1))  # (T, N)
     w = np.where(ok, weight, 0.0)
     xz = np.where(ok[:, None, :], x, 0.0)
-    s0 = w @ w.T  # (T, T) [i, j]
     gains = np.ones((t, t, nb))
     offsets = np.zeros((t, t, nb))
-    for b in range(nb):
-        xb = xz[:, b]
-        wx, wx2 = w * xb, w * xb * xb
-        sx = w @ wx.T  # [i, j] = sum w_i w_j x_j
-        sy = wx @ w.T  # sum w_i w_j x_i
-        sxx = w @ wx2.T
-        sxy = wx @ wx.T
-        g, o = _ridge_fit(s0, sx, sy, sxx, sxy, 1.0, 0.0, ridge, shrink_pixels)
-        gains[:, :, b], offsets[:, :, b] = g, o
+    robust = np.ones((t, t, n))  # [i, j, pixel]
+    for it in range(max(1, iterations)):
+        for i in range(t):
+            pw = w[i][None, :] * w * robust[i]  # (T, N): pair weights of (i, j)
+            s0 = pw.sum(axis=1)
+            y = xz[i]  # (B, N) target values
+            sx = np.einsum("jn,jbn->jb", pw, xz)
+            sy = pw @ y.T  # (T, B)
+            sxx = np.einsum("jn,jbn->jb", pw, xz * xz)
+            sxy = np.einsum("jn,jbn,bn->jb", pw, xz, y)
+            g, o = _ridge_fit(s0[:, None], sx, sy, sxx, sxy, 1.0, 0.0, ridge, shrink_pixels)
+            gains[i], offsets[i] = g, o
+            if it + 1 < max(1, iterations):
+                resid = y[None] - (g[:, :, None] * xz + o[:, :, None])  # (T, B, N)
+                r2 = (resid * resid).mean(axis=1)
+                robust[i] = 1.0 / (1.0 + r2 / robust_scale**2)
     idx = np.arange(t)
     gains[idx, idx], offsets[idx, idx] = 1.0, 0.0
     return gains.astype(F32), offsets.astype(F32)

@@ -26,6 +26,7 @@ from ..kernels import (
     estimate_dark_object,
     estimate_gamma,
     fit_clear_line,
+    floor_transmission,
     inversion_confidence,
     invert,
     pixel_haze_bound,
@@ -159,7 +160,7 @@ class PhysicsPrior(Prior):
             hot_margin=cfg.hot_margin,
             scl_weight=cfg.scl_weight,
         )
-        t_b = band_transmission(t_ref, wl, scene.gamma)
+        t_b = floor_transmission(data, scene.airlight, band_transmission(t_ref, wl, scene.gamma))
         surface = invert(data, scene.airlight, t_b, cfg.t_min)
         conf = inversion_confidence(
             t_ref,
