@@ -27,7 +27,9 @@ def draw_examples(examples: dict[str, dict[str, Any]], path: str) -> None:
     n_methods = max(len(e["outputs"]) for e in examples.values())
     ncols = 2 + n_methods
     nrows = 2 * len(examples)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.0 * ncols, 1.6 * nrows), squeeze=False, layout="constrained"
+    )
     for r, (name, ex) in enumerate(examples.items()):
         stack, sim = ex["stack"], ex["sim"]
         top, bottom = axes[2 * r], axes[2 * r + 1]
@@ -43,7 +45,8 @@ def draw_examples(examples: dict[str, dict[str, Any]], path: str) -> None:
         for c, (method, est) in enumerate(ex["outputs"].items(), start=2):
             top[c].imshow(_rgb(est, stack.bands))
             top[c].set_title(method, fontsize=7)
-            err = np.nanmean(np.abs(np.clip(est, 0, 1) - np.clip(ex["truth"], 0, 1)), axis=0)
+            diff = np.abs(np.clip(est, 0, 1) - np.clip(ex["truth"], 0, 1))
+            err = np.where(np.isfinite(diff).all(axis=0), np.nan_to_num(diff).mean(axis=0), np.nan)
             im = bottom[c].imshow(err, cmap="magma", vmin=0, vmax=ERROR_MAX)
             bottom[c].set_title("|error|", fontsize=7)
         for ax in (*top, *bottom):

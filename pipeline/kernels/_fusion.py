@@ -87,7 +87,7 @@ class FusionConfig:
     harmonise_clear_t_high: float = 0.97
     gamma_max: float = 2.5
     sigma_t_clear: float = 0.01
-    sigma_t_haze: float = 0.1
+    sigma_t_haze: float = 0.2
     reference_sigma: float = 0.04
     reference_sigma_floor: float = 0.01
 

@@ -59,7 +59,7 @@ def temporal_band_transmission(
     Physical consistency: with an Angstrom exponent in [0, gamma_max], transmission cannot
     fall with wavelength, so every band is bounded by the shortest band's t_s (the most
     haze-sensitive one, ``wavelengths`` (B,) in nm):
-    t_s <= t_b <= t_s ** ((lambda_s / lambda_b) ** gamma_max). A surface change confined to
+    t_s <= t_b <= t_s ** ((lambda_s / lambda_b) ** gamma_max), and non-decreasing in lambda. A surface change confined to
     the NIR (harvest, senescence) is then not read as haze, which only the NIR sees.
     """
     obs = np.asarray(observed, np.float64)
@@ -103,5 +103,7 @@ def temporal_band_transmission(
     t_s = t[s]
     upper = np.clip(t_s, 0.0, 1.0)[None] ** ((wl[s] / wl) ** gamma_max)[:, None, None]
     bounded = np.clip(t, t_s[None], upper)
+    order = np.argsort(wl, kind="stable")  # and non-decreasing from band to band
+    bounded[order] = np.fmax.accumulate(bounded[order], axis=0)
     usable = usable & np.isfinite(t_s)[None]
     return np.where(usable, bounded, np.nan), usable

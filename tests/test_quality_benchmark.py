@@ -1,0 +1,134 @@
+"""The quality benchmark (``phyvlm-cr benchmark quality``): stacks, scoring, targets, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from flows.cli import main
+from pipeline.bench._stacks import (
+    AUSTRIA_BAND_ORDER,
+    BenchStack,
+    add_nodata_wedges,
+    austria_stacks,
+)
+from pipeline.bench.quality import (
+    METHODS,
+    PIXEL_SETS,
+    QualityConfig,
+    check_targets,
+    score_case,
+    unrecoverable,
+)
+from tests.conftest import SHARED_DATA
+
+AUSTRIA = SHARED_DATA / "pc-l2a-austria-2dates" / "inference-img.tif"
+
+
+def _stack(t=3, shape=(40, 50)):
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0.02, 0.3, (t, 4, *shape)).astype("float32")
+    times = np.array(["2024-05-01", "2024-05-11", "2024-05-21"][:t], dtype="datetime64[ns]")
+    return BenchStack("toy", data, 1, times, ("B02", "B03", "B04", "B08"))
+
+
+def test_nodata_wedges_remove_everything_in_one_corner_and_all_but_the_target_in_the_other():
+    st = add_nodata_wedges(_stack())
+    nan = ~np.isfinite(st.data).all(axis=1)  # (T, Y, X)
+    everywhere = nan.all(axis=0)
+    assert everywhere[0, 0] and 0.01 < everywhere.mean() < 0.06
+    others_only = nan[0] & nan[2] & ~nan[1]
+    assert others_only[-1, -1] and 0.03 < others_only.mean() < 0.12
+    # a simulated cloud cannot appear where the satellite did not look
+    assert np.isnan(st.with_target(np.ones((4, 40, 50)))[1][:, 0, 0]).all()
+
+
+def test_unrecoverable_pixels_are_unobserved_or_opaque_with_no_other_date():
+    cloudy = np.ones((3, 2, 2, 2), "float32")
+    cloudy[:, :, 0, 0] = np.nan  # never observed
+    cloudy[[0, 2], :, 0, 1] = np.nan  # only the target (1) saw it ...
+    thick = np.array([[False, True], [True, False]])  # ... and it is opaque there
+    got = unrecoverable(cloudy, 1, thick)
+    np.testing.assert_array_equal(got, [[True, True], [False, False]])
+
+
+class _Sim:
+    thin = np.array([[True, False], [False, False]])
+    thick = np.array([[False, True], [False, False]])
+    shadow = np.zeros((2, 2), bool)
+
+
+def test_score_case_counts_invented_and_missing_pixels():
+    truth = np.full((2, 2, 2), 0.1)
+    est = truth.copy()
+    est[:, 0, 0] = np.nan  # a recoverable pixel left empty
+    invalid = np.array([[False, False], [True, True]])  # two pixels nothing can restore
+    flagged = np.array([[False, False], [True, False]])  # the method admits one of them
+    row = score_case(truth, est, flagged, _Sim(), invalid)
+    assert row["missing"] == 1
+    assert row["invented"] == 1  # finite, not flagged, no observation
+    assert row["unrecoverable"] == 2
+    assert set(PIXEL_SETS) <= set(row)
+    assert row["thick"]["psnr"] == float("inf")  # exact there (truth == estimate)
+
+
+def test_targets_compare_ours_with_the_best_peer():
+    ours = {"thin_psnr": 30.0, "thick_psnr": 20.0, "all_psnr": 25.0, "all_ssim": 0.9, "all_sam": 3.0, "seam": 0.01, "invented": 0.0}
+    peer = {"thin_psnr": 26.0, "thick_psnr": 21.0, "all_psnr": 24.0, "all_ssim": 0.8, "all_sam": 4.0, "seam": 0.03, "invented": 5.0}
+    t = check_targets({"s": {"ours": ours, "two_stage": peer}})["s"]
+    assert t["thin_psnr_3db_above_best"]["met"] is True  # 30 >= 26 + 3
+    assert t["thick_psnr_not_worse"]["met"] is False  # 20 < 21
+    assert t["seam_half_of_two_stage"]["met"] is True  # 0.01 <= 0.015
+    assert t["all_sam_best"]["met"] is True and t["no_invented_pixels"]["met"] is True
+
+
+def test_config_rejects_unknown_methods_and_covers():
+    with pytest.raises(ValueError, match="unknown method"):
+        QualityConfig(methods=("ours", "magic"))
+    with pytest.raises(ValueError, match="covers"):
+        QualityConfig(covers=(0.95,))
+
+
+def test_austria_stack_is_the_real_image_scaled_per_provenance():
+    if not AUSTRIA.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{AUSTRIA} is missing under CI")
+        pytest.skip(f"real Austria image not found at {AUSTRIA} (../shared/data)")
+    import rasterio
+
+    with rasterio.open(AUSTRIA) as src:
+        dn = src.read(window=((100, 101), (200, 201)))[:, 0, 0]
+    first, second = austria_stacks(AUSTRIA)
+    assert first.target == 0 and second.target == 1 and first.bands == ("B02", "B03", "B04", "B08")
+    for date in range(2):
+        for b, name in enumerate(first.bands):
+            expect = dn[date * 4 + AUSTRIA_BAND_ORDER.index(name)] / 10000.0  # baseline < 04.00
+            assert first.data[date, b, 100, 200] == pytest.approx(expect, rel=1e-6)
+
+
+def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, capsys):
+    inputs = "synthetic,austria" if AUSTRIA.exists() else "synthetic"
+    code = main(
+        ["-q", "benchmark", "quality", "--inputs", inputs, "--kinds", "mixed", "--covers", "0.5",
+         "--synthetic-size", "48", "--synthetic-dates", "4", "-o", str(tmp_path)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "quality.json").read_text())
+    assert (tmp_path / "quality.png").stat().st_size > 10_000
+    stacks = report["summary"]
+    assert "synthetic-4x48" in stacks
+    if AUSTRIA.exists():
+        assert {"austria-2021-06-17", "austria-2021-09-25"} <= set(stacks)
+    for name, methods in stacks.items():
+        assert f"[{name}]" in printed
+        assert set(methods) == set(METHODS)
+        for method, figures in methods.items():
+            assert np.isfinite(figures["all_psnr"]) and np.isfinite(figures["seam"]), (name, method)
+            assert method in printed
+        assert set(report["targets"][name]) >= {"thin_psnr_3db_above_best", "seam_half_of_two_stage", "no_invented_pixels"}
+    assert report["simulator"]["THIN_T_MIN"] == 0.3  # the fixed simulator constants are recorded
+    assert len(report["cases"]) == len(stacks) * len(METHODS)
