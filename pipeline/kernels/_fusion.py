@@ -39,6 +39,8 @@ class FusionConfig:
     reference_min_quality: least q = c * t of a date to serve as a reference at a pixel.
     time_scale_days: e-folding time of the closeness-in-time factor exp(-|dt| / scale).
     max_candidates: the reference is sought among this many dates nearest in time.
+    reference_blend_ratio, reference_blend_power: candidates scoring at least ratio x the
+        best are blended with weights score ** power (ratio 1: the best date alone).
     consistency_sigma: reflectance RMS scale of the spectral-consistency factor.
     consistency_floor: least value of that factor (it ranks candidates, never removes one).
     reference_smooth_radius: window radius (px) of the quality smoothing for the choice.
@@ -64,10 +66,12 @@ class FusionConfig:
 
     gate_low: float = 0.2
     gate_high: float = 0.7
-    min_confidence_without_reference: float = 0.1
+    min_confidence_without_reference: float = 0.5
     reference_min_quality: float = 0.5
     time_scale_days: float = 30.0
     max_candidates: int = 8
+    reference_blend_ratio: float = 0.5
+    reference_blend_power: float = 2.0
     consistency_sigma: float = 0.05
     consistency_floor: float = 0.05
     reference_smooth_radius: int = 3
@@ -99,6 +103,8 @@ class FusionConfig:
             )
         if self.max_candidates < 1:
             raise ValueError("FusionConfig.max_candidates must be >= 1")
+        if not 0.0 < self.reference_blend_ratio <= 1.0:
+            raise ValueError("FusionConfig.reference_blend_ratio must be in (0, 1]")
         if self.reference_smooth_radius < 0 or self.harmonise_radius < 0 or self.temporal_radius < 0:
             raise ValueError("FusionConfig radii must be >= 0")
         if not 0.0 <= self.temporal_weight <= 1.0:
@@ -290,11 +296,13 @@ def fuse_dates(
     1. candidates: the ``max_candidates`` other dates nearest in time where the pixel is
        observed with quality q_j = c_j t_j >= ``reference_min_quality``;
     2. score_j = qbar_j * exp(-|d_j - d_i| / time_scale) * consistency_j, qbar the box-mean
-       of q (coherent choices), consistency = ``spectral_consistency``; best j wins (scores
-       rounded to 1e-6 and ties broken toward the nearest date, so the choice is stable);
-    3. R = g_ij J_j + o_ij with the local gain/offset of ``harmonise_local`` fitted on pixels
-       clear in both dates (weights (q_i q_j)^2, emphasising the clearest pixels, times the
-       robust ``_agreement`` pre-weight);
+       of q (coherent choices), consistency = ``spectral_consistency`` (floored); scores are
+       rounded to 1e-6 so the choice is stable; ``reference_days`` reports the best date;
+    3. R = sum_j w_j (g_ij J_j + o_ij) over the candidates within ``reference_blend_ratio``
+       of the best score (w_j ~ score_j ** power), each mapped by the local gain/offset of
+       ``harmonise_local`` fitted on pixels clear in both dates (weights (c S(t))^2 on both,
+       times the robust ``_agreement`` pre-weight); q_j and the harmonisation residual are
+       blended alike;
     4. temporal transmission (with ``band_transmission`` (T, B, Y, X) and ``airlight`` (T, B)
        of the prior): t_b = w t_b,temporal + (1 - w) t_b,prior with w = temporal_weight * q_j
        per usable band (``temporal_band_transmission``; ``bands``: the asset keys), then
@@ -348,12 +356,25 @@ def fuse_dates(
             score = base[cand] * np.exp(-np.abs(dt[cand]) / cfg.time_scale_days)[:, None, None]
             score = np.round(score, 6)
             best = np.argmax(score, axis=0)
-            has = np.take_along_axis(score, best[None], 0)[0] > 0
+            top = np.take_along_axis(score, best[None], 0)[0]
+            has = top > 0
             jstar = cand[best]
-            q_ref = np.where(has, np.take_along_axis(q, jstar[None], 0)[0], 0.0)
             ref_days[i] = np.where(has, dt[jstar], np.nan)
-            for j in np.unique(jstar[has]):
-                m = has & (jstar == j)
+            # Soft blend of the candidates scoring within reference_blend_ratio of the best,
+            # weighted by score ** reference_blend_power: averaging a few good dates cancels
+            # part of their independent changes, and switching between dates fades instead of
+            # jumping (no seam where the best date changes). Ratio 1 = the single best date.
+            keep = has[None] & (score > 0) & (score >= cfg.reference_blend_ratio * top[None])
+            weights = np.where(keep, score, 0.0) ** cfg.reference_blend_power
+            total = weights.sum(axis=0)
+            weights = np.where(has[None], weights / np.where(has, total, 1.0)[None], 0.0)
+            acc = np.zeros((nb,) + obs.shape[2:])
+            acc_w = np.zeros(obs.shape[2:])
+            acc_var = np.zeros(obs.shape[2:])
+            for c, j in enumerate(cand):
+                w_c = weights[c]
+                if not (w_c > 0).any():
+                    continue
                 g, o, resid = harmonise_local(
                     j64[i],
                     j64[j],
@@ -366,8 +387,18 @@ def fuse_dates(
                     shrink_pixels=cfg.harmonise_shrink_pixels,
                     residual=True,
                 )
-                reference[:, m] = (g * j64[j] + o)[:, m]
-                reference_var[m] = resid[m]
+                r_c = g * j64[j] + o
+                ok = (w_c > 0) & np.isfinite(r_c).all(axis=0)
+                w_ok = np.where(ok, w_c, 0.0)
+                acc += w_ok * np.where(ok, r_c, 0.0)
+                acc_w += w_ok
+                acc_var += w_ok * np.where(np.isfinite(resid), resid, cfg.reference_sigma**2)
+                q_ref += w_ok * q[j]
+            has &= acc_w > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reference = np.where(has, acc / acc_w, np.nan)
+                q_ref = np.where(has, q_ref / acc_w, 0.0)
+                reference_var = np.where(has, acc_var / acc_w, np.nan)
 
         ji = j64[i]
         ci = np.asarray(confidence[i], np.float64)

@@ -315,22 +315,26 @@ def transmission(
        ``dark_channel_haze``);
     2. HOT veto: H = (1 - w) H_dcp + w min(H_dcp, H_hot + margin). A bright surface that is
        not blue-shifted the way haze is (sand, soil, red roofs) has a high dark channel but a
-       low HOT, so the smaller of the two wins; ``w`` is the HOT reliability of the date,
-       lifted where every visible band exceeds 0.3-0.45 (no surface but snow is that bright;
-       grey opaque cloud sits on the clear-sky line);
+       low HOT, so the smaller of the two wins; ``w`` is the HOT reliability of the date.
+       Where every visible band exceeds 0.3-0.45 (no surface but snow is that bright) the
+       window opening of step 1 and this veto are lifted (edges of opaque cloud; grey
+       cloud sits on the clear-sky line);
     3. snow: H *= 1 - snow_score (bright in the visible, dark in the SWIR: not cloud);
     4. SCL as weak evidence: H += w_scl (H_target - H) for the classes in
        ``SCL_HAZE_EVIDENCE``.
     """
     h_pix = pixel_haze_bound(observed, airlight, dark, wavelengths, gamma, max_nm)
+    # No land surface but snow (handled below) is brighter than ~0.3-0.45 in every visible
+    # band: there the surface-protecting steps (opening, HOT veto) are lifted, or the edge
+    # of an opaque cloud (narrower than the window) and grey cloud (on the clear-sky line)
+    # would be read as clear.
+    too_bright = smoothstep(_visible_floor(observed, wavelengths, max_nm), 0.3, 0.45)
     h = dark_channel_haze(h_pix, radius)
+    h = h + too_bright * np.where(np.isfinite(h_pix), h_pix - h, 0.0)
     hot = hot_haze(observed, airlight, bands, hot_slope, hot_intercept, radius)
     if hot is not None:
         h_hot, w = hot
-        # The veto protects bright *surfaces*; no land surface but snow (handled below) is
-        # brighter than ~0.3-0.45 in every visible band, so there it is lifted: grey opaque
-        # cloud sits near the clear-sky line and would otherwise be read as clear.
-        w = w[:, None, None] * (1.0 - smoothstep(_visible_floor(observed, wavelengths, max_nm), 0.3, 0.45))
+        w = w[:, None, None] * (1.0 - too_bright)
         h = (1.0 - w) * h + w * np.fmin(h, h_hot + hot_margin)
     snow = snow_score(observed, bands)
     if snow is not None:
