@@ -61,7 +61,7 @@ class QualityConfig:
     covers: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     seeds: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = METHODS
-    synthetic_size: int = 256
+    synthetic_size: int = 192
     synthetic_dates: int = 10
     synthetic_seed: int = 7
 

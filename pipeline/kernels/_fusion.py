@@ -46,6 +46,8 @@ class FusionConfig:
     reference_smooth_radius: window radius (px) of the quality smoothing for the choice.
     harmonise_radius: window radius (px) of the local gain/offset fit.
     harmonise_shrink_pixels, harmonise_ridge: fallback strength toward the global fit.
+    harmonise_keep_signature: share of the source date's spectral shape kept in the
+        harmonised reference (``_keep_signature``; 0 = the plain per-band map).
     harmonise_clear_t_low, harmonise_clear_t_high: t_ref ramp of the "clear" weight of the
         pixels the local fit uses (c * S(t; low, high), squared, on both dates).
     shadow_ratio_low, shadow_ratio_high: brightness ratio J / R below which the pixel is
@@ -87,6 +89,7 @@ class FusionConfig:
     temporal_t_min: float = 0.1
     temporal_t_low: float = 0.25
     temporal_t_high: float = 0.6
+    harmonise_keep_signature: float = 0.5
     harmonise_clear_t_low: float = 0.9
     harmonise_clear_t_high: float = 0.97
     gamma_max: float = 2.5
@@ -160,6 +163,25 @@ def _agreement(
     w = 1.0 / (1.0 + (d / (2.0 * cfg.consistency_sigma)) ** 2)
     w = w * (1.0 - _darkening(target, r0, cfg))
     return np.where(np.isfinite(w), w, 0.0)
+
+
+def _keep_signature(mapped: np.ndarray, source: np.ndarray, share: float) -> np.ndarray:
+    """Mapped spectra (B, Y, X) turned part of the way back to the source's spectral shape.
+
+    Per-band affine maps fitted by least squares pull every band toward the scene's mean
+    independently (regression dilution), which bends a pixel's spectral signature toward
+    the average spectrum of the scene. The brightness per band is right on average, the
+    shape is not: the result keeps the mapped vector's length and points along
+    (1 - share) * unit(mapped) + share * unit(source). share 0 = the plain affine map.
+    """
+    if share <= 0:
+        return mapped
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_map = np.sqrt((mapped * mapped).sum(axis=0))
+        n_src = np.sqrt((source * source).sum(axis=0))
+        u = (1.0 - share) * mapped / n_map + share * source / n_src
+        out = u / np.sqrt((u * u).sum(axis=0)) * n_map
+    return np.where(np.isfinite(out), out, mapped)
 
 
 def _physics_weight(
@@ -387,7 +409,7 @@ def fuse_dates(
                     shrink_pixels=cfg.harmonise_shrink_pixels,
                     residual=True,
                 )
-                r_c = g * j64[j] + o
+                r_c = _keep_signature(g * j64[j] + o, j64[j], cfg.harmonise_keep_signature)
                 ok = (w_c > 0) & np.isfinite(r_c).all(axis=0)
                 w_ok = np.where(ok, w_c, 0.0)
                 acc += w_ok * np.where(ok, r_c, 0.0)
