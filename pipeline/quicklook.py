@@ -58,3 +58,85 @@ def save_quicklook(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+#: Colours of the VLM prior's label roles in ``save_prior_labels`` (RGB 0..1).
+_ROLE_COLOURS = {
+    "clear": (0.20, 0.62, 0.25),
+    "thin": (0.55, 0.80, 0.95),
+    "thick": (0.95, 0.95, 0.95),
+    "shadow": (0.25, 0.22, 0.45),
+    "bright": (0.95, 0.75, 0.20),
+}
+
+
+def prior_label_layers(ds: xr.Dataset) -> list[str]:
+    """Names of the VLM prior's per-label probability layers in a restored dataset/archive."""
+    return [str(n) for n in ds.data_vars if str(n).startswith("prior_p_")]
+
+
+def save_prior_labels(
+    restored: xr.Dataset, path: str | Path, *, time_index: int = 0, title: str = ""
+) -> Path:
+    """PNG of the VLM prior's labels for one date: restored RGB, most likely label, its probability.
+
+    The label map is the per-pixel most likely label of the stored probability layers
+    (``prior_p_*``, region judgements interpolated between region centres), so each region
+    shows as a patch of its label with soft borders between regions. Pixels without a
+    judgement are black.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    names = prior_label_layers(restored)
+    if not names:
+        raise ValueError(
+            "no VLM prior layers (prior_p_*) in this dataset; fix: restore with --prior vlm "
+            "(the physics prior stores none)"
+        )
+    ds = restored.isel(time=time_index)
+    probs = np.stack([np.asarray(ds[n].values, dtype="float32") for n in names])
+    known = np.isfinite(probs).all(axis=0)
+    best = np.argmax(np.nan_to_num(probs, nan=-1.0), axis=0)
+    roles = _label_roles(restored, names)
+    palette = np.array([_ROLE_COLOURS.get(r, (0.6, 0.6, 0.6)) for r in roles], dtype="float32")
+    label_img = np.where(known[..., None], palette[best], 0.0)
+    top = np.where(known, np.nanmax(np.where(known, probs, 0.0), axis=0), np.nan)
+
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 4.2), constrained_layout=True)
+    axes[0].imshow(rgb_image(ds), interpolation="nearest")
+    axes[0].set_title("restored", fontsize=10)
+    axes[1].imshow(label_img, interpolation="nearest")
+    axes[1].set_title("VLM label (most likely)", fontsize=10)
+    handles = [
+        Patch(color=palette[k], label=n.removeprefix("prior_p_").replace("_", " "))
+        for k, n in enumerate(names)
+    ]
+    axes[1].legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.8)
+    im = axes[2].imshow(top, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].set_title("its probability", fontsize=10)
+    fig.colorbar(im, ax=axes[2], shrink=0.7)
+    for ax in axes:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _label_roles(ds: xr.Dataset, names: list[str]) -> list[str]:
+    """Role of each label layer, from the prior parameters recorded in the attributes."""
+    import json
+
+    try:
+        labels = json.loads(ds.attrs.get("prior_params", "{}")).get("labels", [])
+    except (TypeError, ValueError):
+        labels = []
+    by_layer = {"prior_p_" + "_".join(str(w).lower().split()): str(r) for w, r in labels}
+    return [by_layer.get(n, "") for n in names]

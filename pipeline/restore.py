@@ -31,11 +31,13 @@ Limitations
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import fields, replace
 from functools import partial
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -50,9 +52,11 @@ from .kernels import (
     pair_gain_offset,
     reference_quality,
 )
-from .priors import PhysicsConfig, Prior, SceneParams, get_prior
+from .priors import BlockLocation, PhysicsConfig, Prior, SceneParams, get_prior
 
 __all__ = ["FusionConfig", "QUALITY_LAYERS", "composite", "estimate_scene", "restore"]
+
+log = logging.getLogger(__name__)
 
 #: Per-date quality layers written beside the restored bands.
 QUALITY_LAYERS = ("confidence", "gate", "transmission", "reference_days", "no_valid_observation")
@@ -178,9 +182,9 @@ def _stack_layers(layers: list, ntime: int):
     return np.stack([np.asarray(x, dtype=np.float32) for x in layers], axis=1)
 
 
-def _stack(cube: xr.Dataset, bands: tuple[str, ...], scl: str | None):
-    """(T, B [+1 SCL], Y, X) float32 array, numpy or dask (time and band in one chunk)."""
-    names = bands + ((scl,) if scl else ())
+def _stack(cube: xr.Dataset, bands: tuple[str, ...], scl: str | None, extra: tuple[str, ...] = ()):
+    """(T, B [+1 SCL] [+ extra], Y, X) float32 array, numpy or dask (time, band one chunk)."""
+    names = bands + ((scl,) if scl else ()) + extra
     return _stack_layers([cube[n].data for n in names], cube.sizes["time"])
 
 
@@ -209,12 +213,20 @@ def estimate_scene(
 def _restore_block(
     block: np.ndarray,
     params: dict[str, Any],
+    origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
-    """Block kernel: (T, B [+1], y, x) float32 -> (T, B + 5, y, x) float32 (bands + quality)."""
+    """Block kernel: (T, B [+1 SCL] [+L stored], y, x) float32 -> (T, B + 5 + L, y, x) float32.
+
+    Output: bands, quality layers, then the prior's L extra ``layers``. ``origin`` is the
+    block's first pixel in the whole array (the prior's ``BlockLocation``).
+    """
     bands = params["bands"]
     nb = len(bands)
+    nl = len(params["prior"].layers)
     data = np.ascontiguousarray(block[:, :nb], dtype=np.float32)
-    out = np.empty((data.shape[0], nb + len(QUALITY_LAYERS)) + data.shape[2:], dtype=np.float32)
+    out = np.empty((data.shape[0], nb + len(QUALITY_LAYERS) + nl) + data.shape[2:], np.float32)
+    if nl:
+        out[:, nb + len(QUALITY_LAYERS) :] = np.nan
     if np.isnan(data).all():
         # Outside every footprint (a search area larger than the data): nothing to restore.
         out[:, : nb + 4] = np.nan
@@ -223,7 +235,12 @@ def _restore_block(
         return out
     scl = block[:, nb] if params["has_scl"] else None
     prior: Prior = params["prior"]
-    pb = prior.block(data, bands, params["scene"], scl)
+    stored_at = nb + int(params["has_scl"])
+    stored = block[:, stored_at : stored_at + nl] if params["stored_layers"] else None
+    location = BlockLocation(origin, params["shape"], stored)
+    pb, layers = prior.block_at(data, bands, params["scene"], scl, location)
+    if nl and layers is not None:
+        out[:, nb + len(QUALITY_LAYERS) :] = layers
     fr = fuse_dates(
         data,
         pb.surface,
@@ -233,18 +250,50 @@ def _restore_block(
         params["pair_gain"],
         params["pair_offset"],
         params["fusion"],
+        band_transmission=pb.band_transmission,
+        airlight=params["scene"].airlight,
+        bands=bands,
     )
     out[:, :nb] = fr.output
     out[:, nb] = fr.confidence
     out[:, nb + 1] = fr.gate
-    out[:, nb + 2] = pb.transmission
+    out[:, nb + 2] = fr.transmission
     out[:, nb + 3] = fr.reference_days
     out[:, nb + 4] = fr.no_valid_observation
     return out
 
 
-def _block_call(block: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-    return _restore_block(block, params)
+def _block_call(
+    block: np.ndarray, params: dict[str, Any], block_info: dict | None = None
+) -> np.ndarray:
+    origin = (0, 0)
+    if block_info is not None:  # global first pixel of this halo-padded block
+        loc = block_info[0]["chunk-location"]
+        (dy, dx), (ychunks, xchunks) = params["depth"], params["chunks"]
+        origin = (
+            sum(ychunks[: loc[2]]) - (dy if loc[2] else 0),
+            sum(xchunks[: loc[3]]) - (dx if loc[3] else 0),
+        )
+    return _restore_block(block, params, origin)
+
+
+def _keep_annotations() -> None:
+    """Turn dask's low-level task fusion off in this process, so resource annotations count.
+
+    Fusion rebuilds the graph as a plain dict and drops layer annotations (dask 2026.8), so
+    a prior's ``resources`` (e.g. {"GPU": 1}) would silently not reach the scheduler. Costs
+    a few more, smaller tasks; set only when a prior asks for resources.
+    """
+    if dask.config.get("optimization.fuse.active", None) is not False:
+        log.info("prior requests dask resources: low-level task fusion turned off to keep them")
+        dask.config.set({"optimization.fuse.active": False})
+
+
+def _core_chunks(padded: da.Array, axis: int, depth: int) -> tuple[int, ...]:
+    """Chunk sizes before the halo was added (overlap may have rechunked the input)."""
+    sizes = padded.chunks[axis]
+    n = len(sizes)
+    return tuple(c - depth * ((i > 0) + (i < n - 1)) for i, c in enumerate(sizes))
 
 
 # --------------------------------------------------------------------------- restore
@@ -293,7 +342,9 @@ def restore(
     prior_obj, cfg, sample_pixels = _split_options(prior, fusion, options)
     cube, bands, scl = _validate(cube)
     days = _days(cube)
-    arr = _stack(cube, bands, scl)
+    # A prior's own layers from an earlier run (attach_stored_prior) are reused, not recomputed.
+    stored = prior_obj.layers if all(n in cube.data_vars for n in prior_obj.layers) else ()
+    arr = _stack(cube, bands, scl, stored)
     nb = len(bands)
 
     sample, stride = _sample(arr, sample_pixels)
@@ -317,21 +368,32 @@ def restore(
         "pair_offset": pair_offset,
         "prior": prior_obj,
         "fusion": cfg,
+        "shape": (int(arr.shape[2]), int(arr.shape[3])),
+        "stored_layers": bool(stored),
     }
-    nout = nb + len(QUALITY_LAYERS)
+    nout = nb + len(QUALITY_LAYERS) + len(prior_obj.layers)
     if isinstance(arr, da.Array):
         depth = prior_obj.halo + cfg.halo
-        axes = {0: 0, 1: 0, 2: depth, 3: depth}
+        # A halo wider than the array is the whole array (dask refuses depth > size).
+        dy, dx = min(depth, arr.shape[2]), min(depth, arr.shape[3])
+        axes = {0: 0, 1: 0, 2: dy, 3: dx}
         padded = da.overlap.overlap(arr, depth=axes, boundary="none") if depth else arr
-        token = tokenize(arr.name, bands, days, scene, pair_gain, pair_offset, prior_obj, cfg)
-        result = da.map_blocks(
-            partial(_block_call, params=params),
-            padded,
-            dtype=np.float32,
-            meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-            chunks=(padded.chunks[0], (nout,), padded.chunks[2], padded.chunks[3]),
-            name=f"restore-{token}",
+        params.update(
+            depth=(dy, dx), chunks=(_core_chunks(padded, 2, dy), _core_chunks(padded, 3, dx))
         )
+        token = tokenize(arr.name, bands, days, scene, pair_gain, pair_offset, prior_obj, cfg)
+        resources = prior_obj.resources  # e.g. {"GPU": 1} for a VLM prior on GPU workers
+        if resources:
+            _keep_annotations()
+        with dask.annotate(**({"resources": resources} if resources else {})):
+            result = da.map_blocks(
+                partial(_block_call, params=params),
+                padded,
+                dtype=np.float32,
+                meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+                chunks=(padded.chunks[0], (nout,), padded.chunks[2], padded.chunks[3]),
+                name=f"restore-{token}",
+            )
         if depth:
             result = da.overlap.trim_internal(result, axes, boundary="none")
     else:
@@ -373,6 +435,11 @@ def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dat
         if name == "no_valid_observation":
             layer = layer.astype(np.uint8)
         v = xr.DataArray(layer, dims=dims, attrs={"long_name": descriptions[name], **gm_attrs})
+        v.encoding.update(gm_enc)
+        data_vars[name] = v
+    for k, name in enumerate(prior_obj.layers, start=nb + len(QUALITY_LAYERS)):
+        desc = prior_obj.layer_descriptions.get(name, f"{prior_obj.name} prior layer")
+        v = xr.DataArray(result[:, k], dims=dims, attrs={"long_name": desc, **gm_attrs})
         v.encoding.update(gm_enc)
         data_vars[name] = v
     data_vars["gamma"] = xr.DataArray(

@@ -8,11 +8,15 @@ the physical inversion is faithful, in two steps:
 2. ``block(data, bands, scene, scl)`` per spatial chunk with the whole time axis: returns a
    ``PriorBlock`` (t_ref, band transmissions, confidence, the physical inversion J_phys).
 
-A later VLM prior (e.g. Qwen2.5-VL through ``transformers``) plugs in behind the same
-interface by wrapping ``PhysicsPrior``: call its ``block`` and refine ``confidence`` (and,
-where it knows better, ``transmission``, then re-invert with ``pipeline.kernels.invert``).
-Models must be loaded lazily on the worker (a per-process cache), never held in the prior
-object, so the prior stays small, picklable and tokenizable.
+The restore step calls ``block_at(data, bands, scene, scl, location)``: ``block`` plus the
+block's place in the whole array (``BlockLocation``) and the prior's optional extra
+per-pixel ``layers`` (stored in the archive; a rerun passes them back in ``location.stored``).
+
+The VLM prior (``pipeline.priors._vlm``, Qwen2/2.5/3-VL through ``transformers``) plugs in
+behind the same interface by wrapping ``PhysicsPrior``: it calls its ``block`` and refines
+transmission and confidence, then re-inverts with ``pipeline.kernels.invert``. Models are
+loaded lazily on the worker (a per-process cache), never held in the prior object, so the
+prior stays small, picklable and tokenizable.
 """
 
 from __future__ import annotations
@@ -67,11 +71,39 @@ class PriorBlock(NamedTuple):
     surface: np.ndarray  # (T, B, Y, X) physical inversion J_phys
 
 
+class BlockLocation(NamedTuple):
+    """Where a block sits in the whole array, and the prior's own stored layers for it.
+
+    origin: global (row, column) index of the block's first pixel; shape: global (rows,
+    columns) of the whole array. Priors with a global spatial layout (the VLM prior's crop
+    grid) need both so that a chunk's result does not depend on the chunking.
+    stored: (T, L, Y, X) float32 values of ``Prior.layers`` from an earlier run (read from an
+    archive and passed in with the cube), or None: a prior may reuse them instead of
+    recomputing.
+    """
+
+    origin: tuple[int, int]
+    shape: tuple[int, int]
+    stored: np.ndarray | None = None
+
+
 class Prior(ABC):
     """Interface of a cloud prior (see the module docstring)."""
 
     #: Registry name, recorded in the output attributes.
     name: str = "prior"
+
+    #: Names of extra per-pixel (time, y, x) layers ``block_at`` returns (written beside the
+    #: quality layers, and reusable by a rerun); empty for priors without any.
+    layers: tuple[str, ...] = ()
+
+    #: long_name attributes of ``layers``.
+    layer_descriptions: Mapping[str, str] = {}
+
+    @property
+    def resources(self) -> Mapping[str, float] | None:
+        """Dask worker resources each block task needs (e.g. ``{"GPU": 1}``), or None."""
+        return None
 
     @abstractmethod
     def params(self) -> dict[str, Any]:
@@ -97,6 +129,20 @@ class Prior(ABC):
         scl: np.ndarray | None = None,
     ) -> PriorBlock:
         """Transmission, confidence and physical inversion for a (T, B, Y, X) block."""
+
+    def block_at(
+        self,
+        data: np.ndarray,
+        bands: tuple[str, ...],
+        scene: SceneParams,
+        scl: np.ndarray | None,
+        location: BlockLocation,
+    ) -> tuple[PriorBlock, np.ndarray | None]:
+        """``block`` for a block at ``location``, plus the (T, L, Y, X) ``layers`` (or None).
+
+        The restore step calls this; the default ignores the location and has no layers.
+        """
+        return self.block(data, bands, scene, scl), None
 
     def sample_block(
         self,
