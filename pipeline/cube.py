@@ -40,6 +40,8 @@ class CubeConfig:
     chunk_size: spatial chunk (pixels); chunks follow the output grid.
     include_scl: also load SCL (nearest resampling, uint8) as evidence for the prior.
     on_read_error: "raise" (default) or "count" (nodata written, failure reported).
+    max_read_attempts, read_backoff_s: a failed band read is tried this many times in all,
+        waiting about read_backoff_s, then twice that, ... (see ``_reading.ReadRetry``).
     """
 
     bands: tuple[str, ...] = _DEFAULT_BANDS
@@ -49,6 +51,7 @@ class CubeConfig:
     include_scl: bool = True
     on_read_error: ReadErrorPolicy = "raise"
     max_read_attempts: int = 3
+    read_backoff_s: float = 1.0
 
     def __post_init__(self) -> None:
         check_bands(self.bands)
@@ -116,12 +119,14 @@ def load_cube(
     geopolygon: Any = None,
     geobox: Any = None,
     signer: Callable[[str], str] | None = None,
+    read_context: str = "",
 ) -> xr.Dataset:
     """Load items into a lazy, scaled datacube (nothing is read until compute).
 
     bbox is lon/lat (EPSG:4326); geopolygon any odc-geo geometry or GeoJSON dict; geobox an
     odc-geo GeoBox that fixes the grid exactly (tiled runs use it). ``signer`` signs each
     href at read time on the worker (``planetary_computer_signer`` for Planetary Computer).
+    ``read_context`` labels the read failures of this load (a tile id) in the run's report.
     """
     import odc.stac
 
@@ -135,7 +140,11 @@ def load_cube(
     keys = {it.id: _group_key(it) for it in items}
     steps = sorted(set(keys.values()))
     driver = AccountingRioDriver(
-        signer=signer, on_error=config.on_read_error, max_attempts=config.max_read_attempts
+        signer=signer,
+        on_error=config.on_read_error,
+        max_attempts=config.max_read_attempts,
+        backoff_s=config.read_backoff_s,
+        context=read_context,
     )
     grid: dict[str, Any]
     if geobox is not None:

@@ -78,5 +78,6 @@ def austria_tif() -> Path:
     return shared_data("pc-l2a-austria-2dates", "inference-img.tif")
 
 
-# Session fixture ``stac_api``: a real stac-fastapi-pgstac on 127.0.0.1 (tests/stac_server.py).
-pytest_plugins = ["tests.stac_server"]
+# Session fixture ``stac_api``: a real stac-fastapi-pgstac on 127.0.0.1 (tests/stac_server.py);
+# ``asset_server_factory``: a COG server on 127.0.0.1 that injects faults (tests/asset_server.py).
+pytest_plugins = ["tests.stac_server", "tests.asset_server"]
