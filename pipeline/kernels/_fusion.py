@@ -71,7 +71,7 @@ class FusionConfig:
     min_confidence_without_reference: float = 0.5
     reference_min_quality: float = 0.5
     time_scale_days: float = 30.0
-    max_candidates: int = 8
+    max_candidates: int = 4
     reference_blend_ratio: float = 0.5
     reference_blend_power: float = 2.0
     consistency_sigma: float = 0.05

@@ -194,6 +194,7 @@ def pair_gain_offset(
     shrink_pixels: float = 30.0,
     robust_scale: float = 0.1,
     iterations: int = 3,
+    max_pixels: int = 40_000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Global gain/offset that maps each date j onto each date i, (T, T, B) each.
 
@@ -206,8 +207,14 @@ def pair_gain_offset(
     Robust: ``iterations`` rounds of iteratively reweighted least squares with Cauchy weights
     1 / (1 + (r / robust_scale)^2) on the band-RMS residual r of each pixel and pair, so a
     surface change between the two dates (snow, harvest, an undetected cloud) does not bend
-    the map that the rest of the scene agrees on. 1 iteration = plain weighted LS.
+    the map that the rest of the scene agrees on. 1 iteration = plain weighted LS. At most
+    ``max_pixels`` sample pixels are used (a regular subsample; deterministic).
     """
+    if sample.shape[2] > max_pixels:
+        # a global map has 2 parameters per band and pair: a regular subsample of the
+        # (already strided) sample is plenty, and the IRLS passes cost O(T^2 B N)
+        keep = np.linspace(0, sample.shape[2] - 1, max_pixels).astype(np.intp)
+        sample, weight = sample[:, :, keep], np.asarray(weight)[:, keep]
     t, nb, n = sample.shape
     x = sample.astype(np.float64)
     ok: np.ndarray = np.asarray(np.isfinite(x).all(axis=1))  # (T, N)
