@@ -23,7 +23,7 @@ log = logging.getLogger("phyvlm_cr")
 #: ``phyvlm-cr benchmark KIND``: each is a module ``flows.benchmarks.KIND`` with HELP,
 #: DESCRIPTION, ``add_arguments(parser)`` and ``main(args) -> exit code``; the modules import
 #: their heavy dependencies inside ``main`` so that building the parser stays fast.
-BENCHMARKS: tuple[str, ...] = ("quality",)
+BENCHMARKS: tuple[str, ...] = ("quality", "speed", "prior", "tiles")
 
 
 def _bbox(text: str) -> tuple[float, float, float, float]:
@@ -109,6 +109,53 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     when.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
 
+def _add_tiling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tiles (areas larger than one tile go tile by tile into one store)")
+    g.add_argument("--tile-size", type=int, default=2048, help="tile side in px, a multiple of --chunk-size (default 2048)")
+    g.add_argument("--tile-retries", type=int, default=2, help="retries of a failed tile before it is reported (default 2)")
+    g.add_argument("--tiles-in-flight", type=int, default=None, help="tiles processed at once (default: one per worker, at least 2)")
+    g.add_argument("--tiled", action="store_true", help="tiled store layout even for an area of one tile (periodic composites)")
+
+
+def _tiling_config(args: argparse.Namespace):
+    from pipeline.tiling import TilingConfig
+
+    return TilingConfig(
+        tile_size=args.tile_size,
+        retries=args.tile_retries,
+        tiles_in_flight=args.tiles_in_flight,
+    )
+
+
+def _add_prior_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.priors import available_priors
+
+    g = p.add_argument_group("prior (physics, or physics refined by a Qwen VL model)")
+    g.add_argument("--prior", choices=available_priors(), default="physics", help="prior backend (default physics)")
+    g.add_argument("--vlm-model", metavar="PATH_OR_ID", help="Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder (or hub id where there is internet); needs --prior vlm")
+    g.add_argument("--vlm-region-px", type=int, default=None, metavar="PX", help="side of a VLM region (crop) in output pixels (default 256)")
+    g.add_argument("--vlm-batch-size", type=int, default=None, metavar="N", help="crops per forward pass (default 16)")
+    g.add_argument("--vlm-gpu", type=float, default=None, metavar="UNITS", help="each restore task asks Dask for this much worker resource 'GPU' (workers started with --resources GPU=1)")
+
+
+def _prior_options(args: argparse.Namespace) -> dict:
+    """Keywords of the chosen prior from the --vlm-* flags (ValueError names the fix)."""
+    flags = {
+        "model": args.vlm_model,
+        "region_px": args.vlm_region_px,
+        "batch_size": args.vlm_batch_size,
+        "gpu_resource": args.vlm_gpu,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    if args.prior != "vlm":
+        if given:
+            raise ValueError("the --vlm-* options need --prior vlm")
+        return {}
+    if not args.vlm_model:
+        raise ValueError("--prior vlm needs --vlm-model PATH_OR_ID (a Qwen VL checkpoint folder)")
+    return given
+
+
 def _archive_config(args: argparse.Namespace):
     from pipeline.archive import ArchiveConfig
 
@@ -144,13 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--output", "-o", required=True, metavar="STORE", help="Zarr store path or fsspec URL")
     p_run.add_argument("--bands", type=_bands, default=DEFAULT_BANDS, help=f"comma-separated asset keys (default {','.join(DEFAULT_BANDS)})")
     p_run.add_argument("--resolution", type=float, default=10.0, help="pixel size in CRS units (default 10)")
-    p_run.add_argument("--crs", default=None, help="output CRS, e.g. EPSG:32633 (default: the items' most common)")
+    p_run.add_argument("--crs", default=None, help="output CRS, e.g. EPSG:32633 (default: one tile: the items' most common; tiled: the area's UTM zone, else equal-area EPSG:3035 in Europe / EPSG:6933)")
     p_run.add_argument("--mode", choices=("dates", "composite"), default="dates", help="restore every date (default) or one composite per period")
-    p_run.add_argument("--period", default=None, help="composite period as a pandas alias: MS (monthly), QS (quarterly); default the whole range")
-    p_run.add_argument("--prior", default="physics", help="prior backend (default physics)")
+    p_run.add_argument("--period", default=None, help="composite period: monthly, quarterly, yearly or a start-anchored pandas alias (MS, QS, 14D); default the whole range. Tiled with --resume: a later --datetime appends its periods, a finished period is a no-op")
     p_run.add_argument("--no-scl", action="store_true", help="do not load SCL as evidence")
     p_run.add_argument("--on-read-error", choices=("raise", "count"), default="raise", help="fail on a read error (default) or write nodata and count it")
+    p_run.add_argument("--no-validation", action="store_true", help="skip the self-validation (held-out clear pixels under simulated cloud; recorded in the archive)")
+    p_run.add_argument("--validation-window", type=int, default=192, metavar="PX", help="side of the self-validation window (default 192)")
+    _add_prior_args(p_run)
     _add_output_args(p_run)
+    _add_tiling_args(p_run)
     _add_cluster_args(p_run)
 
     p_demo = sub.add_parser(
@@ -171,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--threads", type=int, default=1)
     p_demo.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     p_demo.add_argument("--overwrite", action="store_true", help="replace the demo folder's store if it exists")
+    _add_prior_args(p_demo)
 
     p_bench = sub.add_parser(
         "benchmark",
@@ -215,6 +266,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.cube import CubeConfig
+    from pipeline.tiling import resolve_period
+    from pipeline.validation import ValidationConfig
 
     from .run import RunConfig, run
 
@@ -232,11 +285,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         archive=_archive_config(args),
         cluster=_cluster_config(args),
         mode=args.mode,
-        period=args.period,
+        period=resolve_period(args.period),
         prior=args.prior,
+        prior_options=_prior_options(args),
+        tiling=_tiling_config(args),
+        tiled=True if args.tiled else None,
+        validation=ValidationConfig(enabled=not args.no_validation, window=args.validation_window),
     )
     summary = run(config, progress=not args.quiet)
     print("\n".join(summary.lines()))
+    if summary.failed_tiles:
+        print(
+            f"error: {summary.failed_tiles} tile(s) failed; rerun the same command with --resume "
+            "to finish them (finished tiles are skipped)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if summary.read_failures:
         print(f"WARNING: {len(summary.read_failures)} read failure(s) written as nodata:", file=sys.stderr)
         for failure in summary.read_failures[:20]:
@@ -258,6 +322,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             threads=args.threads,
             zarr_format=args.zarr_format,
             overwrite=args.overwrite,
+            prior=args.prior,
+            prior_options=_prior_options(args),
         ),
         progress=not args.quiet,
     )

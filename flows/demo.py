@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from pipeline.archive import ArchiveConfig, ArchiveExistsError, open_archive
 from pipeline.cluster import ClusterConfig
 from pipeline.cube import CubeConfig, load_cube
 from pipeline.metrics import format_table, score
-from pipeline.quicklook import save_quicklook
+from pipeline.quicklook import prior_label_layers, save_prior_labels, save_quicklook
 
 from .run import RunConfig, RunSummary, run
 
@@ -41,6 +42,9 @@ class DemoConfig:
     threads: int = 1
     zarr_format: int = 3
     overwrite: bool = False
+    prior: str = "physics"
+    #: keywords of the prior, e.g. {"model": PATH} for prior "vlm" (see RunConfig)
+    prior_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 64 <= self.size <= 4096:
@@ -145,6 +149,8 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
             mode="overwrite" if config.overwrite else "create",
         ),
         cluster=ClusterConfig(n_workers=config.workers, threads_per_worker=config.threads, dashboard_address="127.0.0.1:0"),
+        prior=config.prior,
+        prior_options=config.prior_options,
     )
     summary = run(run_config, progress=progress, items=found, geobox=stack.truth.odc.geobox)
 
@@ -169,6 +175,10 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
         truth=stack.truth.isel(time=t),
         title=f"PhyVLM-CR demo, {np.datetime_as_string(restored.time.values[t], unit='D')}",
     )
+    notes = []
+    if prior_label_layers(restored):  # a VLM prior: show its per-region labels too
+        labels_png = save_prior_labels(restored, out / "prior_labels.png", time_index=t)
+        notes.append(f"VLM labels       {labels_png}")
     return DemoResult(
         store=store,
         quicklook=png,
@@ -176,6 +186,7 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
         summary=summary,
         scores=scores,
         seconds=time.perf_counter() - started,
+        notes=notes,
     )
 
 

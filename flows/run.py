@@ -1,6 +1,8 @@
 """The main job: search -> lazy cube -> restore on Dask -> Zarr archive.
 
-A flow names its steps and owns no science; every step is a library call.
+A flow names its steps and owns no science; every step is a library call. Areas larger
+than one tile (``RunConfig.tiling``) go to ``flows.tiled``: the same steps, tile by tile,
+into one resumable store.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +22,8 @@ from pipeline._search import SearchParams, is_planetary_computer, search
 from pipeline.archive import ArchiveConfig, check_destination, open_archive, write_archive
 from pipeline.cluster import ClusterConfig, dask_client
 from pipeline.cube import CubeConfig, load_cube
+from pipeline.tiling import TilingConfig, area_fits_one_tile, area_geometry
+from pipeline.validation import VALIDATION_ATTR, ValidationConfig, ValidationResult
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +42,65 @@ class RunConfig:
     mode: Mode = "dates"
     period: str | None = None
     prior: str = "physics"
+    #: keywords of the prior (e.g. {"model": "/models/Qwen2.5-VL-3B-Instruct"} for "vlm")
+    prior_options: Mapping[str, Any] = field(default_factory=dict)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    #: None: tiled when the area is larger than one tile; True/False forces either way.
+    tiled: bool | None = None
+    #: self-validation: held-out clear pixels under simulated cloud (pipeline.validation)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
         if self.mode not in ("dates", "composite"):
             raise ValueError(f"mode must be 'dates' or 'composite', not {self.mode!r}")
+        if self.period is not None and self.mode != "composite":
+            raise ValueError("--period is for --mode composite (one composite per period)")
+
+    def use_tiles(self) -> bool:
+        """Whether this run goes tile by tile (``flows.tiled``)."""
+        if self.tiled is not None:
+            return self.tiled
+        s = self.search
+        if s.bbox is None and s.intersects is None:
+            return False
+        tiling = self.grid_tiling()
+        return not area_fits_one_tile(
+            area_geometry(s.bbox, s.intersects), tiling, self.cube.resolution
+        )
+
+    def grid_tiling(self) -> TilingConfig:
+        """The tiling with the grid CRS resolved: tiling.crs, else cube.crs, else automatic."""
+        return dataclasses.replace(self.tiling, crs=self.tiling.crs or self.cube.crs)
+
+
+@dataclass
+class TileSummary:
+    """What a tiled run did, tile by tile."""
+
+    total: int
+    written: int
+    skipped: int
+    failed: dict[str, str]  # tile key -> last error
+    read_failures: dict[str, list[str]]  # tile key -> failures (describe())
+    appended_steps: int = 0
+    nothing_to_do: bool = False
+
+    def lines(self) -> list[str]:
+        out = [
+            f"tiles            {self.total} in the area: {self.written} written, "
+            f"{self.skipped} skipped (already done), {len(self.failed)} failed",
+        ]
+        if self.appended_steps:
+            out.append(f"appended         {self.appended_steps} time step(s)")
+        if self.nothing_to_do:
+            out.append("nothing to do    every tile of these time steps is already in the store")
+        for key, error in sorted(self.failed.items()):
+            out.append(f"  failed {key}: {error}")
+        for key, failures in sorted(self.read_failures.items()):
+            out.append(f"  read failures {key}: {len(failures)}")
+        if self.failed:
+            out.append("rerun the same command with --resume to finish the failed tiles")
+        return out
 
 
 @dataclass
@@ -55,17 +115,35 @@ class RunSummary:
     no_valid_pixels: int
     seconds: float
     dashboard: str = ""
+    tiles: TileSummary | None = None
+    validation: ValidationResult | None = None
+
+    @property
+    def failed_tiles(self) -> int:
+        return len(self.tiles.failed) if self.tiles is not None else 0
 
     def lines(self) -> list[str]:
+        progress = (
+            self.tiles.lines()
+            if self.tiles is not None
+            else [
+                f"regions          {self.regions_written} written, {self.regions_skipped} skipped (resume)"
+            ]
+        )
         return [
             f"store            {self.store}",
             f"items / dates    {self.items} / {self.dates}",
             f"grid             {self.shape[0]} x {self.shape[1]} px",
-            f"regions          {self.regions_written} written, {self.regions_skipped} skipped (resume)",
+            *progress,
             f"read failures    {len(self.read_failures)}",
             f"no valid obs.    {self.no_valid_pixels} pixel-dates",
+            *([f"self-validation  {self.validation.line()}"] if self.validation else []),
             f"time             {self.seconds:.1f} s",
-            *([f"dask dashboard   {self.dashboard} (closed with the run)"] if self.dashboard else []),
+            *(
+                [f"dask dashboard   {self.dashboard} (closed with the run)"]
+                if self.dashboard
+                else []
+            ),
         ]
 
 
@@ -94,16 +172,38 @@ def provenance(config: RunConfig, items: list, restored: Any) -> dict[str, Any]:
     }
 
 
+def restore_step(cube: Any, config: RunConfig) -> Any:
+    """Restore (and composite) a cube as ``config`` asks: the one place both flows call."""
+    prior = pipeline.priors.get_prior(config.prior, **dict(config.prior_options))
+    return pipeline.restore(cube, prior=prior, mode=config.mode, period=config.period)
+
+
+def validation_step(cube: Any, config: RunConfig) -> ValidationResult | None:
+    """Self-validation of ``cube`` with the run's prior and options (None when disabled)."""
+    if not config.validation.enabled:
+        return None
+    from pipeline.validation import self_validate
+
+    prior = pipeline.priors.get_prior(config.prior, **dict(config.prior_options))
+    log.info("self-validation on held-out clear pixels (%s)", config.validation)
+    return self_validate(cube, prior=prior, config=config.validation)
+
+
 def run(
     config: RunConfig, *, progress: bool = True, items: list | None = None, geobox: Any = None
 ) -> RunSummary:
     """Run the whole pipeline for ``config``.
 
     ``items`` skips the search (replays, the demo); ``geobox`` (odc-geo) fixes the output grid
-    exactly instead of deriving it from the search area, CRS and resolution.
+    exactly instead of deriving it from the search area, CRS and resolution. Areas larger
+    than one tile (and ``config.tiled=True``) run tile by tile (``flows.tiled.run_tiled``).
     """
     from pipeline._reading import collect_read_failures, configure_gdal, planetary_computer_signer
 
+    if geobox is None and config.use_tiles():
+        from .tiled import run_tiled
+
+        return run_tiled(config, progress=progress, items=items)
     started = time.perf_counter()
     check_destination(config.output, config.archive)  # refuse before any work, not after
     if items is None:
@@ -122,12 +222,16 @@ def run(
             geobox=geobox,
             signer=signer,
         )
-        restored = pipeline.restore(cube, prior=config.prior, mode=config.mode, period=config.period)
+        validation = validation_step(cube, config)  # step 2b: how good will it be?
+        restored = restore_step(cube, config)
+        attrs = provenance(config, items, restored)
+        if validation is not None:
+            attrs[VALIDATION_ATTR] = validation.to_json()
         written = write_archive(  # step 3: restore + write, region by region
             restored,
             config.output,
             config.archive,
-            attrs=provenance(config, items, restored),
+            attrs=attrs,
             progress=progress,
             client=client,
         )
@@ -146,6 +250,7 @@ def run(
         no_valid_pixels=no_valid,
         seconds=time.perf_counter() - started,
         dashboard=dashboard,
+        validation=validation,
     )
     for failure in failures:
         log.warning("read failure: %s", failure)

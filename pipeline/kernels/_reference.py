@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import box_mean_nan, box_sum, nanmedian0
-from ._scene import _ridge_fit
+from ._common import F32, box_mean_nan, nanmedian0
+from ._numba import GAIN_BOUNDS, harmonise_fit
 
 
 def reference_quality(t_ref: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -59,10 +59,11 @@ def harmonise_local(
     shrink_pixels: float = 30.0,
     residual: bool = False,
 ) -> tuple[np.ndarray, ...]:
-    """Local per-band gain/offset mapping ``source`` onto ``target`` (B, Y, X) each, float64.
+    """Local per-band gain/offset mapping ``source`` onto ``target`` (B, Y, X) each, float32.
 
     Fitted by weighted least squares in a (2r+1)^2 window from box-filter moments
-    S0 = sum w, Sx, Sy, Sxx, Sxy (w = clear in both dates), so the map follows slow spatial
+    S0 = sum w, Sx, Sy, Sxx, Sxy (w = clear in both dates; a pixel not finite in every band
+    of both dates has no weight; pixels outside the array are absent), so the map follows slow spatial
     changes of the radiometric difference (phenology, BRDF, residual haze) without a per-pixel
     loop. The gain is ridge-pulled toward the prior (scene-level pair fit) and the pair
     (g, o) shrinks to the prior where the window holds less than ``shrink_pixels`` clear
@@ -72,41 +73,45 @@ def harmonise_local(
     residual of the fitted map over the window and the bands, mean_b E_w[(t - g s - o)^2]
     (NaN where the window holds no weight). It is the local error of the harmonised
     reference as a stand-in for the target's surface, measured where both are clear.
+
+    One fused compiled pass (``_numba.harmonise_fit``): the moments (float64 running sums),
+    the fit (``_scene._ridge_fit``'s formula) and the residual for all bands.
     """
-    t = np.asarray(target, np.float64)
-    s = np.asarray(source, np.float64)
-    ok = np.isfinite(t).all(axis=0) & np.isfinite(s).all(axis=0)
-    w = np.where(ok, np.asarray(weight, np.float64), 0.0)
-    s0 = box_sum(w, radius)
-    tz, sz = np.where(ok, t, 0.0), np.where(ok, s, 0.0)
-    gains = np.empty(t.shape)
-    offsets = np.empty(t.shape)
-    for b in range(t.shape[0]):
-        x, y = sz[b], tz[b]
-        wx, wy = w * x, w * y
-        g, o = _ridge_fit(
-            s0,
-            box_sum(wx, radius),
-            box_sum(wy, radius),
-            box_sum(wx * x, radius),
-            box_sum(wx * y, radius),
-            float(prior_gain[b]),
-            float(prior_offset[b]),
-            ridge,
-            shrink_pixels,
+    t, s = _float_array(target), _float_array(source)
+    if t.ndim != 3 or s.shape != t.shape or np.shape(weight) != t.shape[1:]:
+        raise ValueError(
+            f"harmonise_local needs target and source (B, Y, X) and weight (Y, X), got "
+            f"{t.shape}, {s.shape} and {np.shape(weight)}"
         )
-        gains[b], offsets[b] = g, o
-        if residual:
-            syy = box_sum(wy * y, radius)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                n = np.where(s0 > 1e-9, s0, np.nan)
-                sx, sy = box_sum(wx, radius), box_sum(wy, radius)
-                sxx, sxy = box_sum(wx * x, radius), box_sum(wx * y, radius)
-                mse = (syy - 2 * g * sxy - 2 * o * sy + g * g * sxx + 2 * g * o * sx) / n + o * o
-            resid_sum = mse if b == 0 else resid_sum + mse
+    nb = t.shape[0]
+    gains = np.empty(t.shape, F32)
+    offsets = np.empty(t.shape, F32)
+    resid = np.empty(t.shape[1:] if residual else (0, 0), F32)
+    harmonise_fit(
+        t,
+        s,
+        np.ascontiguousarray(weight, dtype=np.float64),
+        int(radius),
+        np.broadcast_to(np.asarray(prior_gain, np.float64), (nb,)).copy(),
+        np.broadcast_to(np.asarray(prior_offset, np.float64), (nb,)).copy(),
+        float(ridge),
+        float(shrink_pixels),
+        *GAIN_BOUNDS,
+        residual,
+        gains,
+        offsets,
+        resid,
+    )
     if residual:
-        return gains, offsets, np.maximum(resid_sum / t.shape[0], 0.0)
+        return gains, offsets, resid
     return gains, offsets
+
+
+def _float_array(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous float32 or float64 array, copied only when it must be."""
+    a = np.asarray(a)
+    dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def smoothed_quality(q: np.ndarray, radius: int) -> np.ndarray:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import F32, angstrom_exponent, nanmin0, smoothstep, visible_band_mask
+from ._common import F32, angstrom_exponent, nanmin0, visible_band_mask
+from ._numba import GAIN_BOUNDS, ridge_fit_flat
 
 
 def _default_airlight(wavelengths: np.ndarray) -> np.ndarray:
@@ -243,22 +244,18 @@ def pair_gain_offset(
     return gains.astype(F32), offsets.astype(F32)
 
 
-def _ridge_fit(s0, sx, sy, sxx, sxy, g0, o0, ridge, shrink_pixels, gain_bounds=(0.5, 2.0)):
+def _ridge_fit(s0, sx, sy, sxx, sxy, g0, o0, ridge, shrink_pixels, gain_bounds=GAIN_BOUNDS):
     """Ridge-regularised weighted LS from window/pair moments, shrunk to (g0, o0) when s0 is small.
 
     g = (S0 cov + lambda g0) / (S0 var + lambda), o = mean_y - g mean_x, then
     (g, o) <- a (g, o) + (1 - a) (g0, o0) with a = S(S0; 0.2 shrink_pixels, shrink_pixels):
     the local fit is used as is once the window holds ``shrink_pixels`` clear weight.
+    Arguments broadcast together; float64 results. The formula lives in
+    ``_numba.ridge_fit_scalar`` (shared with the fused local fit of ``harmonise_local``).
     """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        safe = np.maximum(s0, 1e-12)
-        mx, my = sx / safe, sy / safe
-        var = np.maximum(sxx / safe - mx * mx, 0.0)
-        cov = sxy / safe - mx * my
-        g = (s0 * cov + ridge * g0) / (s0 * var + ridge)
-        g = np.clip(g, *gain_bounds)
-        o = my - g * mx
-    a = smoothstep(s0, 0.2 * shrink_pixels, shrink_pixels)
-    g = np.where(s0 > 1e-9, a * g + (1 - a) * g0, g0)
-    o = np.where(s0 > 1e-9, a * o + (1 - a) * o0, o0)
-    return g, o
+    arrays = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (s0, sx, sy, sxx, sxy, g0, o0)))
+    flat = [np.ascontiguousarray(a).ravel() for a in arrays]
+    gain = np.empty(flat[0].shape)
+    offset = np.empty(flat[0].shape)
+    ridge_fit_flat(*flat, float(ridge), float(shrink_pixels), *map(float, gain_bounds), gain, offset)
+    return gain.reshape(arrays[0].shape), offset.reshape(arrays[0].shape)

@@ -1,0 +1,697 @@
+"""Tiled runs: an area of any size into one Zarr store, tile by tile, resumable, appendable.
+
+``run_tiled(config)`` is what ``flows.run.run`` delegates to when the area is larger than one
+tile (or ``RunConfig.tiled`` asks for it). Its steps:
+
+1. **plan**: the output grid of the area (``pipeline.tiling.make_grid``) and the tiles that
+   intersect the area;
+2. **search** once for the whole area, and index the items by footprint;
+3. **time axis** shared by every tile: the union of the items' solar days (``dates``) or the
+   periods of the search interval (``composite``);
+4. **store**: write the template for the whole grid once; or, resuming, check the store was
+   made by the same configuration and append the time steps of new periods;
+5. **tiles**: per tile, load the tile's items onto the tile's GeoBox (odc-stac reprojects
+   items of any UTM zone onto the one grid), restore, fit to the shared time axis and write
+   into the tile's chunk-aligned region; record the tile as done. A few tiles are in flight
+   at once; a failed tile is retried, then reported, and never stops the others;
+6. **summary**: tiles done / skipped / failed, pixels without a valid observation, read
+   failures per tile.
+
+Decisions worth knowing:
+
+- One search for the whole area, kept in this (client) process: tiles pick their items from
+  a spatial index. That gives every tile the same time axis in ``dates`` mode and costs one
+  catalog query instead of one per tile. The price is memory on the client: about 20-40 KB
+  per item (a continental year, ~100 000 items, needs a few GB); task graphs never hold the
+  item list, only each tile's own items.
+- Scene parameters (airlight, gamma, pair harmonisation) are estimated per tile, from that
+  tile's pixels. The per-date ``gamma``/``airlight`` variables of a single-grid run are not
+  written to a tiled store (they differ per tile).
+- ``dates`` mode: the time axis is every solar day with an acquisition anywhere in the area;
+  a tile with no acquisition that day holds NaN and ``no_valid_observation`` = 1.
+- ``composite`` mode: one step per period overlapping the search interval (``period`` None:
+  one step for the whole interval), labelled by the period start; empty periods are NaN with
+  ``no_valid_observation`` = 1. With a period, a later run with the next interval and
+  ``--resume`` appends its periods; rerunning a period that is complete changes nothing.
+- Peak memory per worker depends on the chunk size, the number of dates and the tiles in
+  flight, never on the area: each tile is its own small graph.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+import pipeline
+from pipeline._search import is_planetary_computer, search
+from pipeline.archive import (
+    COMPLETE_ATTR,
+    FINGERPRINT_ATTR,
+    GRID_ATTR,
+    RUN_CONFIG_ATTR,
+    ArchiveMismatchError,
+    append_time_steps,
+    check_destination,
+    mark_tile_done,
+    record_attrs,
+    store_record,
+    tile_write,
+    tiles_done,
+    write_tiled_template,
+)
+from pipeline.cluster import dask_client
+from pipeline.cube import load_cube
+from pipeline.tiling import (
+    GridSpec,
+    ItemIndex,
+    Tile,
+    area_geometry,
+    dates_axis,
+    item_hrefs,
+    make_grid,
+    period_axis,
+    solar_day,
+)
+
+if TYPE_CHECKING:
+    from .run import RunConfig, RunSummary
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """What a tiled run writes: grid, tiles in the area, time axis, this run's time steps."""
+
+    grid: GridSpec
+    tiles: tuple[Tile, ...]
+    axis: pd.DatetimeIndex  # this run's time steps (dates, or period starts)
+    edges: pd.DatetimeIndex | None  # composite: period edges (len(axis) + 1)
+
+
+def plan_grid(config: RunConfig) -> tuple[GridSpec, list[Tile]]:
+    """Step 1: the grid of the search area and the tiles that intersect it."""
+    s = config.search
+    area = area_geometry(s.bbox, s.intersects)
+    grid = make_grid(
+        area,
+        config.grid_tiling(),
+        resolution=config.cube.resolution,
+        chunk_size=config.archive.chunk_size,
+    )
+    tiles = grid.tiles_in(area)
+    log.info(
+        "grid %s at %g m: %d x %d tiles of %d px, %d intersect the area",
+        grid.crs,
+        grid.resolution,
+        grid.rows,
+        grid.cols,
+        grid.tile_size,
+        len(tiles),
+    )
+    return grid, tiles
+
+
+def time_axis(
+    config: RunConfig, items: Sequence[Any]
+) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex | None]:
+    """Step 3: the time steps this run writes, shared by every tile."""
+    if config.mode == "dates":
+        return dates_axis(items).as_unit("ns"), None
+    labels, edges = period_axis(config.search.interval, config.period)
+    return labels.as_unit("ns"), edges.as_unit("ns")
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def run_fingerprint(config: RunConfig, grid: GridSpec) -> tuple[str, dict[str, Any]]:
+    """A hash of everything that makes two runs write the same store, and its parts.
+
+    The search interval is left out for periodic composites: each scheduled run brings a new
+    interval and appends its periods to the same store.
+    """
+    s = config.search
+    search_part = {
+        "catalog": s.catalog,
+        "collection": s.collection,
+        "bbox": list(s.bbox) if s.bbox else None,
+        "intersects": s.intersects,
+        "max_cloud_cover": s.max_cloud_cover,
+        "mgrs_tile": s.tile,
+        "max_items": s.max_items,
+    }
+    if not (config.mode == "composite" and config.period):
+        search_part["datetime"] = s.datetime
+    parts = {
+        "grid": dataclasses.asdict(grid),
+        "search": search_part,
+        "bands": list(config.cube.bands),
+        "include_scl": config.cube.include_scl,
+        "prior": config.prior,
+        "prior_options": dict(config.prior_options),
+        "mode": config.mode,
+        "period": config.period,
+        "zarr_format": config.archive.zarr_format,
+        "chunk_size": config.archive.chunk_size,
+    }
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], json.loads(text)
+
+
+def _describe_mismatch(stored: dict[str, Any], ours: dict[str, Any]) -> str:
+    keys = sorted(set(stored) | set(ours))
+    diffs = [k for k in keys if stored.get(k) != ours.get(k)]
+    return ", ".join(diffs) or "unknown fields"
+
+
+# --------------------------------------------------------------------------- output schema
+
+
+@dataclass(frozen=True)
+class OutputSchema:
+    """Names, dtypes and attributes of the variables a tile writes, and run-level attrs.
+
+    Taken from a restore (and composite) of a tiny in-memory cube, so it always matches what
+    ``pipeline.restore`` produces, layer for layer.
+    """
+
+    variables: dict[str, tuple[np.dtype, dict[str, Any]]]
+    attrs: dict[str, Any]
+
+    def fill(self, name: str) -> Any:
+        """Value of a pixel nothing was observed for."""
+        dtype = self.variables[name][0]
+        if name == "no_valid_observation":
+            return 1
+        return np.nan if np.issubdtype(dtype, np.floating) else 0
+
+    def empty(
+        self, shape: tuple[int, int, int], chunks: tuple[int, int, int]
+    ) -> dict[str, da.Array]:
+        return {
+            name: da.full(shape, self.fill(name), dtype=dtype, chunks=chunks)
+            for name, (dtype, _) in self.variables.items()
+        }
+
+
+def output_schema(config: RunConfig) -> OutputSchema:
+    """Restore a 2-date, 16 x 16 px cube in memory and read the output's structure."""
+    from .run import restore_step
+
+    rng = np.random.default_rng(0)
+    shape = (2, 16, 16)
+    coords = {
+        "time": pd.DatetimeIndex(["2024-05-01", "2024-05-11"]),
+        "y": 5_000_000.0 - 10.0 * np.arange(16),
+        "x": 500_000.0 + 10.0 * np.arange(16),
+    }
+    data: dict[str, Any] = {
+        b: (("time", "y", "x"), rng.uniform(0.03, 0.3, shape).astype("float32"))
+        for b in config.cube.bands
+    }
+    if config.cube.include_scl:
+        data["SCL"] = (("time", "y", "x"), np.full(shape, 4, dtype="uint8"))
+    probe = restore_step(xr.Dataset(data, coords=coords), dataclasses.replace(config, period=None))
+    variables = {
+        str(n): (v.dtype, dict(v.attrs))
+        for n, v in probe.data_vars.items()
+        if set(v.dims) == {"time", "y", "x"}
+    }
+    return OutputSchema(variables, dict(probe.attrs))
+
+
+# --------------------------------------------------------------------------- one tile
+
+
+def _fit_to_axis(
+    restored: xr.Dataset, plan: TilePlan, schema: OutputSchema, config: RunConfig
+) -> xr.Dataset:
+    """A restored tile on the run's time axis (dates: reindex; composite: per period)."""
+    names = list(schema.variables)
+    fills = {n: schema.fill(n) for n in names}
+    if config.mode == "dates":
+        return restored[names].reindex(time=plan.axis, fill_value=fills)
+    assert plan.edges is not None
+    times = pd.DatetimeIndex(restored["time"].values)
+    steps = []
+    for label, start, end in zip(plan.axis, plan.edges[:-1], plan.edges[1:], strict=True):
+        inside = np.flatnonzero((times >= start) & (times < end))
+        if len(inside):
+            step = pipeline.composite(restored.isel(time=inside), period=None)[names]
+            steps.append(step.assign_coords(time=[label]))
+    if not steps:
+        return _empty_tile(plan, schema, restored.sizes["y"])
+    return xr.concat(steps, dim="time").reindex(time=plan.axis, fill_value=fills)
+
+
+def _empty_tile(plan: TilePlan, schema: OutputSchema, size: int) -> xr.Dataset:
+    """A tile no item touches: NaN, no_valid_observation = 1, counts 0."""
+    shape = (len(plan.axis), size, size)
+    arrays = schema.empty(shape, (1, size, size))
+    return xr.Dataset(
+        {n: (("time", "y", "x"), a) for n, a in arrays.items()}, coords={"time": plan.axis}
+    )
+
+
+@dataclass
+class TileResult:
+    key: str
+    ok: bool
+    attempts: int
+    no_valid_pixels: int = 0
+    error: str = ""
+    seconds: float = 0.0
+
+
+class TileWorker:
+    """Builds and computes one tile's graph: load -> restore -> fit to the axis -> write."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        plan: TilePlan,
+        schema: OutputSchema,
+        index: ItemIndex,
+        time_slice: slice,
+        client: Any,
+    ) -> None:
+        from pipeline._reading import planetary_computer_signer
+
+        self.config = config
+        self.plan = plan
+        self.schema = schema
+        self.index = index
+        self.time_slice = time_slice
+        self.client = client
+        self.signer = (
+            planetary_computer_signer if is_planetary_computer(config.search.catalog) else None
+        )
+
+    def output(self, tile: Tile) -> xr.Dataset:
+        """The tile's output, lazy, on the run's time axis."""
+        from .run import restore_step
+
+        items = self.index.intersecting(tile)
+        if not items:
+            return _empty_tile(self.plan, self.schema, self.plan.grid.tile_size)
+        cube = load_cube(
+            items, self.config.cube, geobox=tile.geobox, signer=self.signer, read_context=tile.key
+        )
+        days = pd.DatetimeIndex(sorted({solar_day(it) for it in items})).as_unit("ns")
+        if cube.sizes["time"] != len(days):
+            raise RuntimeError(
+                f"tile {tile.key}: the cube has {cube.sizes['time']} dates but its items span "
+                f"{len(days)} solar days; load_cube grouped them differently, please report it"
+            )
+        cube = cube.assign_coords(time=days)
+        restored = restore_step(cube, dataclasses.replace(self.config, mode="dates", period=None))
+        return _fit_to_axis(restored, self.plan, self.schema, self.config)
+
+    def __call__(self, tile: Tile) -> TileResult:
+        started = time.perf_counter()
+        attempts = 1 + self.config.tiling.retries
+        error = ""
+        for attempt in range(1, attempts + 1):
+            try:
+                out = self.output(tile)
+                region = {"time": self.time_slice, "y": tile.y, "x": tile.x}
+                write = tile_write(out, self.config.output, region, self.config.archive)
+                no_valid = out["no_valid_observation"].data.sum(dtype="int64")
+                _, count = self._compute(write, no_valid)
+                return TileResult(
+                    tile.key, True, attempt, int(count), seconds=time.perf_counter() - started
+                )
+            except Exception as exc:  # noqa: BLE001 - a tile's failure must not stop the others
+                error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
+                log.warning(
+                    "tile %s failed (attempt %d of %d): %s", tile.key, attempt, attempts, error
+                )
+                log.debug("tile %s traceback", tile.key, exc_info=True)
+        return TileResult(
+            tile.key, False, attempts, error=error, seconds=time.perf_counter() - started
+        )
+
+    def _compute(self, *values: Any) -> tuple:
+        if self.client is not None:
+            return tuple(self.client.compute(list(values), sync=True))
+        return dask.compute(*values)
+
+
+# --------------------------------------------------------------------------- store
+
+
+@dataclass
+class StoreState:
+    """Where this run writes on the time axis, and which tiles are already there."""
+
+    time_slice: slice
+    done: np.ndarray  # (rows, cols) bool
+    appended: int = 0
+    created: bool = False
+
+
+def _template(grid: GridSpec, axis: pd.DatetimeIndex, schema: OutputSchema) -> xr.Dataset:
+    from odc.geo.xr import xr_coords
+
+    shape = (len(axis), *grid.shape)
+    data_vars = {
+        name: xr.DataArray(
+            da.empty(shape, dtype=dtype, chunks=shape), dims=("time", "y", "x"), attrs=attrs
+        )
+        for name, (dtype, attrs) in schema.variables.items()
+    }
+    coords = {k: v for k, v in xr_coords(grid.geobox, crs_coord_name="spatial_ref").items()}
+    coords["time"] = axis
+    ds = xr.Dataset(data_vars, coords=coords)
+    return ds.rio.write_crs(grid.crs, grid_mapping_name="spatial_ref")
+
+
+def prepare_store(
+    config: RunConfig, plan: TilePlan, schema: OutputSchema, attrs: dict[str, Any]
+) -> StoreState:
+    """Step 4: create the store, or check it and append this run's new time steps."""
+    store, archive = config.output, config.archive
+    grid = plan.grid
+    fingerprint, parts = run_fingerprint(config, grid)
+    exists = check_destination(store, archive)
+    tile_grid = (grid.rows, grid.cols)
+    run_attrs = {
+        **attrs,
+        FINGERPRINT_ATTR: fingerprint,
+        RUN_CONFIG_ATTR: parts,
+        GRID_ATTR: grid.to_json(),
+    }
+    if not exists or archive.mode == "overwrite":
+        write_tiled_template(
+            _template(grid, plan.axis, schema), store, archive, tile_grid=tile_grid, attrs=run_attrs
+        )
+        return StoreState(slice(0, len(plan.axis)), np.zeros(tile_grid, bool), created=True)
+
+    stored_attrs, stored_times = store_record(store)
+    if stored_attrs.get(FINGERPRINT_ATTR) != fingerprint:
+        stored_parts = stored_attrs.get(RUN_CONFIG_ATTR) or {}
+        if isinstance(stored_parts, str):
+            stored_parts = json.loads(stored_parts)
+        raise ArchiveMismatchError(
+            f"cannot resume {store}: it was written by a run with a different configuration "
+            f"(differs in: {_describe_mismatch(stored_parts, parts)}). Rerun with the original "
+            "area, grid, bands, prior and mode, or write a new store (or --overwrite)."
+        )
+    first = stored_times.searchsorted(plan.axis[0])
+    known = plan.axis[plan.axis.isin(stored_times)]
+    new = plan.axis[~plan.axis.isin(stored_times)]
+    if len(known) and not stored_times[first : first + len(known)].equals(known):
+        raise ArchiveMismatchError(
+            f"cannot resume {store}: its time axis does not hold this run's steps in order"
+        )
+    if len(new):
+        if config.mode == "dates":
+            raise ArchiveMismatchError(
+                f"cannot resume {store}: the search now finds dates the store does not hold "
+                f"({', '.join(str(t.date()) for t in new[:5])}); the catalog changed since the "
+                "first run. Write a new store (or --overwrite)."
+            )
+        if len(stored_times) and new[0] <= stored_times[-1]:
+            raise ArchiveMismatchError(
+                f"cannot append {new[0].date()} to {store}: periods are appended in time order "
+                f"and the store already ends at {stored_times[-1].date()}"
+            )
+        append_time_steps(_template(grid, new, schema), store, archive, tile_grid=tile_grid)
+    start = int(first) if len(known) else len(stored_times)
+    time_slice = slice(start, start + len(plan.axis))
+    return StoreState(time_slice, tiles_done(store, time_slice), appended=len(new))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _in_flight(config: RunConfig, client: Any) -> int:
+    if config.tiling.tiles_in_flight is not None:
+        return config.tiling.tiles_in_flight
+    if client is not None:
+        return max(2, len(client.scheduler_info().get("workers", {})))
+    return 1
+
+
+class _FailureLedger:
+    """Read failures per tile: by the failure's ``context`` (the tile id), else by its href."""
+
+    def __init__(self, client: Any) -> None:
+        from pipeline._reading import collect_read_failures
+
+        self._collect = collect_read_failures
+        self._client = client
+        self._seen: set[Any] = set()
+        self.by_tile: dict[str, list[str]] = {}
+
+    def forget_older(self) -> None:
+        """Drop failures recorded before this run (by earlier runs on a reused cluster)."""
+        self.update({}, attribute=False)
+
+    def update(self, candidates: dict[str, set[str]], *, attribute: bool = True) -> None:
+        """Attribute new failures to their tile: the failure's ``context`` when it has one,
+        else every tile in ``candidates`` (key -> asset hrefs, the tiles in flight) that reads
+        the failed asset."""
+        try:
+            found = self._collect(self._client)
+        except Exception as exc:  # noqa: BLE001 - e.g. a worker dying mid-call: ask again later
+            log.warning("could not collect read failures now (%s); will ask again", exc)
+            return
+        for failure in found:
+            if failure in self._seen:
+                continue
+            self._seen.add(failure)
+            if not attribute:
+                continue
+            context = getattr(failure, "context", "")
+            keys = (
+                [context]
+                if context
+                else [k for k, hrefs in candidates.items() if failure.href in hrefs]
+            )
+            for key in keys or ["(unattributed)"]:
+                self.by_tile.setdefault(key, []).append(failure.describe())
+
+
+def process_tiles(
+    worker: TileWorker,
+    todo: Sequence[Tile],
+    state: StoreState,
+    *,
+    in_flight: int,
+    progress: bool,
+    skipped: int,
+) -> tuple[list[TileResult], _FailureLedger]:
+    """Step 5: compute the tiles, a few at a time; record each as done once written."""
+    from tqdm.auto import tqdm
+
+    config = worker.config
+    ledger = _FailureLedger(worker.client)
+    ledger.forget_older()
+    results: list[TileResult] = []
+    running: dict[concurrent.futures.Future, Tile] = {}
+    hrefs: dict[str, set[str]] = {}
+    bar = tqdm(
+        total=len(todo) + skipped, initial=skipped, desc="tiles", unit="tile", disable=not progress
+    )
+    queue = list(todo)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="tile")
+    interrupted = False
+    try:
+        while queue or running:
+            while queue and len(running) < in_flight:
+                tile = queue.pop(0)
+                hrefs[tile.key] = item_hrefs(worker.index.intersecting(tile))
+                running[pool.submit(worker, tile)] = tile
+            finished, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in finished:
+                tile = running.pop(future)
+                result = future.result()
+                if result.ok:
+                    # Recorded by this thread only, after the data are in: a crash before
+                    # this line means the tile is recomputed, never skipped half-written.
+                    mark_tile_done(
+                        config.output, tile.row, tile.col, state.time_slice, config.archive
+                    )
+                results.append(result)
+                ledger.update(hrefs)
+                hrefs.pop(tile.key, None)
+                bar.update(1)
+                bar.set_postfix(failed=sum(not r.ok for r in results))
+    except BaseException:
+        # Ctrl-C or a failure to record: stop now; tiles in flight are not recorded and a
+        # rerun with --resume computes them again.
+        interrupted = True
+        raise
+    finally:
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
+        bar.close()
+    return results, ledger
+
+
+def run_tiled(
+    config: RunConfig,
+    *,
+    progress: bool = True,
+    items: list | None = None,
+    client: Any = None,
+    in_process: bool = False,
+) -> RunSummary:
+    """Run ``config`` tile by tile into one store (see the module docstring for the steps).
+
+    ``items`` skips the search; ``client`` reuses a connected ``distributed.Client`` (else one
+    is started from ``config.cluster``); ``in_process`` uses this process's dask scheduler
+    instead of a cluster (single-process runs, debugging).
+    """
+    from pipeline._reading import configure_gdal
+
+    from .run import RunSummary, TileSummary, provenance
+
+    started = time.perf_counter()
+    check_destination(config.output, config.archive)  # refuse before any work, not after
+    grid, area_tiles = plan_grid(config)  # step 1
+    if items is None:  # step 2
+        items = search(dataclasses.replace(config.search, sign=False))
+    index = ItemIndex(items)
+    axis, edges = time_axis(config, items)  # step 3
+    plan = TilePlan(grid, tuple(area_tiles), axis, edges)
+    schema = output_schema(config)
+    attrs = provenance(config, items, schema)
+    attrs["tile_size"] = grid.tile_size
+    attrs["time_axis"] = "solar days of all items" if config.mode == "dates" else "period starts"
+    state = prepare_store(config, plan, schema, attrs)  # step 4
+    todo = [t for t in area_tiles if not state.done[t.row, t.col]]
+    skipped = len(area_tiles) - len(todo)
+    if not todo:
+        what = (
+            f"period(s) {', '.join(str(t.date()) for t in axis)}"
+            if config.mode == "composite"
+            else "all tiles"
+        )
+        log.info("nothing to do: %s already complete in %s", what, config.output)
+
+    with _client_or_local(config, client, in_process) as active:  # step 5
+        if todo:
+            configure_gdal(active)
+            worker = TileWorker(config, plan, schema, index, state.time_slice, active)
+            results, ledger = process_tiles(
+                worker,
+                todo,
+                state,
+                in_flight=_in_flight(config, active),
+                progress=progress,
+                skipped=skipped,
+            )
+        else:
+            results, ledger = [], _FailureLedger(active)
+        validation = _validate_first_tile(worker, config, results) if todo else None
+        dashboard = active.dashboard_link if active is not None else ""
+
+    failed = {r.key: f"{r.error} (after {r.attempts} attempt(s))" for r in results if not r.ok}
+    if not failed:  # step 6
+        _mark_complete_if_done(config, plan)
+    tiles = TileSummary(
+        total=len(area_tiles),
+        written=sum(r.ok for r in results),
+        skipped=skipped,
+        failed=failed,
+        read_failures=ledger.by_tile,
+        appended_steps=state.appended,
+        nothing_to_do=not todo,
+    )
+    return RunSummary(
+        store=config.output,
+        items=len(items),
+        dates=len(axis),
+        shape=grid.shape,
+        regions_written=0,
+        regions_skipped=0,
+        read_failures=[f for fs in ledger.by_tile.values() for f in fs],
+        no_valid_pixels=sum(r.no_valid_pixels for r in results),
+        seconds=time.perf_counter() - started,
+        dashboard=dashboard,
+        tiles=tiles,
+        validation=validation,
+    )
+
+
+def _validate_first_tile(worker: TileWorker, config: RunConfig, results: list) -> Any:
+    """Self-validation on the first written tile that has items, recorded in the store.
+
+    One tile stands for the run (windows of ``config.validation.window`` px; a continental
+    run would otherwise pay it per tile); its result goes to the store's attributes.
+    """
+    from pipeline.validation import VALIDATION_ATTR
+
+    from .run import validation_step
+
+    if not config.validation.enabled:
+        return None
+    for result in results:
+        tile = next((t for t in worker.plan.tiles if t.key == result.key), None)
+        if not result.ok or tile is None:
+            continue
+        items = worker.index.intersecting(tile)
+        if not items:
+            continue
+        cube = load_cube(items, config.cube, geobox=tile.geobox, signer=worker.signer)
+        validation = validation_step(cube, config)
+        if validation is not None:
+            record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
+        return validation
+    return None
+
+
+def _mark_complete_if_done(config: RunConfig, plan: TilePlan) -> None:
+    """COMPLETE_ATTR once every area tile holds every time step of the store (written only
+    when it changes, so a run with nothing to do leaves the store untouched)."""
+    attrs, times = store_record(config.output)
+    done = tiles_done(config.output, slice(0, len(times)))
+    if attrs.get(COMPLETE_ATTR) is not True and all(done[t.row, t.col] for t in plan.tiles):
+        record_attrs(config.output, {COMPLETE_ATTR: True}, config.archive)
+
+
+@contextlib.contextmanager
+def _client_or_local(config: RunConfig, client: Any, in_process: bool) -> Iterator[Any]:
+    """The caller's client; None (this process's dask scheduler) for ``in_process``; else a
+    client of a cluster started from ``config.cluster`` and closed after the run."""
+    if client is not None or in_process:
+        yield client
+        return
+    with dask_client(config.cluster) as started:
+        yield started
+
+
+__all__ = [
+    "OutputSchema",
+    "TilePlan",
+    "TileResult",
+    "TileWorker",
+    "output_schema",
+    "plan_grid",
+    "prepare_store",
+    "process_tiles",
+    "run_fingerprint",
+    "run_tiled",
+    "time_axis",
+]

@@ -1,0 +1,423 @@
+"""Tiled runs end to end on synthetic COGs: cluster vs single process, a killed worker, a killed
+run resumed, periodic composites appended, an area across two UTM zones, failed tiles.
+
+Every run here writes a 128 x 128 px area as 2 x 2 tiles of 64 px (one chunk each: small, so
+the whole module stays fast); the reference is the same run computed in this process by
+dask's synchronous scheduler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from pyproj import Transformer
+
+from flows.cli import EXIT_FAILED, EXIT_OK, main
+from flows.run import RunConfig
+from flows.tiled import TilePlan, output_schema, plan_grid, prepare_store, run_tiled, time_axis
+from pipeline._search import SearchParams
+from pipeline.archive import TILE_DONE_VAR, ArchiveConfig, ArchiveMismatchError
+from pipeline.cluster import ClusterConfig
+from pipeline.cube import CubeConfig
+from pipeline.synthetic import make_stack, write_stac_items
+from pipeline.tiling import EQUAL_AREA_EUROPE, TilingConfig
+
+ENTRY_POINT = Path(sys.executable).with_name("phyvlm-cr")
+BANDS = ("B02", "B03", "B04", "B08")
+DATES = "2024-03-01/2024-04-30"
+TILE, CHUNK = 64, 64
+# Upper-left corner on the 640 m lattice of 64-px tiles: the stack is exactly 2 x 2 tiles.
+ORIGIN = (640 * 564.0, 640 * 8360.0)
+SIZE = 128
+
+
+def _lonlat_bbox(
+    crs: str, west: float, south: float, east: float, north: float
+) -> tuple[float, ...]:
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    xs, ys = to_lonlat.transform([west, east, west, east], [south, south, north, north])
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    """Four cloudy dates (03-11, 03-21, 03-31, 04-10) over 1.28 x 1.28 km in UTM 33N."""
+    out = tmp_path_factory.mktemp("tiled-catalog")
+    stack = make_stack((4, SIZE, SIZE), bands=BANDS, origin=ORIGIN, start="2024-03-11", seed=3)
+    write_stac_items(stack, out)
+    return out
+
+
+# 200 m inside the stack, so the area's UTM extent stays within its 2 x 2 tiles.
+AREA = _lonlat_bbox(
+    "EPSG:32633",
+    ORIGIN[0] + 200,
+    ORIGIN[1] - SIZE * 10 + 200,
+    ORIGIN[0] + SIZE * 10 - 200,
+    ORIGIN[1] - 200,
+)
+
+
+def _config(
+    catalog: Path, store: Path, *, mode="dates", period=None, datetime=DATES, resume=False, **tiling
+) -> RunConfig:
+    return RunConfig(
+        search=SearchParams(bbox=AREA, datetime=datetime, catalog=str(catalog)),
+        output=str(store),
+        cube=CubeConfig(bands=BANDS, chunk_size=CHUNK),
+        archive=ArchiveConfig(chunk_size=CHUNK, mode="resume" if resume else "create"),
+        cluster=ClusterConfig(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0"),
+        mode=mode,
+        period=period,
+        tiling=TilingConfig(tile_size=TILE, **{"tiles_in_flight": 1, **tiling}),
+    )
+
+
+def _single_process(config: RunConfig):
+    with dask.config.set(scheduler="synchronous"):
+        return run_tiled(config, progress=False, in_process=True)
+
+
+def _open(store: Path) -> xr.Dataset:
+    return xr.open_zarr(store, decode_coords="all").load()
+
+
+def _cli_args(catalog: Path, store: Path, scheduler: str, *extra: str) -> list[str]:
+    """``phyvlm-cr run`` of the reference configuration, on the test's running cluster."""
+    return [
+        "-q", "run", f"--bbox={','.join(repr(v) for v in AREA)}", "--datetime", DATES,
+        "--catalog", str(catalog), "--bands", ",".join(BANDS), "--output", str(store),
+        "--chunk-size", str(CHUNK), "--tile-size", str(TILE), "--tiles-in-flight", "1",
+        "--scheduler", scheduler, *extra,
+    ]  # fmt: skip
+
+
+def _done_tiles(store: Path) -> int:
+    try:
+        flags = np.asarray(zarr.open_group(str(store), mode="r")[TILE_DONE_VAR][:])
+    except Exception:  # noqa: BLE001 - the store may not exist yet, or be half-created
+        return 0
+    return int(flags.astype(bool).all(axis=0).sum())
+
+
+@pytest.fixture(scope="module")
+def reference_store(catalog, tmp_path_factory) -> Path:
+    """The uninterrupted single-process run every other run must reproduce exactly."""
+    store = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    summary = _single_process(_config(catalog, store))
+    assert summary.tiles is not None and summary.tiles.written == 4 and not summary.tiles.failed
+    ds = _open(store)
+    assert ds.rio.crs.to_epsg() == 32633
+    assert ds.sizes["time"] == 4 and ds.sizes["y"] == ds.sizes["x"] == SIZE
+    assert ds[TILE_DONE_VAR].values.all()
+    assert ds.attrs["phyvlm_cr_complete"] is True
+    # Real restored data, not an empty template.
+    assert np.isfinite(ds["B04"].values).mean() > 0.9
+    return store
+
+
+@pytest.fixture(scope="module")
+def reference(reference_store) -> xr.Dataset:
+    return _open(reference_store)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+def test_cluster_run_equals_single_process_run(catalog, reference, client, tmp_path):
+    store = tmp_path / "cluster.zarr"
+    summary = run_tiled(_config(catalog, store, tiles_in_flight=2), progress=False, client=client)
+    assert summary.tiles is not None
+    assert (summary.tiles.written, summary.tiles.skipped, summary.tiles.failed) == (4, 0, {})
+    assert summary.no_valid_pixels == int(reference["no_valid_observation"].sum())
+    xr.testing.assert_equal(_open(store), reference)
+
+
+def test_killed_worker_mid_run_gives_the_same_result(catalog, reference, client, tmp_path):
+    store = tmp_path / "worker-killed.zarr"
+    killed: dict[str, int] = {}
+
+    def kill_a_worker_after_the_first_tile() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _done_tiles(store):
+            time.sleep(0.02)
+        killed["tiles_done_at_kill"] = _done_tiles(store)
+        victim = sorted(client.scheduler_info()["workers"])[0]
+        try:
+            client.run(os._exit, 1, workers=[victim])  # the worker process dies at once
+        except Exception:  # noqa: BLE001 - the reply never comes: the worker is gone
+            pass
+        killed["worker"] = 1
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_tile)
+    killer.start()
+    summary = run_tiled(_config(catalog, store, tiles_in_flight=2), progress=False, client=client)
+    killer.join()
+    assert killed.get("worker") == 1
+    assert 1 <= killed["tiles_done_at_kill"] < 4, "the worker must die while tiles are left"
+    assert summary.tiles is not None and summary.tiles.written == 4 and not summary.tiles.failed
+    xr.testing.assert_equal(_open(store), reference)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+
+
+def test_killed_run_resumes_skipping_finished_tiles(catalog, reference, client, tmp_path, capsys):
+    store = tmp_path / "killed.zarr"
+    scheduler = client.scheduler.address
+    assert ENTRY_POINT.exists(), "the console script is not installed: pip install -e ."
+    # The run is a process of its own (its own session, so SIGKILL takes all of it) on the
+    # test's cluster, as a scheduled job runs on a standing Kubernetes cluster.
+    proc = subprocess.Popen(
+        [str(ENTRY_POINT), *_cli_args(catalog, store, scheduler)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not _done_tiles(store):
+            time.sleep(0.02)
+        done_at_kill = _done_tiles(store)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert 1 <= done_at_kill < 4
+    partial = _done_tiles(store)
+    assert partial < 4
+    assert xr.open_zarr(store).attrs["phyvlm_cr_complete"] is False
+
+    # Without --resume the store is refused; with it, finished tiles are skipped.
+    assert main(_cli_args(catalog, store, scheduler)) != EXIT_OK
+    assert "--resume" in capsys.readouterr().err
+    assert main(_cli_args(catalog, store, scheduler, "--resume")) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"{4 - partial} written, {partial} skipped (already done), 0 failed" in out
+    resumed = _open(store)
+    assert resumed.attrs["phyvlm_cr_complete"] is True
+    xr.testing.assert_equal(resumed, reference)
+
+
+def test_resume_with_another_configuration_is_refused(catalog, reference_store):
+    before = _files(reference_store)
+    other = _config(catalog, reference_store, resume=True)
+    other = dataclasses.replace(other, cube=CubeConfig(bands=BANDS[:3], chunk_size=CHUNK))
+    with pytest.raises(ArchiveMismatchError, match="bands") as exc:
+        _single_process(other)
+    assert "--overwrite" in str(exc.value)
+    assert _files(reference_store) == before
+
+
+def _files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+
+def test_period_append_keeps_earlier_periods_and_repeats_are_no_ops(catalog, tmp_path):
+    store = tmp_path / "monthly.zarr"
+    march = _config(
+        catalog, store, mode="composite", period="MS", datetime="2024-03-01/2024-03-31", resume=True
+    )
+    first = _single_process(march)  # --resume on a missing store creates it
+    assert first.tiles is not None and first.tiles.written == 4
+    ds = _open(store)
+    assert [str(t)[:10] for t in ds.time.values] == ["2024-03-01"]
+    assert ds["observation_count"].max() == 3  # 03-11, 03-21, 03-31
+    before = _files(store)
+
+    april = dataclasses.replace(
+        march, search=dataclasses.replace(march.search, datetime="2024-04-01/2024-04-30")
+    )
+    second = _single_process(april)
+    assert (
+        second.tiles is not None and second.tiles.appended_steps == 1 and second.tiles.written == 4
+    )
+    ds = _open(store)
+    assert [str(t)[:10] for t in ds.time.values] == ["2024-03-01", "2024-04-01"]
+    assert ds["observation_count"].isel(time=1).max() == 1  # 04-10 only
+    assert np.isfinite(ds["B04"].isel(time=1).values).mean() > 0.5
+    after = _files(store)
+    # Every chunk of March is byte for byte what it was; only metadata and the time
+    # coordinate (one more value) were rewritten.
+    changed = sorted(
+        name for name, data in before.items()
+        if after.get(name) != data and not name.endswith(("zarr.json", ".zmetadata")) and not name.startswith("time/")
+    )  # fmt: skip
+    assert changed == []
+    assert len(after) > len(before)
+
+    # The same period again: nothing computed, nothing written.
+    stamps = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    third = _single_process(april)
+    assert third.tiles is not None and third.tiles.nothing_to_do and third.tiles.written == 0
+    assert third.tiles.skipped == 4
+    assert _files(store) == after
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == stamps
+
+    # An earlier period that is not in the store cannot be inserted (checked before any
+    # tile is computed; February has no items here, so the plan is made by hand).
+    february = dataclasses.replace(
+        march, search=dataclasses.replace(march.search, datetime="2024-02-01/2024-02-29")
+    )
+    grid, tiles = plan_grid(february)
+    labels, edges = time_axis(february, [])
+    assert [str(t)[:10] for t in labels] == ["2024-02-01"]
+    with pytest.raises(ArchiveMismatchError, match="time order"):
+        prepare_store(
+            february, TilePlan(grid, tuple(tiles), labels, edges), output_schema(february), {}
+        )
+    assert _files(store) == after
+
+
+@pytest.fixture(scope="module")
+def two_zone_catalog(tmp_path_factory) -> tuple[Path, dict]:
+    """Two clear 128 x 128 px stacks of one acquisition day, one in UTM 32N and one in 33N,
+    overlapping by about 560 m across the zone boundary at 12 E (as MGRS tiles do)."""
+    out = tmp_path_factory.mktemp("two-zones")
+    stacks = {}
+    for zone, shift in (("32", -1000.0), ("33", -280.0)):
+        crs = f"EPSG:326{zone}"
+        x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(12.0, 48.0)
+        origin = (round(x + shift, -1), round(y + 640.0, -1))
+        stack = make_stack(
+            (3, 128, 128), bands=BANDS, crs=crs, origin=origin, start="2024-06-01",
+            thin_cover=0.0, thick_cover=0.0, shadows=False, seed=int(zone),
+        )  # fmt: skip
+        tile = "32UQU" if zone == "32" else "33UUP"
+        write_stac_items(stack, out / zone, mgrs_tile=tile)
+        stacks[crs] = (origin, 128 * 10.0)
+    return out, stacks
+
+
+def _two_zone_area(stacks: dict) -> tuple[float, float, float, float]:
+    """Lon/lat box across both stacks (west of one to east of the other), just inside them."""
+    boxes = [
+        _lonlat_bbox(crs, x0, y0 - side, x0 + side, y0) for crs, ((x0, y0), side) in stacks.items()
+    ]
+    return (
+        min(b[0] for b in boxes) + 0.001,
+        max(b[1] for b in boxes) + 0.001,
+        max(b[2] for b in boxes) - 0.001,
+        min(b[3] for b in boxes) - 0.001,
+    )
+
+
+def test_area_across_two_utm_zones_lands_on_one_grid(two_zone_catalog, tmp_path):
+    import shapely
+    from odc.geo.geom import box
+
+    from pipeline._search import search
+    from pipeline.cube import load_cube
+
+    catalog, stacks = two_zone_catalog
+    area = _two_zone_area(stacks)
+    tile = 2 * TILE  # 4 tiles of 128 px: fewer per-tile overheads
+    store = tmp_path / "two-zones.zarr"
+    config = RunConfig(
+        search=SearchParams(bbox=area, datetime="2024-06-01/2024-06-30", catalog=str(catalog)),
+        output=str(store),
+        cube=CubeConfig(bands=BANDS, chunk_size=CHUNK),
+        archive=ArchiveConfig(chunk_size=CHUNK),
+        mode="composite",
+        tiling=TilingConfig(tile_size=tile, tiles_in_flight=1),
+    )
+    assert config.use_tiles()
+    summary = _single_process(config)
+    assert summary.tiles is not None and not summary.tiles.failed and summary.tiles.written >= 4
+    ds = _open(store)
+    assert ds.rio.crs.to_string() == EQUAL_AREA_EUROPE
+    assert ds.sizes["time"] == 1
+
+    # Grid pixels whose centre lies in the area and in either stack (20 m in from its edge).
+    footprints = [
+        box(x0 + 20, y0 - side + 20, x0 + side - 20, y0 - 20, crs).to_crs(EQUAL_AREA_EUROPE)
+        for crs, ((x0, y0), side) in stacks.items()
+    ]
+    xx, yy = np.meshgrid(ds.x.values, ds.y.values)
+    in_area = shapely.contains_xy(box(*area, "EPSG:4326").to_crs(EQUAL_AREA_EUROPE).geom, xx, yy)
+    covered = shapely.contains_xy((footprints[0] | footprints[1]).geom, xx, yy) & in_area
+    overlap = shapely.contains_xy((footprints[0] & footprints[1]).geom, xx, yy) & in_area
+    assert covered.sum() > 15_000 and overlap.sum() > 2_000
+
+    # No gaps: the three clear days, loaded onto the store's grid in one piece, cover every
+    # such pixel, and the tiled output has all three observations there (the restoration
+    # itself rejects a rare pixel: allow 1 in 100; a missing tile or a seam line of empty
+    # pixels would cost far more).
+    items = search(config.search)
+    whole = load_cube(items, config.cube, geobox=ds.odc.geobox).compute()
+    assert whole.sizes["time"] == 3  # the two zones' items of one day are one step
+    assert np.isfinite(whole["B04"].values[:, covered]).all()
+    count = ds["observation_count"].isel(time=0).values
+    assert (count[covered] == 3).mean() > 0.99
+    seams = np.zeros_like(covered)
+    for edge in range(tile, max(covered.shape), tile):
+        seams[edge - 1 : edge + 1, :] = True
+        seams[:, edge - 1 : edge + 1] = True
+    assert (count[covered & seams] == 3).mean() > 0.99
+    # No double counting where the two zones' items overlap: each day counts once.
+    assert count.max() == 3 and (count[overlap] == 3).mean() > 0.99
+    # Outside both footprints nothing is invented.
+    outside = ~shapely.contains_xy((footprints[0] | footprints[1]).buffer(40).geom, xx, yy)
+    assert np.isnan(ds["B04"].isel(time=0).values[outside]).all()
+    assert (ds["no_valid_observation"].isel(time=0).values[outside & in_area] == 1).all()
+
+
+def test_failed_tile_is_retried_reported_and_the_rest_finish(
+    two_zone_catalog, client, tmp_path, capsys
+):
+    catalog, stacks = two_zone_catalog
+    broken = tmp_path / "catalog"
+    import shutil
+
+    shutil.copytree(catalog, broken)
+    # Break every B04 COG of the UTM 33 stack: tiles that read it fail, the others do not.
+    for tif in (broken / "33").rglob("*_B04_*.tif"):
+        tif.write_bytes(b"not a tiff")
+    for item_json in (broken / "33").rglob("*.json"):
+        item_json.write_text(item_json.read_text().replace(str(catalog), str(broken)))
+    # A strip across both zones, 200 m high: one or two rows of tiles (fewer tiles to fail).
+    west, _, east, _ = _two_zone_area(stacks)
+    area = (west, 47.999, east, 48.001)
+    store = tmp_path / "broken.zarr"
+    args = [
+        "-q", "run", f"--bbox={','.join(repr(v) for v in area)}", "--datetime", "2024-06-01/2024-06-30",
+        "--catalog", str(broken), "--bands", ",".join(BANDS), "--output", str(store), "--mode", "composite",
+        "--chunk-size", str(CHUNK), "--tile-size", str(TILE), "--tile-retries", "1", "--tiles-in-flight", "2",
+        "--scheduler", client.scheduler.address,
+    ]  # fmt: skip
+    assert main(args) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "rerun the same command with --resume" in captured.err
+    ds = xr.open_zarr(store)
+    done = ds[TILE_DONE_VAR].values.all(axis=0)
+    assert done.any() and not done.all(), "some tiles must fail and the others finish"
+    assert ds.attrs["phyvlm_cr_complete"] is False
+    lines = captured.out.splitlines()
+    failed = [line for line in lines if line.strip().startswith("failed r")]
+    assert len(failed) == int((~done).sum())
+    assert all("B04" in line and "after 2 attempt(s)" in line for line in failed)  # 1 retry
+    reported = [line for line in lines if "read failures r" in line]
+    assert {line.split()[2].rstrip(":") for line in reported} == {
+        line.split()[1].rstrip(":") for line in failed
+    }
