@@ -306,7 +306,7 @@ def check_targets(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, 
         if not peers:
             continue
 
-        def best(key: str, higher: bool = True) -> float:
+        def best(key: str, higher: bool = True, peers: dict = peers) -> float:
             vals = [f[key] for f in peers.values() if math.isfinite(f[key])]
             if not vals:
                 return float("nan")

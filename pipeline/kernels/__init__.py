@@ -9,9 +9,9 @@ from ._common import box_mean_nan, min_filter_nan, smoothstep, wavelengths_of
 from ._composite import CompositeResult, composite_block
 from ._fusion import FusionConfig, FusionResult, fuse_dates, gate
 from ._physics import (
-    floor_transmission,
     band_transmission,
     dark_channel_haze,
+    floor_transmission,
     forward_model,
     hot_haze,
     inversion_confidence,
