@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ._bands import WAVELENGTH_NM
+from ._bands import SCL, SCL_BAND, WAVELENGTH_NM
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,12 @@ def self_validate(
                 trial = win.copy()
                 for i, b in enumerate(bands):
                     trial[b] = (win[b].dims, cloudy[:, i])
+                if SCL_BAND in trial.data_vars:
+                    # the scene classification of the clear original would contradict the
+                    # simulated cloud; a real SCL would not call it vegetation: no evidence
+                    scl = trial[SCL_BAND].values.copy()
+                    scl[target][sim.thin | sim.thick | sim.shadow] = SCL.UNCLASSIFIED
+                    trial[SCL_BAND] = (win[SCL_BAND].dims, scl)
                 out = restore(trial, prior=prior, **options)
                 est = np.stack([out[b].values[target] for b in bands])
                 held = clear[target] & (sim.thin | sim.thick) & np.isfinite(est).all(axis=0)
@@ -192,6 +198,10 @@ def self_validate(
                 kind_sums[kind][0] += float((diff**2).sum())
                 kind_sums[kind][1] += float(diff.size)
                 cases += 1
+                log.debug(
+                    "self-validation case: window (%d, %d) date %d %s: %d px, RMSE %.4f",
+                    y0, x0, target, kind, int(held.sum()), math.sqrt(float((diff**2).mean())),
+                )
     if not count:
         empty.note = "no window had enough clear pixels"
         return empty
