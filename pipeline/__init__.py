@@ -7,6 +7,7 @@ The public API is small and stable; everything else is private to its module::
     restored = pipeline.restore(cube)              # every date, with quality layers
     monthly = pipeline.composite(restored, period="MS")
     pipeline.write_archive(restored, "out.zarr")
+    report = pipeline.self_validate(cube)        # estimated error, from held-out clear pixels
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from .archive import ArchiveConfig, ArchiveExistsError, open_archive, write_arch
 from .cluster import ClusterConfig, dask_client
 from .cube import CubeConfig, load_cube
 from .restore import composite, restore
+from .tiling import TilingConfig, make_grid
+from .validation import ValidationConfig, self_validate
 
 __all__ = [
     "DEFAULT_BANDS",
@@ -43,12 +46,16 @@ __all__ = [
     "ClusterConfig",
     "CubeConfig",
     "SearchParams",
+    "TilingConfig",
+    "ValidationConfig",
     "composite",
     "dask_client",
     "load_cube",
+    "make_grid",
     "open_archive",
     "restore",
     "search",
+    "self_validate",
     "write_archive",
     "__version__",
 ]
