@@ -106,18 +106,22 @@ def test_cli_runs_every_part_and_writes_finite_figures(tiny_run):
 
 def test_memory_calculator_hand_computed():
     # chunk 100 px, halo 10 -> block 120 px; T = 2 -> P = 2 * 120 * 120 * 4 = 115_200 bytes,
-    # P0 = 2 * 100 * 100 * 4 = 80_000 bytes. B = 3 with SCL: 17.75 * 3 + 10.5 = 63.75 layers.
+    # P0 = 2 * 100 * 100 * 4 = 80_000 bytes, L = 2 P / T = P. B = 3 with SCL, C = min(4, T - 1)
+    # = 1: block layers 8 * 3 + 22.75 = 46.75 P, one date's working set
+    # 14.125 * 3 + 2 * 1 + 17.625 = 62 L = 62 P -> 108.75 layers.
     est = estimate_memory(100, 2, 3, halo=10, threads_per_worker=2, worker_baseline_bytes=1000)
-    assert est.kernel_layers == 63.75
+    assert est.kernel_layers == 108.75
     assert est.input_block_bytes == 4 * 115_200
-    assert est.task_bytes == 7_344_000  # 63.75 * 115_200
+    assert est.task_bytes == 12_528_000  # 108.75 * 115_200
     assert est.staging_bytes == 960_000  # (3 + 1) * 80_000 input + (3 + 5) * 80_000 output
-    assert est.worker_bytes == 1000 + 2 * (7_344_000 + 960_000)
+    assert est.worker_bytes == 1000 + 2 * (12_528_000 + 960_000)
 
     no_scl = estimate_memory(100, 2, 3, halo=10, has_scl=False, worker_baseline_bytes=0)
-    assert no_scl.task_bytes == 7_228_800  # 62.75 * 115_200
-    assert no_scl.worker_bytes == 7_228_800 + 880_000  # one thread, staging (3 + 8) * 80_000
-    assert KERNEL_LAYERS_PER_BAND == 17.75 and KERNEL_LAYERS_FIXED == 10.5
+    assert no_scl.task_bytes == 12_412_800  # 107.75 * 115_200
+    assert no_scl.worker_bytes == 12_412_800 + 880_000  # one thread, staging (3 + 8) * 80_000
+    assert KERNEL_LAYERS_PER_BAND == 8 and KERNEL_LAYERS_FIXED == 22.75
+    # T = 12, B = 10, 4 candidates: 102.75 P + (141.25 + 8 + 17.625) L * 2 / 12 = 130.5625 P
+    assert estimate_memory(1024, 12, 10, halo=0).kernel_layers == 102.75 + 166.875 / 6
 
 
 def test_memory_calculator_rejects_bad_sizes():
@@ -125,6 +129,8 @@ def test_memory_calculator_rejects_bad_sizes():
         estimate_memory(0, 12, 10, halo=0)
     with pytest.raises(ValueError, match="halo"):
         estimate_memory(512, 12, 10, halo=-1)
+    with pytest.raises(ValueError, match="candidates"):
+        estimate_memory(512, 12, 10, halo=0, candidates=0)
 
 
 def test_memory_calculator_matches_the_kernels_heap_peak():

@@ -6,11 +6,18 @@ process. The speed benchmark (``pipeline.bench.speed``) measures both and report
 measured / predicted, so the model is checked on every run.
 
 Units: P = T x (chunk + 2 halo)^2 x 4 bytes, one float32 per-pixel layer of a task's block
-(the block includes the halo because ``map_overlap`` hands the kernel the padded block).
+(the block includes the halo because ``map_overlap`` hands the kernel the padded block), and
+L = (chunk + 2 halo)^2 x 8 bytes = 2 P / T, one float64 layer of a single date.
 
 Kernel temporaries (counted by reading ``pipeline.restore._restore_block``,
-``pipeline.priors._physics`` and ``pipeline.kernels``; the peak is inside
-``fuse_dates -> spectral_consistency -> nanmedian``):
+``pipeline.priors._physics`` and ``pipeline.kernels``, and checked against the tracemalloc
+snapshot at the heap peak). Since the compiled kernels (``pipeline.kernels._numba``) the
+whole-stack temporaries are gone from the fusion step (the median of
+``spectral_consistency`` no longer goes through numpy's masked arrays, the local
+harmonisation keeps its window moments in an O(radius x width) ring), and the peak is in the
+per-date loop of ``fuse_dates``, inside ``_temporal_refinement``. Live there:
+
+Held for the whole block (x P):
 
 ================================================  =============  ==============================
 array                                             size (x P)     where
@@ -18,29 +25,41 @@ array                                             size (x P)     where
 input block (bands + SCL as float32)              B + 1          ``restore._stack`` / overlap
 contiguous copy of the bands                      B              ``_restore_block``
 output block (bands + 5 quality layers)           B + 5          ``_restore_block`` (np.empty)
-t_b (band transmission, float32)                  B              ``PhysicsPrior.block``
-J_phys (float32)                                  B              ``invert``
-J_phys as float64                                 2 B            ``fuse_dates`` (j64)
+t_b (band transmission) and J_phys (float32)      2 B            ``PhysicsPrior.block``
 t_ref, confidence (float32)                       2              ``PhysicsPrior.block``
-q (float64), valid + eligible (bool)              2.5            ``fuse_dates``
---- live at the peak, inside spectral_consistency ---
-masked J (float64)                                2 B            ``np.where(eligible, J, nan)``
-NaN mask of the masked array (bool)               0.25 B         ``np.nanmedian`` (T < 600 path)
-sorted copy (float64) + its mask                  2.25 B         ``np.ma.sort``
-filled copy (float64)                             2 B            ``MaskedArray.sort``
-argsort indices (int64)                           2 B            ``MaskedArray.sort``
-take_along_axis result (float64) + its mask       2.25 B         ``MaskedArray.sort``
+J_phys as float64                                 2 B            ``fuse_dates`` (j64)
+fused bands (float32)                             B              ``fuse_dates`` (out)
+4 float32 quality layers + uint8 flag             4.25           ``fuse_dates``
+q, consistency, base score, clear, prior factor   10             ``fuse_dates`` (float64 each)
+valid, eligible (bool)                            0.5            ``fuse_dates``
 ================================================  =============  ==============================
 
-Total: (17.75 B + 10.5) P with SCL, one P less without. For B = 10 that is 188 P, about 19
-float32 copies of the input bands: ``np.nanmedian`` over the time axis (numpy's masked-array
-path for short axes) alone accounts for 10.75 B P. The per-date work after it
-(reference, harmonisation moments) holds about 20 B P / T more and stays below that peak.
-Counted on the kernels of commit 18c9026; the kernels are being reworked, so recount after
-a change: ``tests/test_bench_speed.py`` compares this count with the heap peak numpy really
-allocates in ``restore`` (tracemalloc) and fails when they drift apart by more than ~25 %.
-The scene estimation runs on a fixed-size sample (``DEFAULT_SAMPLE_PIXELS``) and does not
-scale with the chunk.
+Total 8 B + 22.75 with SCL (``KERNEL_LAYERS_PER_BAND``, ``KERNEL_LAYERS_FIXED``), one P less
+without.
+
+Working set of one target date (x L; C = candidates = min(max_candidates, T - 1)):
+
+================================================  =============  ==============================
+array                                             size (x L)     where
+================================================  =============  ==============================
+band temporaries of the temporal transmission     9.125 B        ``temporal_band_transmission``
+reference, its accumulator, last date's blend     4 B            ``fuse_dates`` step 3 / 6
+local gain and offset (float32)                   B              ``harmonise_local``
+candidate scores and blend weights                2 C            ``fuse_dates`` step 2
+per-pixel layers (float64 and a few bool/f32)     17.625         ``fuse_dates``, refinement
+================================================  =============  ==============================
+
+Total 14.125 B + 2 C + 17.625 L (``DATE_LAYERS_*``). For T = 12, B = 10, C = 4 that is
+102.75 P + 27.8 P = 130.6 P, about 13 float32 copies of the input bands (the numpy kernels of
+commit f6e6ddb peaked at 188 P inside ``np.nanmedian``). The per-date term shrinks as T grows;
+with few dates it is the larger part. Counted on the kernels of this module's last
+change; after a kernel change recount: ``tests/test_bench_speed.py`` compares this count with
+the heap peak numpy really allocates in ``restore`` (tracemalloc) and fails when they drift
+apart by more than ~25 %. The scene estimation runs on a fixed-size sample
+(``DEFAULT_SAMPLE_PIXELS`` per date) outside the worker tasks and does not scale with the
+chunk; the in-memory ``restore`` holds the prior's layers on that sample (about
+(2 B + 4) x 4 bytes per sampled pixel and date) beside the block, so a small in-memory cube
+(sampled whole) measures up to ~15 % above this count.
 
 Worker model: worker RSS = idle process RSS (Python, numpy, dask, GDAL; measured, or
 ``DEFAULT_WORKER_BASELINE_BYTES``) + threads x (task peak + staging), where staging is what a
@@ -57,6 +76,10 @@ from dataclasses import asdict, dataclass
 
 __all__ = [
     "DEFAULT_WORKER_BASELINE_BYTES",
+    "DATE_LAYERS_FIXED",
+    "DATE_LAYERS_PER_BAND",
+    "DATE_LAYERS_PER_CANDIDATE",
+    "DEFAULT_CANDIDATES",
     "KERNEL_LAYERS_PER_BAND",
     "KERNEL_LAYERS_FIXED",
     "MemoryEstimate",
@@ -64,9 +87,18 @@ __all__ = [
     "estimate_memory",
 ]
 
-#: Float32 per-pixel layers the kernel holds at its peak, per band and fixed (module docstring).
-KERNEL_LAYERS_PER_BAND = 1 + 1 + 1 + 1 + 1 + 2 + 2 + 0.25 + 2.25 + 2 + 2 + 2.25  # = 17.75
-KERNEL_LAYERS_FIXED = 1 + 5 + 2 + 2.5  # SCL input + quality outputs + t_ref/conf + q/masks = 10.5
+#: Float32 per-pixel layers (x P) held for the whole block, per band and fixed (module docstring).
+KERNEL_LAYERS_PER_BAND = 1 + 1 + 1 + 2 + 2 + 1  # input, copy, output, t_b + J, J f64, fused = 8
+KERNEL_LAYERS_FIXED = (
+    1 + 5 + 2 + 4.25 + 10 + 0.5
+)  # SCL, quality out, t/c, fused quality, ... = 22.75
+#: Float64 single-date layers (x L) of one target date's working set, per band, per candidate
+#: date and fixed (module docstring).
+DATE_LAYERS_PER_BAND = 9.125 + 4 + 1  # temporal transmission, reference/blend, gain/offset = 14.125
+DATE_LAYERS_PER_CANDIDATE = 2  # score and blend weight
+DATE_LAYERS_FIXED = 17.625
+#: Candidate dates of the reference search (``FusionConfig.max_candidates``' default).
+DEFAULT_CANDIDATES = 4
 #: Idle RSS of a Dask worker process with numpy, dask, xarray, rasterio and odc-stac imported.
 DEFAULT_WORKER_BASELINE_BYTES = 350 * 2**20
 _FLOAT32 = 4
@@ -82,7 +114,7 @@ class MemoryEstimate:
     halo: float
     threads_per_worker: int
     has_scl: bool
-    kernel_layers: float  # float32 per-pixel layers live at the kernel's peak
+    kernel_layers: float  # float32 per-pixel layers (x P) live at the kernel's peak
     input_block_bytes: int  # the padded (T, B [+1], y, x) float32 block a task receives
     task_bytes: int  # peak of one task (input, temporaries and output)
     staging_bytes: int  # what a worker holds beside each running task
@@ -115,6 +147,7 @@ def estimate_memory(
     threads_per_worker: int = 1,
     has_scl: bool = True,
     worker_baseline_bytes: int = DEFAULT_WORKER_BASELINE_BYTES,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> MemoryEstimate:
     """Predict the peak bytes of one ``restore`` task and of one worker.
 
@@ -122,7 +155,8 @@ def estimate_memory(
     (``prior.halo + fusion.halo``; 0 for the in-memory path, where the block is the whole
     array; ``effective_halo`` for a cube of only one or two chunks along an axis, where
     ``map_overlap`` pads fewer sides), ``worker_baseline_bytes`` the idle RSS of a worker process (measure it where
-    you can: it depends on the installed libraries).
+    you can: it depends on the installed libraries), ``candidates`` the fusion's
+    ``max_candidates``.
     """
     for name, value in (("chunk_size", chunk_size), ("dates", dates), ("bands", bands)):
         if value < 1:
@@ -131,10 +165,19 @@ def estimate_memory(
         raise ValueError(f"halo must be >= 0, got {halo}")
     if threads_per_worker < 1:
         raise ValueError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
+    if candidates < 1:
+        raise ValueError(f"candidates must be at least 1, got {candidates}")
     layer = dates * (chunk_size + 2 * halo) ** 2 * _FLOAT32  # P
     layer0 = dates * chunk_size**2 * _FLOAT32  # P0
     scl = 1 if has_scl else 0
-    layers = KERNEL_LAYERS_PER_BAND * bands + KERNEL_LAYERS_FIXED - (1 - scl)
+    cand = min(candidates, dates - 1)
+    date_layers = (
+        DATE_LAYERS_PER_BAND * bands + DATE_LAYERS_PER_CANDIDATE * cand + DATE_LAYERS_FIXED
+    )
+    # one single-date float64 layer L is 2 / T of P
+    layers = (
+        KERNEL_LAYERS_PER_BAND * bands + KERNEL_LAYERS_FIXED - (1 - scl) + date_layers * 2 / dates
+    )
     task = int(round(layers * layer))
     staging = (bands + scl) * layer0 + (bands + 5) * layer0
     worker = worker_baseline_bytes + threads_per_worker * (task + staging)

@@ -1,4 +1,4 @@
-"""Small numerical helpers shared by the block kernels (numpy / scipy.ndimage / ``_numba``).
+"""Small numerical helpers shared by the block kernels (numpy, scipy.ndimage, ``_numba``).
 
 Every spatial window here treats pixels outside the array as *absent* (not as zeros, not
 mirrored), so a block processed with a halo of at least the window radius gives exactly the
@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._bands import REFERENCE_WAVELENGTH_NM, WAVELENGTH_NM
-from ._numba import nanmedian_axis0
+from ._numba import smoothstep_fit
 
 F32 = np.float32
 
@@ -22,12 +22,16 @@ def smoothstep(x: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
     """C1-smooth ramp: 0 for x <= lo, 1 for x >= hi, 3u^2 - 2u^3 in between (u = (x-lo)/(hi-lo)).
 
     Used for every soft threshold so that no quality layer, and hence no output, jumps at a
-    threshold (no seams at cloud boundaries). NaN stays NaN.
+    threshold (no seams at cloud boundaries). NaN stays NaN (with hi == lo, a plain step,
+    NaN gives 0). float64 array of x's shape.
     """
-    if hi == lo:
-        return np.where(np.asarray(x) >= hi, 1.0, 0.0)
-    u = np.clip((np.asarray(x, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
-    return u * u * (3.0 - 2.0 * u)
+    a = np.asarray(x)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    out = np.empty(a.shape)
+    # one compiled pass (``_numba._smoothstep``), float64 arithmetic, no full-size temporaries
+    smoothstep_fit(np.ascontiguousarray(a).reshape(-1), float(lo), float(hi), out.reshape(-1))
+    return out if out.ndim else out[()]
 
 
 def _spatial_size(ndim: int, radius: int) -> tuple[int, ...]:
@@ -96,23 +100,6 @@ def nanmin0(a: np.ndarray, axis: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmin(a, axis=axis)
-
-
-def nanmedian0(a: np.ndarray, axis: int) -> np.ndarray:
-    """``np.nanmedian`` along ``axis`` (NaN where a lane has no value, without a warning), float64.
-
-    A compiled insertion sort per lane (``_numba.nanmedian_axis0``): numpy's version goes
-    through masked arrays for short axes and holds several float64 copies of the whole input
-    at once, which made it the memory peak of the fusion step.
-    """
-    a = np.asarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    moved = np.moveaxis(a, axis, 0)
-    lanes = np.ascontiguousarray(moved).reshape(moved.shape[0], -1)
-    out = np.empty(lanes.shape[1], dtype=np.float64)
-    nanmedian_axis0(lanes, out)
-    return out.reshape(moved.shape[1:])
 
 
 def wavelengths_of(bands: tuple[str, ...] | list[str]) -> np.ndarray:

@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._common import F32, smoothstep
-from ._common import wavelengths_of
+from ._common import F32, smoothstep, wavelengths_of
+from ._numba import add_candidate_fit, agreement_fit, darkening_fit, keep_signature_fit
 from ._physics import floor_transmission, inversion_confidence, invert, snow_score
 from ._reference import (
     harmonise_local,
@@ -139,11 +139,18 @@ def gate(confidence: np.ndarray, cfg: FusionConfig) -> np.ndarray:
 
 def _darkening(target: np.ndarray, reference: np.ndarray, cfg: FusionConfig) -> np.ndarray:
     """Shadow evidence 1 - S(rho; low, high), rho = sum_b target / sum_b reference (0 if unknown)."""
-    both = np.isfinite(target) & np.isfinite(reference)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(both, target, 0.0).sum(0) / np.where(both, reference, 0.0).sum(0)
-    dark = 1.0 - smoothstep(rho, cfg.shadow_ratio_low, cfg.shadow_ratio_high)
-    return np.where(np.isfinite(dark) & both.any(0), dark, 0.0)
+    t, r = _band_lanes(target), _band_lanes(reference)
+    out = np.empty(t.shape[1])
+    darkening_fit(t, r, float(cfg.shadow_ratio_low), float(cfg.shadow_ratio_high), out)  # one pass
+    return out.reshape(np.shape(target)[1:])
+
+
+def _band_lanes(a: np.ndarray) -> np.ndarray:
+    """(B, Y, X) as a C-contiguous float (B, Y * X) view for the compiled per-pixel kernels."""
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a).reshape(a.shape[0], -1)
 
 
 def _agreement(
@@ -155,14 +162,18 @@ def _agreement(
     d = RMS_b(J_i - R0), s = 2 * consistency_sigma. Shadow, residual cloud and surface
     change on either date then do not bend the local fit.
     """
-    r0 = gain[:, None, None] * source + offset[:, None, None]
-    diff = target - r0
-    fin = np.isfinite(diff)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = np.sqrt(np.where(fin, diff * diff, 0.0).sum(0) / fin.sum(0))
-    w = 1.0 / (1.0 + (d / (2.0 * cfg.consistency_sigma)) ** 2)
-    w = w * (1.0 - _darkening(target, r0, cfg))
-    return np.where(np.isfinite(w), w, 0.0)
+    out = np.empty(np.shape(target)[1:])
+    agreement_fit(  # one compiled pass per pixel, R0 never materialised
+        _band_lanes(target),
+        _band_lanes(source),
+        np.asarray(gain, np.float64),
+        np.asarray(offset, np.float64),
+        2.0 * cfg.consistency_sigma,
+        float(cfg.shadow_ratio_low),
+        float(cfg.shadow_ratio_high),
+        out.reshape(-1),
+    )
+    return out
 
 
 def _keep_signature(mapped: np.ndarray, source: np.ndarray, share: float) -> np.ndarray:
@@ -176,12 +187,58 @@ def _keep_signature(mapped: np.ndarray, source: np.ndarray, share: float) -> np.
     """
     if share <= 0:
         return mapped
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n_map = np.sqrt((mapped * mapped).sum(axis=0))
-        n_src = np.sqrt((source * source).sum(axis=0))
-        u = (1.0 - share) * mapped / n_map + share * source / n_src
-        out = u / np.sqrt((u * u).sum(axis=0)) * n_map
-    return np.where(np.isfinite(out), out, mapped)
+    m = np.ascontiguousarray(mapped, dtype=np.float64)
+    out = np.empty(m.shape)
+    nb = m.shape[0]
+    # one compiled pass per pixel (``_numba._keep_signature_at``, shared with ``_add_candidate``)
+    keep_signature_fit(
+        m.reshape(nb, -1),
+        np.ascontiguousarray(source, dtype=np.float64).reshape(nb, -1),
+        float(share),
+        out.reshape(nb, -1),
+    )
+    return out
+
+
+def _add_candidate(
+    gain: np.ndarray,
+    offset: np.ndarray,
+    source: np.ndarray,
+    weight: np.ndarray,
+    resid: np.ndarray,
+    quality: np.ndarray,
+    acc: np.ndarray,
+    acc_w: np.ndarray,
+    acc_var: np.ndarray,
+    acc_q: np.ndarray,
+    cfg: FusionConfig,
+) -> None:
+    """Add one candidate's harmonised reference to the blend of step 3 of ``fuse_dates``, in place.
+
+    r = ``_keep_signature``(g J_j + o, J_j); where the blend weight w > 0 and r is finite in
+    every band: acc += w r, acc_w += w, acc_var += w * resid (``reference_sigma``^2 where the
+    residual is unknown), acc_q += w q_j. One compiled pass (``_numba.add_candidate_fit``)
+    instead of a dozen full-size temporaries per candidate.
+    """
+    if not all(a.flags.c_contiguous for a in (acc, acc_w, acc_var, acc_q)):
+        raise ValueError(
+            "_add_candidate accumulates in place: the accumulators must be C-contiguous"
+        )
+    nb = source.shape[0]
+    add_candidate_fit(
+        gain.reshape(nb, -1),
+        offset.reshape(nb, -1),
+        np.ascontiguousarray(source, dtype=np.float64).reshape(nb, -1),
+        float(cfg.harmonise_keep_signature),
+        np.ascontiguousarray(weight, dtype=np.float64).ravel(),
+        resid.ravel(),
+        float(cfg.reference_sigma**2),
+        np.ascontiguousarray(quality, dtype=np.float64).ravel(),
+        acc.reshape(nb, -1),
+        acc_w.reshape(-1),
+        acc_var.reshape(-1),
+        acc_q.reshape(-1),
+    )
 
 
 def _physics_weight(
@@ -409,13 +466,7 @@ def fuse_dates(
                     shrink_pixels=cfg.harmonise_shrink_pixels,
                     residual=True,
                 )
-                r_c = _keep_signature(g * j64[j] + o, j64[j], cfg.harmonise_keep_signature)
-                ok = (w_c > 0) & np.isfinite(r_c).all(axis=0)
-                w_ok = np.where(ok, w_c, 0.0)
-                acc += w_ok * np.where(ok, r_c, 0.0)
-                acc_w += w_ok
-                acc_var += w_ok * np.where(np.isfinite(resid), resid, cfg.reference_sigma**2)
-                q_ref += w_ok * q[j]
+                _add_candidate(g, o, j64[j], w_c, resid, q[j], acc, acc_w, acc_var, q_ref, cfg)
             has &= acc_w > 0
             with np.errstate(invalid="ignore", divide="ignore"):
                 reference = np.where(has, acc / acc_w, np.nan)

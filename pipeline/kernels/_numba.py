@@ -6,6 +6,8 @@ keep the documented semantics. All functions are ``cache=True`` (compiled once p
 installation and dtype signature, not once per process) and ``nogil=True`` (several Dask
 threads run them at once). None is ``parallel``: a Dask worker already runs one kernel per
 thread, and ``pipeline.cluster`` pins ``NUMBA_NUM_THREADS=1`` so nothing oversubscribes.
+``error_model="numpy"``: a division by zero gives inf / NaN as in numpy (the callers rely on
+NaN propagation), never a ZeroDivisionError.
 
 Window sums treat pixels outside the array as absent (they add nothing), so a block with a
 halo of at least the window radius gives the same interior values as the whole array.
@@ -17,18 +19,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-#: Gain bounds of every ridge fit (``_scene._ridge_fit``): a map outside them is not a
+#: Gain bounds of every ridge fit (``ridge_fit_scalar``): a map outside them is not a
 #: radiometric difference between two dates of the same place.
 GAIN_BOUNDS = (0.5, 2.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _smoothstep(x: float, lo: float, hi: float) -> float:
-    """Scalar twin of ``_common.smoothstep`` (NaN stays NaN)."""
+    """Scalar ``_common.smoothstep``: 0 for x <= lo, 1 for x >= hi, 3u^2 - 2u^3 between.
+
+    NaN stays NaN; with hi == lo it is the step x >= hi (NaN -> 0), as in numpy's version.
+    """
     if hi == lo:
-        if x >= hi:
-            return 1.0
-        return 0.0 if x == x else np.nan
+        return 1.0 if x >= hi else 0.0
     u = (x - lo) / (hi - lo)
     if u < 0.0:
         u = 0.0
@@ -37,7 +40,7 @@ def _smoothstep(x: float, lo: float, hi: float) -> float:
     return u * u * (3.0 - 2.0 * u)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def ridge_fit_scalar(
     s0: float,
     sx: float,
@@ -51,7 +54,13 @@ def ridge_fit_scalar(
     g_lo: float,
     g_hi: float,
 ) -> tuple[float, float]:
-    """Ridge-regularised weighted LS gain/offset from moments (formula: ``_scene._ridge_fit``)."""
+    """Ridge-regularised weighted LS gain/offset from window or pair moments, shrunk to (g0, o0).
+
+    g = (S0 cov + ridge g0) / (S0 var + ridge), clipped to [g_lo, g_hi], o = mean_y - g mean_x,
+    then (g, o) <- a (g, o) + (1 - a) (g0, o0) with a = S(S0; 0.2 shrink_pixels, shrink_pixels):
+    the fit is used as is once the window (or pair) holds ``shrink_pixels`` clear weight;
+    (g0, o0) alone where it holds none (S0 <= 1e-9). ``ridge`` is in units of S0 * variance.
+    """
     if not s0 > 1e-9:
         return g0, o0
     safe = max(s0, 1e-12)
@@ -71,16 +80,7 @@ def ridge_fit_scalar(
     return a * g + (1.0 - a) * g0, a * o + (1.0 - a) * o0
 
 
-@njit(cache=True, nogil=True)
-def ridge_fit_flat(s0, sx, sy, sxx, sxy, g0, o0, ridge, shrink_pixels, g_lo, g_hi, gain, offset):
-    """``ridge_fit_scalar`` over 1-D arrays of equal length (g0, o0 per element), in place."""
-    for k in range(s0.shape[0]):
-        gain[k], offset[k] = ridge_fit_scalar(
-            s0[k], sx[k], sy[k], sxx[k], sxy[k], g0[k], o0[k], ridge, shrink_pixels, g_lo, g_hi
-        )
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _row_moments(t, s, w, b, y, radius, prod, out):
     """Horizontal window sums of (w, w x, w y, w x^2, w x y, w y^2) of band b on row y.
 
@@ -114,8 +114,10 @@ def _row_moments(t, s, w, b, y, radius, prod, out):
                 acc -= prod[k, i - radius]
 
 
-@njit(cache=True, nogil=True)
-def harmonise_fit(t, s, weight, radius, g0, o0, ridge, shrink_pixels, g_lo, g_hi, residual, gain, offset, resid):
+@njit(cache=True, nogil=True, error_model="numpy")
+def harmonise_fit(
+    t, s, weight, radius, g0, o0, ridge, shrink_pixels, g_lo, g_hi, residual, gain, offset, resid
+):
     """Local per-band ridge fit of ``s`` onto ``t`` (B, Y, X) in (2r+1)^2 windows, fused.
 
     Semantics: ``_reference.harmonise_local``. Window sums are separable running sums:
@@ -156,14 +158,28 @@ def harmonise_fit(t, s, weight, radius, g0, o0, ridge, shrink_pixels, g_lo, g_hi
             for i in range(nx):
                 s0 = col[0, i]
                 g, o = ridge_fit_scalar(
-                    s0, col[1, i], col[2, i], col[3, i], col[4, i], g0[b], o0[b], ridge, shrink_pixels, g_lo, g_hi
+                    s0,
+                    col[1, i],
+                    col[2, i],
+                    col[3, i],
+                    col[4, i],
+                    g0[b],
+                    o0[b],
+                    ridge,
+                    shrink_pixels,
+                    g_lo,
+                    g_hi,
                 )
                 gain[b, y, i] = g
                 offset[b, y, i] = o
                 if residual:
                     if s0 > 1e-9:
                         mse = (
-                            col[5, i] - 2.0 * g * col[4, i] - 2.0 * o * col[2, i] + g * g * col[3, i] + 2.0 * g * o * col[1, i]
+                            col[5, i]
+                            - 2.0 * g * col[4, i]
+                            - 2.0 * o * col[2, i]
+                            + g * g * col[3, i]
+                            + 2.0 * g * o * col[1, i]
                         ) / s0 + o * o
                         acc_resid[y, i] += mse
                     else:
@@ -177,30 +193,299 @@ def harmonise_fit(t, s, weight, radius, g0, o0, ridge, shrink_pixels, g_lo, g_hi
                 resid[y, i] = 0.0 if r < 0.0 else r
 
 
-@njit(cache=True, nogil=True)
-def nanmedian_axis0(a, out):
-    """Median over axis 0 of the non-NaN values of ``a`` (T, N), NaN where none; into ``out`` (N,).
+@njit(cache=True, nogil=True, error_model="numpy")
+def _median_sorted(buf, m):
+    """Median of the first ``m`` values of the sorted ``buf`` (mean of the middle two if even)."""
+    if m == 0:
+        return np.nan
+    if m % 2 == 1:
+        return buf[m // 2]
+    return 0.5 * (buf[m // 2 - 1] + buf[m // 2])
 
-    Insertion sort per pixel: T is a few dozen at most, and the values are read once.
-    Equals ``np.nanmedian(a, axis=0)`` (mean of the two middle values for an even count)
-    without its masked-array temporaries (several float64 copies of the whole stack).
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def spectral_consistency_fit(surface, eligible, sigma, out):
+    """Per pixel: M_b = median over the eligible dates of J_b, then exp(-(d_t / sigma)^2) per date.
+
+    Semantics: ``_reference.spectral_consistency``; ``surface`` (T, B, N), ``eligible``
+    (T, N) bool, ``out`` (T, N) float64. The median is that of ``np.nanmedian`` over the
+    eligible non-NaN values (insertion sort: T is a few dozen at most); d_t is the RMS over
+    the bands where J_t,b - M_b is finite; 1 where no band is (no anchor or no value).
+    Replaces numpy's masked-array median, which held several float64 copies of the stack.
     """
-    nt, n = a.shape
+    nt, nb, n = surface.shape
     buf = np.empty(nt)
+    med = np.empty(nb)
     for k in range(n):
-        m = 0
-        for i in range(nt):
-            v = np.float64(a[i, k])
-            if v == v:
+        for b in range(nb):
+            m = 0
+            for i in range(nt):
+                if not eligible[i, k]:
+                    continue
+                v = np.float64(surface[i, b, k])
+                if v != v:
+                    continue
                 j = m
                 while j > 0 and buf[j - 1] > v:
                     buf[j] = buf[j - 1]
                     j -= 1
                 buf[j] = v
                 m += 1
-        if m == 0:
-            out[k] = np.nan
-        elif m % 2 == 1:
-            out[k] = buf[m // 2]
+            med[b] = _median_sorted(buf, m)
+        for i in range(nt):
+            total = 0.0
+            cnt = 0
+            for b in range(nb):
+                diff = np.float64(surface[i, b, k]) - med[b]
+                if np.isfinite(diff):
+                    total += diff * diff
+                    cnt += 1
+            if cnt == 0:
+                out[i, k] = 1.0
+            else:
+                c = np.exp(-((np.sqrt(total / cnt) / sigma) ** 2))
+                out[i, k] = c if np.isfinite(c) else 1.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def floor_transmission_fit(observed, airlight, t_band, out):
+    """t_b raised to the cap 1 - max(I_b, 0) / max(A_b, 1e-3) (formula: ``_physics.floor_transmission``).
+
+    ``observed``, ``t_band`` (N, B, P), ``airlight`` (N, B), ``out`` (N, B, P) float32; float64
+    arithmetic per value. Where the cap is not finite (no observation, no airlight) t_b stays.
+    """
+    n, nb, npx = observed.shape
+    for i in range(n):
+        for b in range(nb):
+            a = np.float64(airlight[i, b])
+            if a < 1e-3:
+                a = 1e-3
+            for k in range(npx):
+                t = np.float64(t_band[i, b, k])
+                v = np.float64(observed[i, b, k])
+                if v < 0.0:
+                    v = 0.0
+                cap = 1.0 - v / a
+                if np.isfinite(cap) and not cap <= t:
+                    t = cap if t == t else t
+                out[i, b, k] = t
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def invert_fit(observed, airlight, t_band, t_min, out):
+    """J_b = (I_b - A_b (1 - t_b)) / max(t_b, t_min) (formula: ``_physics.invert``), float64 arithmetic.
+
+    ``observed``, ``t_band`` (N, B, P), ``airlight`` (N, B), ``out`` (N, B, P) float32.
+    """
+    n, nb, npx = observed.shape
+    for i in range(n):
+        for b in range(nb):
+            a = np.float64(airlight[i, b])
+            for k in range(npx):
+                t = np.float64(t_band[i, b, k])
+                den = t if t >= t_min or t != t else t_min
+                out[i, b, k] = (np.float64(observed[i, b, k]) - a * (1.0 - t)) / den
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def pair_irls_fit(x, w, ridge, shrink_pixels, g_lo, g_hi, robust_scale, iterations, gains, offsets):
+    """Robust global gain/offset of every date pair (semantics: ``_scene.pair_gain_offset``).
+
+    ``x`` (T, N, B) float64 sample, 0 where a pixel is not finite in every band; ``w`` (T, N)
+    weights, 0 there. For each target i and source j: weighted moments with pair weights
+    w_i w_j r_ij (r: Cauchy robust weights of the previous round, 1 in the first), the ridge
+    fit toward identity, then the new r_ij = 1 / (1 + mean_b(resid^2) / robust_scale^2).
+    ``gains``, ``offsets`` (T, T, B) are written in place (the diagonal is left to the caller).
+    """
+    nt, n, nb = x.shape
+    robust = np.ones((nt, nt, n))  # [i, j, pixel]
+    mom = np.empty((4, nb))
+    for it in range(iterations):
+        last = it + 1 >= iterations
+        for i in range(nt):
+            for j in range(nt):
+                s0 = 0.0
+                mom[:, :] = 0.0
+                for k in range(n):
+                    pw = w[i, k] * w[j, k] * robust[i, j, k]
+                    if pw == 0.0:
+                        continue
+                    s0 += pw
+                    for b in range(nb):
+                        xv = x[j, k, b]
+                        yv = x[i, k, b]
+                        pwx = pw * xv
+                        mom[0, b] += pwx
+                        mom[1, b] += pw * yv
+                        mom[2, b] += pwx * xv
+                        mom[3, b] += pwx * yv
+                for b in range(nb):
+                    gains[i, j, b], offsets[i, j, b] = ridge_fit_scalar(
+                        s0,
+                        mom[0, b],
+                        mom[1, b],
+                        mom[2, b],
+                        mom[3, b],
+                        1.0,
+                        0.0,
+                        ridge,
+                        shrink_pixels,
+                        g_lo,
+                        g_hi,
+                    )
+            if not last:
+                for j in range(nt):
+                    for k in range(n):
+                        r2 = 0.0
+                        for b in range(nb):
+                            r = x[i, k, b] - (gains[i, j, b] * x[j, k, b] + offsets[i, j, b])
+                            r2 += r * r
+                        robust[i, j, k] = 1.0 / (1.0 + (r2 / nb) / robust_scale**2)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _keep_signature_at(mapped, source, share, out):
+    """One pixel of ``_fusion._keep_signature``: ``mapped`` and ``source`` (B,) into ``out`` (B,).
+
+    out = u / |u| * |mapped|, u = (1 - share) mapped / |mapped| + share source / |source|;
+    a band where that is not finite keeps the mapped value.
+    """
+    nb = mapped.shape[0]
+    n_map = 0.0
+    n_src = 0.0
+    for b in range(nb):
+        n_map += mapped[b] * mapped[b]
+        n_src += source[b] * source[b]
+    n_map = np.sqrt(n_map)
+    n_src = np.sqrt(n_src)
+    n_u = 0.0
+    for b in range(nb):
+        u = (1.0 - share) * mapped[b] / n_map + share * source[b] / n_src
+        out[b] = u
+        n_u += u * u
+    n_u = np.sqrt(n_u)
+    for b in range(nb):
+        v = out[b] / n_u * n_map
+        out[b] = v if np.isfinite(v) else mapped[b]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def keep_signature_fit(mapped, source, share, out):
+    """``_keep_signature_at`` over (B, N) arrays (share > 0), into ``out`` (B, N) float64."""
+    nb, n = mapped.shape
+    m = np.empty(nb)
+    s = np.empty(nb)
+    o = np.empty(nb)
+    for k in range(n):
+        for b in range(nb):
+            m[b] = mapped[b, k]
+            s[b] = source[b, k]
+        _keep_signature_at(m, s, share, o)
+        for b in range(nb):
+            out[b, k] = o[b]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def add_candidate_fit(
+    gain, offset, source, share, weight, resid, resid_default, quality, acc, acc_w, acc_var, acc_q
+):
+    """Step 3 of ``_fusion.fuse_dates`` for one candidate date, accumulated in place.
+
+    Per pixel with ``weight`` > 0: r = keep_signature(g J_j + o, J_j) (share <= 0: the plain
+    map); if every band of r is finite, acc += w r, acc_w += w, acc_var += w * resid (or
+    ``resid_default`` where resid is NaN), acc_q += w * quality. (B, N) / (N,) arrays; the
+    accumulators are float64.
+    """
+    nb, n = source.shape
+    m = np.empty(nb)
+    s = np.empty(nb)
+    r = np.empty(nb)
+    for k in range(n):
+        wk = weight[k]
+        if not wk > 0.0:
+            continue
+        for b in range(nb):
+            s[b] = source[b, k]
+            m[b] = np.float64(gain[b, k]) * s[b] + np.float64(offset[b, k])
+        if share > 0.0:
+            _keep_signature_at(m, s, share, r)
         else:
-            out[k] = 0.5 * (buf[m // 2 - 1] + buf[m // 2])
+            r[:] = m
+        ok = True
+        for b in range(nb):
+            if not np.isfinite(r[b]):
+                ok = False
+                break
+        if not ok:
+            continue
+        for b in range(nb):
+            acc[b, k] += wk * r[b]
+        acc_w[k] += wk
+        rv = np.float64(resid[k])
+        acc_var[k] += wk * (rv if np.isfinite(rv) else resid_default)
+        acc_q[k] += wk * quality[k]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def smoothstep_fit(x, lo, hi, out):
+    """``_smoothstep`` over a 1-D array into ``out`` (float64)."""
+    for k in range(x.shape[0]):
+        out[k] = _smoothstep(np.float64(x[k]), lo, hi)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _darkening_at(st, sr, any_both, low, high):
+    """1 - S(sum_b target / sum_b reference; low, high) over the bands finite in both; 0 if unknown."""
+    if not any_both:
+        return 0.0
+    dark = 1.0 - _smoothstep(st / sr, low, high)
+    return dark if np.isfinite(dark) else 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def darkening_fit(target, reference, low, high, out):
+    """Shadow evidence per pixel (semantics: ``_fusion._darkening``); (B, N) in, ``out`` (N,)."""
+    nb, n = target.shape
+    for k in range(n):
+        st = 0.0
+        sr = 0.0
+        any_both = False
+        for b in range(nb):
+            t = np.float64(target[b, k])
+            r = np.float64(reference[b, k])
+            if np.isfinite(t) and np.isfinite(r):
+                st += t
+                sr += r
+                any_both = True
+        out[k] = _darkening_at(st, sr, any_both, low, high)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def agreement_fit(target, source, gain, offset, scale, low, high, out):
+    """Robust pre-weight of the local fit per pixel (semantics: ``_fusion._agreement``).
+
+    r0 = gain_b J_j + offset_b; w = (1 - darkening(J_i, r0)) / (1 + (d / scale)^2), d the RMS
+    over the finite bands of J_i - r0; 0 where w is not finite. (B, N) in, ``out`` (N,).
+    """
+    nb, n = target.shape
+    for k in range(n):
+        total = 0.0
+        cnt = 0
+        st = 0.0
+        sr = 0.0
+        any_both = False
+        for b in range(nb):
+            t = np.float64(target[b, k])
+            r = gain[b] * np.float64(source[b, k]) + offset[b]
+            diff = t - r
+            if np.isfinite(diff):
+                total += diff * diff
+                cnt += 1
+            if np.isfinite(t) and np.isfinite(r):
+                st += t
+                sr += r
+                any_both = True
+        d = np.sqrt(total / cnt) if cnt > 0 else np.nan
+        w = 1.0 / (1.0 + (d / scale) ** 2)
+        w = w * (1.0 - _darkening_at(st, sr, any_both, low, high))
+        out[k] = w if np.isfinite(w) else 0.0

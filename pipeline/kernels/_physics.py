@@ -38,6 +38,7 @@ from ._common import (
     smoothstep,
     visible_band_mask,
 )
+from ._numba import floor_transmission_fit, invert_fit
 
 
 def band_transmission(t_ref: np.ndarray, wavelengths: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -67,10 +68,10 @@ def invert(
     t_min bounds the noise amplification 1/t; pixels below it are not trusted anyway (the
     confidence goes to 0 well before t_min), the gate then hands them to the reference.
     """
-    a = np.asarray(airlight, dtype=np.float64)[:, :, None, None]
-    t = np.asarray(t_band, dtype=np.float64)
-    j = (observed - a * (1.0 - t)) / np.maximum(t, t_min)
-    return j.astype(F32)
+    obs, a, t = _per_value_operands(observed, airlight, t_band)
+    out = np.empty(obs.shape, F32)
+    invert_fit(obs, a, t, float(t_min), out)  # one compiled pass, float64 arithmetic
+    return out.reshape(np.shape(observed))
 
 
 def floor_transmission(observed: np.ndarray, airlight: np.ndarray, t_band: np.ndarray) -> np.ndarray:
@@ -82,13 +83,40 @@ def floor_transmission(observed: np.ndarray, airlight: np.ndarray, t_band: np.nd
     letting the inversion fail (dark water and shadowed slopes are the usual cases).
     Works on (T, B, Y, X) or (B, Y, X) with airlight (T, B) or (B,).
     """
-    obs = np.asarray(observed, dtype=np.float64)
+    obs, a, t = _per_value_operands(observed, airlight, t_band)
+    out = np.empty(obs.shape, F32)
+    floor_transmission_fit(obs, a, t, out)  # one compiled pass, float64 arithmetic
+    return out.reshape(np.shape(observed))
+
+
+def _per_value_operands(
+    observed: np.ndarray, airlight: np.ndarray, t_band: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, B, P) views of I and t_b and the (N, B) airlight for the per-value compiled kernels.
+
+    ``observed`` is (T, B, Y, X) or (B, Y, X), ``airlight`` (T, B) or (B,), ``t_band``
+    broadcastable to ``observed``. Copies only what is not already a contiguous float array.
+    """
+    obs = np.asarray(observed)
+    if obs.dtype not in (np.float32, np.float64):
+        obs = obs.astype(np.float64)
     a = np.asarray(airlight, dtype=np.float64)
-    a = a.reshape(a.shape + (1,) * (obs.ndim - a.ndim))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cap = 1.0 - np.clip(obs, 0.0, None) / np.maximum(a, 1e-3)
-    t = np.asarray(t_band, dtype=np.float64)
-    return np.where(np.isfinite(cap), np.maximum(t, cap), t).astype(F32)
+    lead = obs.shape[: a.ndim]
+    if a.shape != lead:
+        raise ValueError(
+            f"airlight of shape {a.shape} does not lead reflectance of shape {obs.shape}"
+        )
+    t = np.asarray(t_band)
+    if t.dtype not in (np.float32, np.float64):
+        t = t.astype(np.float64)
+    t = np.broadcast_to(t, obs.shape)
+    n, nb = (1, a.shape[0]) if a.ndim == 1 else a.shape
+    shape = (n, nb, -1)
+    return (
+        np.ascontiguousarray(obs).reshape(shape),
+        a.reshape(n, nb),
+        np.ascontiguousarray(t).reshape(shape),
+    )
 
 
 def pixel_haze_bound(
@@ -364,9 +392,9 @@ def inversion_confidence(
     0 where the pixel has no observation.
     """
     c = smoothstep(t_ref, t_low, t_high)
-    j = np.asarray(surface, dtype=np.float64)
-    jmin = np.where(np.isnan(j), np.inf, j).min(axis=1)
-    jmax = np.where(np.isnan(j), -np.inf, j).max(axis=1)
+    # fmin/fmax skip NaN; an all-NaN pixel gives NaN, which zeroes c below as inf did
+    jmin = np.fmin.reduce(surface, axis=1).astype(np.float64)
+    jmax = np.fmax.reduce(surface, axis=1).astype(np.float64)
     c = c * smoothstep(jmin, -0.05, 0.0) * (1.0 - smoothstep(jmax, 1.0, 1.3))
     if scl is not None and scl_weight > 0:
         factor = _scl_lookup(scl, SCL_CONFIDENCE_FACTOR, 0, 1.0)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import F32, box_mean_nan, nanmedian0
-from ._numba import GAIN_BOUNDS, harmonise_fit
+from ._common import F32, box_mean_nan
+from ._numba import GAIN_BOUNDS, harmonise_fit, spectral_consistency_fit
 
 
 def reference_quality(t_ref: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -34,17 +34,23 @@ def spectral_consistency(surface: np.ndarray, eligible: np.ndarray, sigma: float
 
     The temporal median of the good observations is a robust anchor: a candidate whose
     spectrum departs from it (undetected cloud or shadow, a one-off) scores lower. 1 where
-    there is no anchor.
+    there is no anchor. One compiled pass per pixel (``_numba.spectral_consistency_fit``).
     """
-    masked = np.where(eligible[:, None], surface, np.nan)
-    median = nanmedian0(masked, axis=0)  # (B, Y, X)
-    diff = np.asarray(surface, np.float64) - median[None]
-    fin = np.isfinite(diff)
-    cnt = fin.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = np.sqrt(np.where(fin, diff * diff, 0.0).sum(axis=1) / cnt)
-    cons = np.exp(-((d / sigma) ** 2))
-    return np.where(np.isfinite(cons), cons, 1.0)
+    j = _float_array(surface)
+    if j.ndim != 4 or np.shape(eligible) != j.shape[:1] + j.shape[2:]:
+        raise ValueError(
+            f"spectral_consistency needs surface (T, B, Y, X) and eligible (T, Y, X), got "
+            f"{j.shape} and {np.shape(eligible)}"
+        )
+    nt, nb = j.shape[:2]
+    out = np.empty((nt, j[0, 0].size))
+    spectral_consistency_fit(
+        j.reshape(nt, nb, -1),
+        np.ascontiguousarray(eligible, dtype=bool).reshape(nt, -1),
+        float(sigma),
+        out,
+    )
+    return out.reshape((nt,) + j.shape[2:])
 
 
 def harmonise_local(
@@ -63,9 +69,9 @@ def harmonise_local(
 
     Fitted by weighted least squares in a (2r+1)^2 window from box-filter moments
     S0 = sum w, Sx, Sy, Sxx, Sxy (w = clear in both dates; a pixel not finite in every band
-    of both dates has no weight; pixels outside the array are absent), so the map follows slow spatial
-    changes of the radiometric difference (phenology, BRDF, residual haze) without a per-pixel
-    loop. The gain is ridge-pulled toward the prior (scene-level pair fit) and the pair
+    of both dates has no weight; pixels outside the array are absent), so the map follows
+    slow spatial changes of the radiometric difference (phenology, BRDF, residual haze)
+    without a per-pixel loop. The gain is ridge-pulled toward the prior (scene-level pair fit) and the pair
     (g, o) shrinks to the prior where the window holds less than ``shrink_pixels`` clear
     weight: local where the data allow, global elsewhere, identity without either.
 
@@ -75,7 +81,7 @@ def harmonise_local(
     reference as a stand-in for the target's surface, measured where both are clear.
 
     One fused compiled pass (``_numba.harmonise_fit``): the moments (float64 running sums),
-    the fit (``_scene._ridge_fit``'s formula) and the residual for all bands.
+    the ridge fit (``_numba.ridge_fit_scalar``) and the residual for all bands.
     """
     t, s = _float_array(target), _float_array(source)
     if t.ndim != 3 or s.shape != t.shape or np.shape(weight) != t.shape[1:]:

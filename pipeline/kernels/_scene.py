@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import F32, angstrom_exponent, nanmin0, visible_band_mask
-from ._numba import GAIN_BOUNDS, ridge_fit_flat
+from ._numba import GAIN_BOUNDS, pair_irls_fit
 
 
 def _default_airlight(wavelengths: np.ndarray) -> np.ndarray:
@@ -216,46 +216,25 @@ def pair_gain_offset(
         # (already strided) sample is plenty, and the IRLS passes cost O(T^2 B N)
         keep = np.linspace(0, sample.shape[2] - 1, max_pixels).astype(np.intp)
         sample, weight = sample[:, :, keep], np.asarray(weight)[:, keep]
-    t, nb, n = sample.shape
+    t, nb, _ = sample.shape
     x = sample.astype(np.float64)
     ok: np.ndarray = np.asarray(np.isfinite(x).all(axis=1))  # (T, N)
-    w = np.where(ok, weight, 0.0)
-    xz = np.where(ok[:, None, :], x, 0.0)
+    w = np.ascontiguousarray(np.where(ok, weight, 0.0), dtype=np.float64)
+    # (T, N, B): the bands of one pixel side by side for the compiled moment loop
+    xz = np.ascontiguousarray(np.where(ok[:, None, :], x, 0.0).transpose(0, 2, 1))
     gains = np.ones((t, t, nb))
     offsets = np.zeros((t, t, nb))
-    robust = np.ones((t, t, n))  # [i, j, pixel]
-    for it in range(max(1, iterations)):
-        for i in range(t):
-            pw = w[i][None, :] * w * robust[i]  # (T, N): pair weights of (i, j)
-            s0 = pw.sum(axis=1)
-            y = xz[i]  # (B, N) target values
-            sx = np.einsum("jn,jbn->jb", pw, xz)
-            sy = pw @ y.T  # (T, B)
-            sxx = np.einsum("jn,jbn->jb", pw, xz * xz)
-            sxy = np.einsum("jn,jbn,bn->jb", pw, xz, y)
-            g, o = _ridge_fit(s0[:, None], sx, sy, sxx, sxy, 1.0, 0.0, ridge, shrink_pixels)
-            gains[i], offsets[i] = g, o
-            if it + 1 < max(1, iterations):
-                resid = y[None] - (g[:, :, None] * xz + o[:, :, None])  # (T, B, N)
-                r2 = (resid * resid).mean(axis=1)
-                robust[i] = 1.0 / (1.0 + r2 / robust_scale**2)
+    pair_irls_fit(
+        xz,
+        w,
+        float(ridge),
+        float(shrink_pixels),
+        *GAIN_BOUNDS,
+        float(robust_scale),
+        max(1, iterations),
+        gains,
+        offsets,
+    )
     idx = np.arange(t)
     gains[idx, idx], offsets[idx, idx] = 1.0, 0.0
     return gains.astype(F32), offsets.astype(F32)
-
-
-def _ridge_fit(s0, sx, sy, sxx, sxy, g0, o0, ridge, shrink_pixels, gain_bounds=GAIN_BOUNDS):
-    """Ridge-regularised weighted LS from window/pair moments, shrunk to (g0, o0) when s0 is small.
-
-    g = (S0 cov + lambda g0) / (S0 var + lambda), o = mean_y - g mean_x, then
-    (g, o) <- a (g, o) + (1 - a) (g0, o0) with a = S(S0; 0.2 shrink_pixels, shrink_pixels):
-    the local fit is used as is once the window holds ``shrink_pixels`` clear weight.
-    Arguments broadcast together; float64 results. The formula lives in
-    ``_numba.ridge_fit_scalar`` (shared with the fused local fit of ``harmonise_local``).
-    """
-    arrays = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (s0, sx, sy, sxx, sxy, g0, o0)))
-    flat = [np.ascontiguousarray(a).ravel() for a in arrays]
-    gain = np.empty(flat[0].shape)
-    offset = np.empty(flat[0].shape)
-    ridge_fit_flat(*flat, float(ridge), float(shrink_pixels), *map(float, gain_bounds), gain, offset)
-    return gain.reshape(arrays[0].shape), offset.reshape(arrays[0].shape)
