@@ -420,8 +420,9 @@ def fuse_dates(
     use_temporal = cfg.temporal_weight > 0 and band_transmission is not None and airlight is not None
     if use_temporal and bands is None:
         raise ValueError("fuse_dates: the temporal refinement needs the band names (bands=)")
-    if use_temporal:
-        prior_factor = _prior_factor(confidence, t_ref, surface, cfg)
+    prior_factor = _prior_factor(confidence, t_ref, surface, cfg) if use_temporal else None
+    tb_prior = np.asarray(band_transmission) if band_transmission is not None else None
+    a_scene = np.asarray(airlight) if airlight is not None else None
 
     for i in range(nt):
         dt = days - days[i]
@@ -450,8 +451,8 @@ def fuse_dates(
             acc = np.zeros((nb,) + obs.shape[2:])
             acc_w = np.zeros(obs.shape[2:])
             acc_var = np.zeros(obs.shape[2:])
-            for c, j in enumerate(cand):
-                w_c = weights[c]
+            for k, j in enumerate(cand):
+                w_c = weights[k]
                 if not (w_c > 0).any():
                     continue
                 g, o, resid = harmonise_local(
@@ -476,16 +477,16 @@ def fuse_dates(
         ji = j64[i]
         ci = np.asarray(confidence[i], np.float64)
         ti = np.asarray(t_ref[i], np.float64)
-        if use_temporal and has.any():
+        if use_temporal and tb_prior is not None and a_scene is not None and has.any():
             ji, ti = _temporal_refinement(
-                obs[i], reference, airlight[i], band_transmission[i], ji, ti, q_ref, tuple(bands or ()), cfg
+                obs[i], reference, a_scene[i], tb_prior[i], ji, ti, q_ref, tuple(bands or ()), cfg
             )
         t_out[i] = ti
         dark = _darkening(ji, reference, cfg)
-        if use_temporal:
+        if use_temporal and a_scene is not None and prior_factor is not None:
             # with a reference, faith in the inversion is relative to it (inverse variance)
             w_phys = (
-                _physics_weight(reference, ti, airlight[i], reference_var, q_ref, cfg)
+                _physics_weight(reference, ti, a_scene[i], reference_var, q_ref, cfg)
                 * _plausible(ji)
                 * smoothstep(ti, cfg.temporal_t_low, cfg.temporal_t_high)
                 * prior_factor[i]
