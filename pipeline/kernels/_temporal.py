@@ -93,9 +93,11 @@ def temporal_band_transmission(
     # a changed surface is evidence of *no* haze (not missing evidence): H = 0 there
     h = np.where(changed[None] & usable, 0.0, h)
     if radius > 0:
-        # denoise, but never raise a pixel's haze above its own reading plus the noise: a
-        # clear pixel next to a cloud keeps its value (no halo, no seam at the cloud edge)
-        h = np.fmin(box_mean_nan(h, radius), h + noise)
+        # denoise, but never raise a pixel's haze above its own reading plus the noise (a
+        # clear pixel next to a cloud keeps its value: no halo, no seam at the cloud edge)
+        # nor lower it by more than 3 x the noise (a speck of opaque cloud among clear
+        # pixels stays opaque instead of being averaged into a thin veil)
+        h = np.clip(box_mean_nan(h, radius), h - 3.0 * noise, h + noise)
     # darker than the reference is not haze (shadow or change): no negative haze
     h = np.clip(h, 0.0, 1.0)
     h = h * smoothstep(h, noise, 2.0 * noise)
