@@ -172,10 +172,14 @@ def provenance(config: RunConfig, items: list, restored: Any) -> dict[str, Any]:
     }
 
 
+def prior_of(config: RunConfig) -> Any:
+    """The configured prior (a small, picklable object; models load on the workers)."""
+    return pipeline.priors.get_prior(config.prior, **dict(config.prior_options))
+
+
 def restore_step(cube: Any, config: RunConfig) -> Any:
     """Restore (and composite) a cube as ``config`` asks: the one place both flows call."""
-    prior = pipeline.priors.get_prior(config.prior, **dict(config.prior_options))
-    return pipeline.restore(cube, prior=prior, mode=config.mode, period=config.period)
+    return pipeline.restore(cube, prior=prior_of(config), mode=config.mode, period=config.period)
 
 
 def validation_step(cube: Any, config: RunConfig) -> ValidationResult | None:
@@ -184,7 +188,7 @@ def validation_step(cube: Any, config: RunConfig) -> ValidationResult | None:
         return None
     from pipeline.validation import self_validate
 
-    prior = pipeline.priors.get_prior(config.prior, **dict(config.prior_options))
+    prior = prior_of(config)
     log.info("self-validation on held-out clear pixels (%s)", config.validation)
     return self_validate(cube, prior=prior, config=config.validation)
 

@@ -305,13 +305,11 @@ class TileWorker:
             planetary_computer_signer if is_planetary_computer(config.search.catalog) else None
         )
 
-    def output(self, tile: Tile) -> xr.Dataset:
-        """The tile's output, lazy, on the run's time axis."""
-        from .run import restore_step
-
+    def cube(self, tile: Tile) -> xr.Dataset | None:
+        """The tile's input cube, lazy, one step per solar day (None: no item covers it)."""
         items = self.index.intersecting(tile)
         if not items:
-            return _empty_tile(self.plan, self.schema, self.plan.grid.tile_size)
+            return None
         cube = load_cube(
             items, self.config.cube, geobox=tile.geobox, signer=self.signer, read_context=tile.key
         )
@@ -321,7 +319,15 @@ class TileWorker:
                 f"tile {tile.key}: the cube has {cube.sizes['time']} dates but its items span "
                 f"{len(days)} solar days; load_cube grouped them differently, please report it"
             )
-        cube = cube.assign_coords(time=days)
+        return cube.assign_coords(time=days)
+
+    def output(self, tile: Tile) -> xr.Dataset:
+        """The tile's output, lazy, on the run's time axis."""
+        from .run import restore_step
+
+        cube = self.cube(tile)
+        if cube is None:
+            return _empty_tile(self.plan, self.schema, self.plan.grid.tile_size)
         restored = restore_step(cube, dataclasses.replace(self.config, mode="dates", period=None))
         return _fit_to_axis(restored, self.plan, self.schema, self.config)
 
@@ -647,14 +653,11 @@ def _validate_first_tile(worker: TileWorker, config: RunConfig, results: list) -
 
     if not config.validation.enabled:
         return None
+    tiles = {t.key: t for t in worker.plan.tiles}
     for result in results:
-        tile = next((t for t in worker.plan.tiles if t.key == result.key), None)
-        if not result.ok or tile is None:
+        cube = worker.cube(tiles[result.key]) if result.ok and result.key in tiles else None
+        if cube is None:
             continue
-        items = worker.index.intersecting(tile)
-        if not items:
-            continue
-        cube = load_cube(items, config.cube, geobox=tile.geobox, signer=worker.signer)
         validation = validation_step(cube, config)
         if validation is not None:
             record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
