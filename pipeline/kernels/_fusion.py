@@ -19,15 +19,17 @@ from typing import NamedTuple
 import numpy as np
 
 from ._common import F32, smoothstep, wavelengths_of
-from ._numba import add_candidate_fit, agreement_fit, darkening_fit, keep_signature_fit
-from ._physics import floor_transmission, inversion_confidence, invert, snow_score
+from ._numba import add_candidate_fit, agreement_fit, keep_signature_fit
+from ._numba_fusion import GateParams, candidate_weights_fit, gate_fit, physics_weight_fit
+from ._numba_temporal import refine_fit
+from ._physics import inversion_confidence, snow_score
 from ._reference import (
     harmonise_local,
     reference_quality,
     smoothed_quality,
     spectral_consistency,
 )
-from ._temporal import temporal_band_transmission
+from ._temporal import haze_readings
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,21 @@ class FusionConfig:
             raise ValueError("FusionConfig.max_candidates must be >= 1")
         if not 0.0 < self.reference_blend_ratio <= 1.0:
             raise ValueError("FusionConfig.reference_blend_ratio must be in (0, 1]")
-        if self.reference_smooth_radius < 0 or self.harmonise_radius < 0 or self.temporal_radius < 0:
+        if (
+            self.reference_smooth_radius < 0
+            or self.harmonise_radius < 0
+            or self.temporal_radius < 0
+        ):
             raise ValueError("FusionConfig radii must be >= 0")
+        if not self.gamma_max >= 0.0:
+            raise ValueError(
+                f"FusionConfig.gamma_max is the largest Angstrom exponent and must be >= 0, got "
+                f"{self.gamma_max}"
+            )
         if not 0.0 <= self.temporal_weight <= 1.0:
-            raise ValueError(f"FusionConfig.temporal_weight must be in [0, 1], got {self.temporal_weight}")
+            raise ValueError(
+                f"FusionConfig.temporal_weight must be in [0, 1], got {self.temporal_weight}"
+            )
 
     @property
     def halo(self) -> int:
@@ -137,20 +150,10 @@ def gate(confidence: np.ndarray, cfg: FusionConfig) -> np.ndarray:
     return smoothstep(confidence, cfg.gate_low, cfg.gate_high)
 
 
-def _darkening(target: np.ndarray, reference: np.ndarray, cfg: FusionConfig) -> np.ndarray:
-    """Shadow evidence 1 - S(rho; low, high), rho = sum_b target / sum_b reference (0 if unknown)."""
-    t, r = _band_lanes(target), _band_lanes(reference)
-    out = np.empty(t.shape[1])
-    darkening_fit(t, r, float(cfg.shadow_ratio_low), float(cfg.shadow_ratio_high), out)  # one pass
-    return out.reshape(np.shape(target)[1:])
-
-
 def _band_lanes(a: np.ndarray) -> np.ndarray:
     """(B, Y, X) as a C-contiguous float (B, Y * X) view for the compiled per-pixel kernels."""
-    a = np.asarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    return np.ascontiguousarray(a).reshape(a.shape[0], -1)
+    a = _c_float(a)
+    return a.reshape(a.shape[0], -1)
 
 
 def _agreement(
@@ -228,7 +231,7 @@ def _add_candidate(
     add_candidate_fit(
         gain.reshape(nb, -1),
         offset.reshape(nb, -1),
-        np.ascontiguousarray(source, dtype=np.float64).reshape(nb, -1),
+        _band_lanes(source),
         float(cfg.harmonise_keep_signature),
         np.ascontiguousarray(weight, dtype=np.float64).ravel(),
         resid.ravel(),
@@ -238,6 +241,23 @@ def _add_candidate(
         acc_w.reshape(-1),
         acc_var.reshape(-1),
         acc_q.reshape(-1),
+    )
+
+
+def _gate_params(cfg: FusionConfig) -> GateParams:
+    return GateParams(
+        gate_low=cfg.gate_low,
+        gate_high=cfg.gate_high,
+        min_confidence=cfg.min_confidence_without_reference,
+        shadow_low=cfg.shadow_ratio_low,
+        shadow_high=cfg.shadow_ratio_high,
+        t_min=cfg.temporal_t_min,
+        t_low=cfg.temporal_t_low,
+        t_high=cfg.temporal_t_high,
+        sigma_t_clear=cfg.sigma_t_clear,
+        sigma_t_haze=cfg.sigma_t_haze,
+        reference_var=cfg.reference_sigma**2,
+        reference_var_floor=cfg.reference_sigma_floor**2,
     )
 
 
@@ -260,28 +280,18 @@ def _physics_weight(
     var_R = max(resid, floor^2) / max(q_j, 0.05)^2. The weight var_R / (var_R + var_J) is
     what minimises the expected squared error of the blend of two independent estimates.
     """
-    a = np.asarray(airlight, np.float64).reshape(-1, 1, 1)
-    dev = a - np.asarray(expected, np.float64)
-    fin = np.isfinite(dev)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        spread = np.sqrt(np.where(fin, dev * dev, 0.0).sum(0) / fin.sum(0))
-        t = np.clip(np.asarray(t_ref, np.float64), 0.0, 1.0)
-        sigma_t = cfg.sigma_t_clear + cfg.sigma_t_haze * (1.0 - t)
-        var_j = (sigma_t * spread / np.maximum(t, cfg.temporal_t_min)) ** 2
-        var_r = np.where(np.isfinite(reference_var), reference_var, cfg.reference_sigma**2)
-        var_r = np.maximum(var_r, cfg.reference_sigma_floor**2) / np.maximum(q_ref, 0.05) ** 2
-        w = var_r / (var_r + var_j)
-    return np.where(np.isfinite(w), w, 0.0)
-
-
-def _plausible(surface: np.ndarray) -> np.ndarray:
-    """S(min_b J; -0.05, 0) (1 - S(max_b J; 1, 1.3)): a negative or implausibly bright
-    inverted surface means the model does not hold there (as ``inversion_confidence``)."""
-    j = np.asarray(surface, np.float64)
-    jmin = np.where(np.isnan(j), np.inf, j).min(axis=0)
-    jmax = np.where(np.isnan(j), -np.inf, j).max(axis=0)
-    p = smoothstep(jmin, -0.05, 0.0) * (1.0 - smoothstep(jmax, 1.0, 1.3))
-    return np.where(np.isfinite(p), p, 0.0)
+    shape = np.shape(t_ref)
+    out = np.empty(int(np.prod(shape)))
+    physics_weight_fit(  # the per-pixel formula of ``gate_fit``, on whole arrays
+        _band_lanes(np.asarray(expected, np.float64)),
+        np.ascontiguousarray(t_ref, dtype=np.float64).reshape(-1),
+        np.asarray(airlight, np.float64).reshape(-1),
+        np.ascontiguousarray(np.broadcast_to(reference_var, shape), dtype=np.float64).reshape(-1),
+        np.ascontiguousarray(np.broadcast_to(q_ref, shape), dtype=np.float64).reshape(-1),
+        _gate_params(cfg),
+        out,
+    )
+    return out.reshape(shape)
 
 
 def _temporal_refinement(
@@ -303,32 +313,47 @@ def _temporal_refinement(
     fresh snow against a snow-free reference reads as haze in every band) the prior's
     transmission stays.
     """
-    wavelengths = wavelengths_of(bands)
-    tb_temp, usable = temporal_band_transmission(
+    readings = haze_readings(
         observed,
         reference,
         airlight,
-        wavelengths,
-        radius=cfg.temporal_radius,
+        wavelengths_of(bands),
         min_leverage=cfg.temporal_min_leverage,
         noise=cfg.temporal_noise,
         gamma_max=cfg.gamma_max,
     )
-    ref_band = int(np.argmin(wavelengths))
     w = cfg.temporal_weight * np.clip(q_ref, 0.0, 1.0)
     snow = snow_score(np.asarray(observed)[None], bands, strict=True)
     if snow is not None:
         w = w * (1.0 - snow[0])
-    wb = np.where(usable, w[None], 0.0)
-    prior = np.asarray(prior_tb, np.float64)
-    tb = floor_transmission(observed, airlight, np.where(usable, wb * tb_temp + (1.0 - wb) * prior, prior))
-    j_new = invert(observed[None], np.asarray(airlight)[None], tb[None], cfg.temporal_t_min)[0].astype(np.float64)
-    t_new = tb[ref_band]
-    touched = w > 0
-    surface = np.where(touched[None] & np.isfinite(j_new), j_new, surface)
-    w_ref = np.where(usable[ref_band], w, 0.0)
-    t_out = np.where(np.isfinite(t_new), w_ref * t_new + (1.0 - w_ref) * t_ref, t_ref)
+    surface = np.array(surface, dtype=np.float64, order="C")  # updated in place below
+    t_out = np.array(t_ref, dtype=np.float64, order="C")
+    # the window mean and bounds of the temporal cue, its blend with the prior's t_b, the
+    # floor and the inversion: one compiled pass per pixel (``_numba_temporal.refine_fit``)
+    refine_fit(
+        readings.h,
+        int(cfg.temporal_radius),
+        float(cfg.temporal_noise),
+        readings.shortest,
+        readings.order,
+        readings.exponents,
+        _c_float(observed),
+        np.asarray(airlight, np.float64).reshape(-1),
+        _c_float(prior_tb),
+        np.ascontiguousarray(w, dtype=np.float64),
+        float(cfg.temporal_t_min),
+        surface,
+        t_out,
+    )
     return surface, t_out
+
+
+def _c_float(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous float32 or float64 array (no copy when it already is one)."""
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
 
 
 def _prior_factor(
@@ -394,20 +419,26 @@ def fuse_dates(
     obs = np.asarray(observed)
     nt, nb = obs.shape[:2]
     days = np.asarray(days, dtype=np.float64)
-    j64 = np.asarray(surface, dtype=np.float64)
+    # J_phys stays in its own dtype (float32 from the priors): every compiled pass reads it
+    # into float64 arithmetic, so a float64 copy of the whole stack would only cost memory
+    j_phys = _c_float(surface)
     valid = np.isfinite(obs).any(axis=1)
     q = np.where(valid, reference_quality(t_ref, confidence), 0.0)
     eligible = valid & (q >= cfg.reference_min_quality)
     # Consistency ranks candidates; it must never veto the only one (with few dates the
     # median it is measured against can be half an undetected cloud), hence the floor.
-    cons = np.maximum(spectral_consistency(j64, eligible, cfg.consistency_sigma), cfg.consistency_floor)
+    cons = np.maximum(
+        spectral_consistency(j_phys, eligible, cfg.consistency_sigma), cfg.consistency_floor
+    )
     base = smoothed_quality(q, cfg.reference_smooth_radius) * cons * eligible
     # harmonisation is fitted where both dates are clear, not merely invertible: a hazy
     # target's inversion carries the prior's transmission error into the map
     clear = np.where(
         valid,
         np.asarray(confidence, np.float64)
-        * smoothstep(np.asarray(t_ref, np.float64), cfg.harmonise_clear_t_low, cfg.harmonise_clear_t_high),
+        * smoothstep(
+            np.asarray(t_ref, np.float64), cfg.harmonise_clear_t_low, cfg.harmonise_clear_t_high
+        ),
         0.0,
     )
 
@@ -417,49 +448,60 @@ def fuse_dates(
     ref_days = np.full_like(conf_out, np.nan)
     flag = np.zeros(conf_out.shape, dtype=np.uint8)
     t_out = np.asarray(t_ref, dtype=F32).copy()
-    use_temporal = cfg.temporal_weight > 0 and band_transmission is not None and airlight is not None
+    use_temporal = (
+        cfg.temporal_weight > 0 and band_transmission is not None and airlight is not None
+    )
     if use_temporal and bands is None:
         raise ValueError("fuse_dates: the temporal refinement needs the band names (bands=)")
     prior_factor = _prior_factor(confidence, t_ref, surface, cfg) if use_temporal else None
     tb_prior = np.asarray(band_transmission) if band_transmission is not None else None
     a_scene = np.asarray(airlight) if airlight is not None else None
 
+    npix = int(np.prod(obs.shape[2:]))
+    base2 = base.reshape(nt, npix)
+    gate_params = _gate_params(cfg)
     for i in range(nt):
         dt = days - days[i]
         order = [j for j in np.argsort(np.abs(dt), kind="stable") if j != i]
         cand = np.asarray(order[: cfg.max_candidates], dtype=np.intp)
-        reference = np.full((nb,) + obs.shape[2:], np.nan)
-        has = np.zeros(obs.shape[2:], dtype=bool)
-        q_ref = np.zeros(obs.shape[2:])
-        reference_var = np.full(obs.shape[2:], np.nan)
-        if cand.size:
-            score = base[cand] * np.exp(-np.abs(dt[cand]) / cfg.time_scale_days)[:, None, None]
-            score = np.round(score, 6)
-            best = np.argmax(score, axis=0)
-            top = np.take_along_axis(score, best[None], 0)[0]
-            has = top > 0
-            jstar = cand[best]
-            ref_days[i] = np.where(has, dt[jstar], np.nan)
+        if not cand.size:  # a single date: no reference anywhere
+            reference = np.full((nb,) + obs.shape[2:], np.nan)
+            has = np.zeros(obs.shape[2:], dtype=bool)
+            q_ref = np.zeros(obs.shape[2:])
+            reference_var = np.full(obs.shape[2:], np.nan)
+        else:
             # Soft blend of the candidates scoring within reference_blend_ratio of the best,
             # weighted by score ** reference_blend_power: averaging a few good dates cancels
             # part of their independent changes, and switching between dates fades instead of
             # jumping (no seam where the best date changes). Ratio 1 = the single best date.
-            keep = has[None] & (score > 0) & (score >= cfg.reference_blend_ratio * top[None])
-            weights = np.where(keep, score, 0.0) ** cfg.reference_blend_power
-            total = weights.sum(axis=0)
-            weights = np.where(has[None], weights / np.where(has, total, 1.0)[None], 0.0)
-            acc = np.zeros((nb,) + obs.shape[2:])
-            acc_w = np.zeros(obs.shape[2:])
-            acc_var = np.zeros(obs.shape[2:])
+            weights = np.empty((cand.size, npix))
+            best = np.empty(npix, np.intp)
+            candidate_weights_fit(
+                base2,
+                cand,
+                np.exp(-np.abs(dt[cand]) / cfg.time_scale_days),
+                float(cfg.reference_blend_ratio),
+                float(cfg.reference_blend_power),
+                weights,
+                best,
+            )
+            space = obs.shape[2:]
+            has = (best >= 0).reshape(space)
+            ref_days[i] = np.where(has, dt[cand[np.maximum(best, 0)]].reshape(space), np.nan)
+            weights = weights.reshape((cand.size,) + space)
+            acc = np.zeros((nb,) + space)
+            acc_w = np.zeros(space)
+            acc_var = np.zeros(space)
+            q_ref = np.zeros(space)
             for k, j in enumerate(cand):
                 w_c = weights[k]
                 if not (w_c > 0).any():
                     continue
                 g, o, resid = harmonise_local(
-                    j64[i],
-                    j64[j],
+                    j_phys[i],
+                    j_phys[j],
                     (clear[i] * clear[j]) ** 2
-                    * _agreement(j64[i], j64[j], pair_gain[i, j], pair_offset[i, j], cfg),
+                    * _agreement(j_phys[i], j_phys[j], pair_gain[i, j], pair_offset[i, j], cfg),
                     cfg.harmonise_radius,
                     pair_gain[i, j],
                     pair_offset[i, j],
@@ -467,42 +509,40 @@ def fuse_dates(
                     shrink_pixels=cfg.harmonise_shrink_pixels,
                     residual=True,
                 )
-                _add_candidate(g, o, j64[j], w_c, resid, q[j], acc, acc_w, acc_var, q_ref, cfg)
+                _add_candidate(g, o, j_phys[j], w_c, resid, q[j], acc, acc_w, acc_var, q_ref, cfg)
             has &= acc_w > 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                reference = np.where(has, acc / acc_w, np.nan)
-                q_ref = np.where(has, q_ref / acc_w, 0.0)
-                reference_var = np.where(has, acc_var / acc_w, np.nan)
+            norm = np.where(has, acc_w, 1.0)
+            reference = acc  # normalised in place: no (B, Y, X) temporaries
+            reference /= norm
+            reference[:, ~has] = np.nan
+            q_ref = np.where(has, q_ref / norm, 0.0)
+            reference_var = np.where(has, acc_var / norm, np.nan)
 
-        ji = j64[i]
-        ci = np.asarray(confidence[i], np.float64)
+        ji = j_phys[i]
         ti = np.asarray(t_ref[i], np.float64)
         if use_temporal and tb_prior is not None and a_scene is not None and has.any():
             ji, ti = _temporal_refinement(
                 obs[i], reference, a_scene[i], tb_prior[i], ji, ti, q_ref, tuple(bands or ()), cfg
             )
         t_out[i] = ti
-        dark = _darkening(ji, reference, cfg)
-        if use_temporal and a_scene is not None and prior_factor is not None:
-            # with a reference, faith in the inversion is relative to it (inverse variance)
-            w_phys = (
-                _physics_weight(reference, ti, a_scene[i], reference_var, q_ref, cfg)
-                * _plausible(ji)
-                * smoothstep(ti, cfg.temporal_t_low, cfg.temporal_t_high)
-                * prior_factor[i]
-            )
-            ci = np.where(has, w_phys, ci)
-        c = ci * (1.0 - dark * q_ref)
-        c = np.where(valid[i], c, 0.0)
-        g = gate(c, cfg)
-        g = np.where(has, np.where(valid[i], g, 0.0), 1.0)
-        blend = g * ji + (1.0 - g) * reference
-        res = np.where(np.isnan(ji), reference, np.where(np.isnan(reference), ji, blend))
-        bad = ~has & (~valid[i] | (c < cfg.min_confidence_without_reference))
-        res[:, bad] = np.nan
-        g = np.where(bad, 0.0, g)
-        out[i] = res
-        conf_out[i] = c
-        gate_out[i] = g
-        flag[i] = bad
+        relative = use_temporal and a_scene is not None and prior_factor is not None
+        # steps 5 and 6 in one compiled pass per pixel (``_numba_fusion.gate_fit``)
+        gate_fit(
+            _band_lanes(ji),
+            reference.reshape(nb, -1),
+            has.reshape(-1),
+            valid[i].reshape(-1),
+            np.ascontiguousarray(confidence[i]).reshape(-1),
+            np.ascontiguousarray(ti, dtype=np.float64).reshape(-1),
+            q_ref.reshape(-1),
+            reference_var.reshape(-1),
+            np.asarray(a_scene[i] if relative else np.zeros(nb), np.float64).reshape(-1),
+            prior_factor[i].reshape(-1) if relative else np.ones(1),
+            relative,
+            gate_params,
+            out[i].reshape(nb, -1),
+            conf_out[i].reshape(-1),
+            gate_out[i].reshape(-1),
+            flag[i].reshape(-1),
+        )
     return FusionResult(out, conf_out, gate_out, ref_days, flag, t_out)

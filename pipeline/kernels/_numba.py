@@ -63,29 +63,82 @@ def ridge_fit_scalar(
     """
     if not s0 > 1e-9:
         return g0, o0
-    safe = max(s0, 1e-12)
-    mx = sx / safe
-    my = sy / safe
-    var = sxx / safe - mx * mx
+    return _ridge_fit_shrunk(
+        s0,
+        sx,
+        sy,
+        sxx,
+        sxy,
+        g0,
+        o0,
+        ridge,
+        _smoothstep(s0, 0.2 * shrink_pixels, shrink_pixels),
+        g_lo,
+        g_hi,
+    )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ridge_fit_shrunk(s0, sx, sy, sxx, sxy, g0, o0, ridge, a, g_lo, g_hi):
+    """``ridge_fit_scalar`` for S0 > 1e-9 with the shrink factor ``a`` given (it depends on S0
+    only, so a window fit computes it once per pixel for all bands)."""
+    inv = 1.0 / s0
+    mx = sx * inv
+    my = sy * inv
+    var = sxx * inv - mx * mx
     if var < 0.0:
         var = 0.0
-    cov = sxy / safe - mx * my
+    cov = sxy * inv - mx * my
     g = (s0 * cov + ridge * g0) / (s0 * var + ridge)
     if g < g_lo:
         g = g_lo
     elif g > g_hi:
         g = g_hi
     o = my - g * mx
-    a = _smoothstep(s0, 0.2 * shrink_pixels, shrink_pixels)
     return a * g + (1.0 - a) * g0, a * o + (1.0 - a) * o0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _running_sum(values, radius, out):
+    """out[i] = sum of values[i - r .. i + r] within the array (a running sum, O(n))."""
+    n = values.shape[0]
+    acc = 0.0
+    for i in range(min(radius, n)):
+        acc += values[i]
+    for i in range(n):
+        if i + radius < n:
+            acc += values[i + radius]
+        out[i] = acc
+        if i - radius >= 0:
+            acc -= values[i - radius]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _window_sum(w, radius):
+    """Sum of ``w`` (Y, X) over the (2r+1)^2 window of every pixel, out-of-array pixels absent."""
+    ny, nx = w.shape
+    rows = np.empty((ny, nx))
+    for y in range(ny):
+        _running_sum(w[y], radius, rows[y])
+    out = np.empty((ny, nx))
+    column = np.empty(ny)
+    summed = np.empty(ny)
+    for x in range(nx):
+        for y in range(ny):
+            column[y] = rows[y, x]
+        _running_sum(column, radius, summed)
+        for y in range(ny):
+            out[y, x] = summed[y]
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _row_moments(t, s, w, b, y, radius, prod, out):
-    """Horizontal window sums of (w, w x, w y, w x^2, w x y, w y^2) of band b on row y.
+    """Horizontal window sums of (w x, w y, w x^2, w x y, w y^2) of band b on row y.
 
     x = source, y = target; pixels of zero weight add nothing (their values may be NaN).
-    ``prod`` (6, X) is scratch; ``out`` (6, X) is overwritten.
+    The weight sum itself is the same for every band (``_window_sum``, once per fit).
+    ``prod`` (5, X) is scratch; ``out`` (5, X) is overwritten.
     """
     nx = w.shape[1]
     prod[:, :] = 0.0
@@ -96,22 +149,13 @@ def _row_moments(t, s, w, b, y, radius, prod, out):
             yv = np.float64(t[b, y, i])
             wx = wi * xv
             wy = wi * yv
-            prod[0, i] = wi
-            prod[1, i] = wx
-            prod[2, i] = wy
-            prod[3, i] = wx * xv
-            prod[4, i] = wx * yv
-            prod[5, i] = wy * yv
-    for k in range(6):
-        acc = 0.0
-        for i in range(min(radius, nx)):
-            acc += prod[k, i]
-        for i in range(nx):
-            if i + radius < nx:
-                acc += prod[k, i + radius]
-            out[k, i] = acc
-            if i - radius >= 0:
-                acc -= prod[k, i - radius]
+            prod[0, i] = wx
+            prod[1, i] = wy
+            prod[2, i] = wx * xv
+            prod[3, i] = wx * yv
+            prod[4, i] = wy * yv
+    for k in range(5):
+        _running_sum(prod[k], radius, out[k])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -121,11 +165,12 @@ def harmonise_fit(
     """Local per-band ridge fit of ``s`` onto ``t`` (B, Y, X) in (2r+1)^2 windows, fused.
 
     Semantics: ``_reference.harmonise_local``. Window sums are separable running sums:
-    along each row (``_row_moments``), then down the columns with a ring of the last
-    2r+1 row results, so the moments of one output row are ready when it is reached and
-    only O(r X) float64 scratch is held. The fit and, with ``residual``, the band-mean
-    weighted squared residual are computed in the same sweep. ``gain``, ``offset`` (B, Y, X)
-    and ``resid`` (Y, X) are written in place.
+    the weight sum S0 once (``_window_sum``, with the shrink factor of every pixel), the
+    other moments per band along each row (``_row_moments``), then down the columns with a
+    ring of the last 2r+1 row results, so the moments of one output row are ready when it
+    is reached and only O(r X) float64 scratch is held. The fit and, with ``residual``, the
+    band-mean weighted squared residual are computed in the same sweep. ``gain``, ``offset``
+    (B, Y, X) and ``resid`` (Y, X) are written in place.
     """
     nb, ny, nx = t.shape
     w = np.zeros((ny, nx))
@@ -140,11 +185,16 @@ def harmonise_fit(
                     break
             if ok:
                 w[y, i] = weight[y, i]
+    s0_map = _window_sum(w, radius)
+    shrink = np.empty((ny, nx))
+    for y in range(ny):
+        for i in range(nx):
+            shrink[y, i] = _smoothstep(s0_map[y, i], 0.2 * shrink_pixels, shrink_pixels)
     acc_resid = np.zeros((ny, nx) if residual else (0, 0))
     span = 2 * radius + 1
-    ring = np.empty((span, 6, nx))
-    col = np.empty((6, nx))
-    prod = np.empty((6, nx))
+    ring = np.empty((span, 5, nx))
+    col = np.empty((5, nx))
+    prod = np.empty((5, nx))
     for b in range(nb):
         col[:, :] = 0.0
         for y in range(min(radius, ny)):
@@ -156,34 +206,27 @@ def harmonise_fit(
                 _row_moments(t, s, w, b, y + radius, radius, prod, ring[slot])
                 col += ring[slot]
             for i in range(nx):
-                s0 = col[0, i]
-                g, o = ridge_fit_scalar(
-                    s0,
-                    col[1, i],
-                    col[2, i],
-                    col[3, i],
-                    col[4, i],
-                    g0[b],
-                    o0[b],
-                    ridge,
-                    shrink_pixels,
-                    g_lo,
-                    g_hi,
+                s0 = s0_map[y, i]
+                if not s0 > 1e-9:
+                    gain[b, y, i] = g0[b]
+                    offset[b, y, i] = o0[b]
+                    if residual:
+                        acc_resid[y, i] = np.nan
+                    continue
+                sx = col[0, i]
+                sy = col[1, i]
+                sxy = col[3, i]
+                sxx = col[2, i]
+                g, o = _ridge_fit_shrunk(
+                    s0, sx, sy, sxx, sxy, g0[b], o0[b], ridge, shrink[y, i], g_lo, g_hi
                 )
                 gain[b, y, i] = g
                 offset[b, y, i] = o
                 if residual:
-                    if s0 > 1e-9:
-                        mse = (
-                            col[5, i]
-                            - 2.0 * g * col[4, i]
-                            - 2.0 * o * col[2, i]
-                            + g * g * col[3, i]
-                            + 2.0 * g * o * col[1, i]
-                        ) / s0 + o * o
-                        acc_resid[y, i] += mse
-                    else:
-                        acc_resid[y, i] = np.nan
+                    mse = (
+                        col[4, i] - 2.0 * g * sxy - 2.0 * o * sy + g * g * sxx + 2.0 * g * o * sx
+                    ) / s0 + o * o
+                    acc_resid[y, i] += mse
             if y - radius >= 0:
                 col -= ring[(y - radius) % span]
     if residual:
@@ -440,24 +483,6 @@ def _darkening_at(st, sr, any_both, low, high):
         return 0.0
     dark = 1.0 - _smoothstep(st / sr, low, high)
     return dark if np.isfinite(dark) else 0.0
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def darkening_fit(target, reference, low, high, out):
-    """Shadow evidence per pixel (semantics: ``_fusion._darkening``); (B, N) in, ``out`` (N,)."""
-    nb, n = target.shape
-    for k in range(n):
-        st = 0.0
-        sr = 0.0
-        any_both = False
-        for b in range(nb):
-            t = np.float64(target[b, k])
-            r = np.float64(reference[b, k])
-            if np.isfinite(t) and np.isfinite(r):
-                st += t
-                sr += r
-                any_both = True
-        out[k] = _darkening_at(st, sr, any_both, low, high)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -25,9 +25,67 @@ residual change between dates, a real veil of H > 2 noise is kept untouched).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from ._common import box_mean_nan, smoothstep
+from ._numba_temporal import bounded_transmission_fit, haze_readings_fit
+
+#: Surface-change tests of the faint readings (see ``temporal_band_transmission``): darkening
+#: in units of H that marks a mixed-sign change, tolerated rise of H from the shortest band,
+#: and the reading of the shortest band above which a veil is taken as haze regardless.
+CHANGE_DARKENING = 0.1
+CHANGE_RISE_TOLERANCE = 0.05
+CHANGE_MAX_HAZE = 0.25
+
+
+class HazeReadings(NamedTuple):
+    """Pass 1 of the temporal cue for one date and what pass 2 needs to bound it."""
+
+    h: np.ndarray  # (B, Y, X) float64 haze reading H_b; NaN = unusable band, 0 = changed surface
+    shortest: int  # index of the shortest band (the most haze-sensitive one)
+    order: np.ndarray  # (B,) band indices by wavelength
+    exponents: np.ndarray  # (B,) (lambda_s / lambda_b) ** gamma_max, the Angstrom upper bound
+
+
+def haze_readings(
+    observed: np.ndarray,
+    reference: np.ndarray,
+    airlight: np.ndarray,
+    wavelengths: np.ndarray,
+    *,
+    min_leverage: float,
+    noise: float,
+    gamma_max: float,
+    darkening: float = CHANGE_DARKENING,
+    rise_tolerance: float = CHANGE_RISE_TOLERANCE,
+    max_change_haze: float = CHANGE_MAX_HAZE,
+) -> HazeReadings:
+    """Per-band haze readings of ``observed`` (B, Y, X) against ``reference`` (one compiled pass)."""
+    obs = np.asarray(observed)
+    if obs.dtype not in (np.float32, np.float64):
+        obs = obs.astype(np.float64)
+    ref = np.asarray(reference)
+    if ref.dtype not in (np.float32, np.float64):
+        ref = ref.astype(np.float64)
+    nb = obs.shape[0]
+    wl = np.asarray(wavelengths, np.float64)
+    s = int(np.argmin(wl))
+    h = np.empty(obs.shape, np.float64)
+    haze_readings_fit(
+        np.ascontiguousarray(obs).reshape(nb, -1),
+        np.ascontiguousarray(ref).reshape(nb, -1),
+        np.asarray(airlight, np.float64).reshape(-1),
+        s,
+        float(min_leverage),
+        float(noise),
+        float(darkening),
+        float(rise_tolerance),
+        float(max_change_haze),
+        h.reshape(nb, -1),
+    )
+    order = np.argsort(wl, kind="stable").astype(np.intp)
+    return HazeReadings(h, s, order, (wl[s] / wl) ** float(gamma_max))
 
 
 def temporal_band_transmission(
@@ -40,9 +98,9 @@ def temporal_band_transmission(
     min_leverage: float = 0.15,
     noise: float = 0.03,
     gamma_max: float = 2.5,
-    darkening: float = 0.1,
-    rise_tolerance: float = 0.05,
-    max_change_haze: float = 0.25,
+    darkening: float = CHANGE_DARKENING,
+    rise_tolerance: float = CHANGE_RISE_TOLERANCE,
+    max_change_haze: float = CHANGE_MAX_HAZE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-band transmission of ``observed`` (B, Y, X) against ``reference`` (B, Y, X).
 
@@ -62,50 +120,27 @@ def temporal_band_transmission(
     t_s <= t_b <= t_s ** ((lambda_s / lambda_b) ** gamma_max), and non-decreasing in lambda. A surface change confined to
     the NIR (harvest, senescence) is then not read as haze, which only the NIR sees.
     """
-    obs = np.asarray(observed, np.float64)
-    ref = np.asarray(reference, np.float64)
-    a = np.asarray(airlight, np.float64).reshape(-1, 1, 1)
-    leverage = a - ref
-    usable = np.isfinite(obs) & np.isfinite(ref) & (leverage >= min_leverage)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        h = np.where(usable, (obs - ref) / np.where(usable, leverage, 1.0), np.nan)
-    # Haze brightens every band it touches; a pixel brighter than the reference in some bands
-    # and clearly darker in others changed its surface (snow over vegetation is darker in the
-    # SWIR, brighter in the visible): no haze reading there.
-    # (every observed band counts here, with the leverage floored: a SWIR band too close to
-    # the cloud light to measure haze still shows that the surface got darker)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        h_any = (obs - ref) / np.maximum(leverage, min_leverage)
-    h_hi = np.where(np.isfinite(h), h, -np.inf).max(axis=0)
-    h_lo = np.where(np.isfinite(h_any), h_any, np.inf).min(axis=0)
-    mixed_signs = (h_hi > 2.0 * noise) & (h_lo < -darkening)
-    # ... and it never grows with wavelength (Angstrom exponent >= 0, A_b - J_b about flat in
-    # the visible): a brightening that rises from blue to red is bare soil, not a veil.
-    wl = np.asarray(wavelengths, np.float64)
-    s = int(np.argmin(wl))
-    h_s = np.where(np.isfinite(h[s]), h[s], 0.0)
-    excess = np.where(np.isfinite(h), h - h_s[None], -np.inf).max(axis=0)
-    # Both tests apply to faint readings only: under a real veil (H_s > max_change_haze) the
-    # surface change is the small term and the haze reading stands (haze over a shadow, for
-    # one, brightens the visible and darkens the NIR).
-    rising = excess > rise_tolerance + 0.25 * np.abs(h_s)
-    changed = (mixed_signs | rising) & (h_s < max_change_haze)
-    # a changed surface is evidence of *no* haze (not missing evidence): H = 0 there
-    h = np.where(changed[None] & usable, 0.0, h)
-    if radius > 0:
-        # denoise, but never raise a pixel's haze above its own reading plus the noise (a
-        # clear pixel next to a cloud keeps its value: no halo, no seam at the cloud edge)
-        # nor lower it by more than 3 x the noise (a speck of opaque cloud among clear
-        # pixels stays opaque instead of being averaged into a thin veil)
-        h = np.clip(box_mean_nan(h, radius), h - 3.0 * noise, h + noise)
-    # darker than the reference is not haze (shadow or change): no negative haze
-    h = np.clip(h, 0.0, 1.0)
-    h = h * smoothstep(h, noise, 2.0 * noise)
-    t = np.where(usable, 1.0 - h, np.nan)
-    t_s = t[s]
-    upper = np.clip(t_s, 0.0, 1.0)[None] ** ((wl[s] / wl) ** gamma_max)[:, None, None]
-    bounded = np.clip(t, t_s[None], upper)
-    order = np.argsort(wl, kind="stable")  # and non-decreasing from band to band
-    bounded[order] = np.fmax.accumulate(bounded[order], axis=0)
-    usable = usable & np.isfinite(t_s)[None]
-    return np.where(usable, bounded, np.nan), usable
+    readings = haze_readings(
+        observed,
+        reference,
+        airlight,
+        wavelengths,
+        min_leverage=min_leverage,
+        noise=noise,
+        gamma_max=gamma_max,
+        darkening=darkening,
+        rise_tolerance=rise_tolerance,
+        max_change_haze=max_change_haze,
+    )
+    t = np.empty(readings.h.shape, np.float64)
+    # window mean, clips, dead zone and Angstrom bounds in one compiled pass per pixel
+    bounded_transmission_fit(
+        readings.h,
+        int(radius),
+        float(noise),
+        readings.shortest,
+        readings.order,
+        readings.exponents,
+        t,
+    )
+    return t, np.isfinite(t)
