@@ -21,7 +21,7 @@ import pipeline
 from pipeline._search import SearchParams, is_planetary_computer, search
 from pipeline.archive import ArchiveConfig, check_destination, open_archive, write_archive
 from pipeline.cluster import ClusterConfig, dask_client
-from pipeline.cube import CubeConfig, load_cube
+from pipeline.cube import CubeConfig, load_cube, load_scene_sample
 from pipeline.tiling import TilingConfig, area_fits_one_tile, area_geometry
 from pipeline.validation import VALIDATION_ATTR, ValidationConfig, ValidationResult
 
@@ -177,9 +177,19 @@ def prior_of(config: RunConfig) -> Any:
     return pipeline.priors.get_prior(config.prior, **dict(config.prior_options))
 
 
-def restore_step(cube: Any, config: RunConfig) -> Any:
-    """Restore (and composite) a cube as ``config`` asks: the one place both flows call."""
-    return pipeline.restore(cube, prior=prior_of(config), mode=config.mode, period=config.period)
+def restore_step(cube: Any, config: RunConfig, scene_sample: Any = None) -> Any:
+    """Restore (and composite) a cube as ``config`` asks: the one place both flows call.
+
+    ``scene_sample`` (``pipeline.cube.load_scene_sample``) spares the second read of the cube
+    that a strided scene sample of a lazy cube costs.
+    """
+    return pipeline.restore(
+        cube,
+        prior=prior_of(config),
+        mode=config.mode,
+        period=config.period,
+        scene_sample=scene_sample,
+    )
 
 
 def validation_step(cube: Any, config: RunConfig) -> ValidationResult | None:
@@ -227,7 +237,9 @@ def run(
             signer=signer,
         )
         validation = validation_step(cube, config)  # step 2b: how good will it be?
-        restored = restore_step(cube, config)
+        # scene parameters from the COGs' overviews, not from a second read of every chunk
+        sample = load_scene_sample(items, config.cube, cube.odc.geobox, signer=signer)
+        restored = restore_step(cube, config, sample)
         attrs = provenance(config, items, restored)
         if validation is not None:
             attrs[VALIDATION_ATTR] = validation.to_json()

@@ -74,7 +74,7 @@ from pipeline.archive import (
     write_tiled_template,
 )
 from pipeline.cluster import dask_client
-from pipeline.cube import load_cube
+from pipeline.cube import load_cube, load_scene_sample
 from pipeline.tiling import (
     GridSpec,
     ItemIndex,
@@ -328,7 +328,16 @@ class TileWorker:
         cube = self.cube(tile)
         if cube is None:
             return _empty_tile(self.plan, self.schema, self.plan.grid.tile_size)
-        restored = restore_step(cube, dataclasses.replace(self.config, mode="dates", period=None))
+        sample = load_scene_sample(
+            self.index.intersecting(tile),
+            self.config.cube,
+            tile.geobox,
+            signer=self.signer,
+            read_context=tile.key,
+        ).assign_coords(time=cube["time"])  # the tile's solar days, as self.cube gives them
+        restored = restore_step(
+            cube, dataclasses.replace(self.config, mode="dates", period=None), sample
+        )
         return _fit_to_axis(restored, self.plan, self.schema, self.config)
 
     def __call__(self, tile: Tile) -> TileResult:

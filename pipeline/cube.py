@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -120,6 +120,7 @@ def load_cube(
     geobox: Any = None,
     signer: Callable[[str], str] | None = None,
     read_context: str = "",
+    resampling: str | None = None,
 ) -> xr.Dataset:
     """Load items into a lazy, scaled datacube (nothing is read until compute).
 
@@ -127,6 +128,7 @@ def load_cube(
     odc-geo GeoBox that fixes the grid exactly (tiled runs use it). ``signer`` signs each
     href at read time on the worker (``planetary_computer_signer`` for Planetary Computer).
     ``read_context`` labels the read failures of this load (a tile id) in the run's report.
+    ``resampling`` overrides the per-band choice (bilinear up, average down) for the bands.
     """
     import odc.stac
 
@@ -167,7 +169,7 @@ def load_cube(
         items,
         bands=list(config.bands),
         dtype="float32",  # nodata (0) becomes NaN
-        resampling=_resampling(config.bands, config.resolution),
+        resampling=resampling or _resampling(config.bands, config.resolution),
         **common,
     )
     if raw.sizes["time"] != len(steps):
@@ -183,9 +185,9 @@ def load_cube(
         scaled.attrs = {"units": "1", "long_name": f"{band} surface reflectance", "nodata": np.nan}
         cube[band] = scaled
     if config.include_scl:
-        scl = odc.stac.load(
-            items, bands=[SCL_BAND], dtype="uint8", resampling="nearest", **common
-        )[SCL_BAND]
+        scl = odc.stac.load(items, bands=[SCL_BAND], dtype="uint8", resampling="nearest", **common)[
+            SCL_BAND
+        ]
         scl.attrs = {"long_name": "Sen2Cor scene classification", "nodata": 0}
         cube[SCL_BAND] = scl
     cube = _fuse_same_day(cube, [k[0] for k in steps])
@@ -197,10 +199,46 @@ def load_cube(
         len(config.bands),
         cube.sizes["y"],
         cube.sizes["x"],
-        f"EPSG:{cube.odc.crs.epsg}" if cube.odc.crs is not None and cube.odc.crs.epsg else cube.odc.crs,
+        f"EPSG:{cube.odc.crs.epsg}"
+        if cube.odc.crs is not None and cube.odc.crs.epsg
+        else cube.odc.crs,
         config.chunk_size,
     )
     return cube
+
+
+def load_scene_sample(
+    items: Sequence[pystac.Item],
+    config: CubeConfig,
+    geobox: Any,
+    *,
+    sample_pixels: int | None = None,
+    signer: Callable[[str], str] | None = None,
+    read_context: str = "",
+) -> xr.Dataset:
+    """The cube of ``items`` on ``geobox`` zoomed out to about ``sample_pixels`` per date, in memory.
+
+    It is what ``pipeline.restore(cube, scene_sample=...)`` estimates the scene parameters
+    from: the zoom factor is the stride of the strided sample, and odc-stac reads such a
+    coarse grid from the COGs' overviews (nearest neighbour, like the strided sample: no
+    mixing of cloud and clear pixels), a small fraction of the cube's bytes, where the
+    strided sample of a lazy cube decodes every chunk in full.
+    """
+    from .restore import DEFAULT_SAMPLE_PIXELS, sample_stride
+
+    stride = sample_stride(tuple(geobox.shape), sample_pixels or DEFAULT_SAMPLE_PIXELS)
+    coarse = geobox.zoom_out(stride) if stride > 1 else geobox
+    whole = max(64, *coarse.shape)  # one chunk: the sample is small by construction
+    sample = load_cube(
+        items,
+        replace(config, chunk_size=whole),
+        geobox=coarse,
+        signer=signer,
+        read_context=read_context,
+        resampling="nearest",
+    )
+    log.info("scene sample: %d x %d px per date (1/%d of the grid)", *coarse.shape, stride)
+    return sample.compute()
 
 
 def _fuse_same_day(cube: xr.Dataset, days: list[dt.date]) -> xr.Dataset:

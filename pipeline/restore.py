@@ -20,9 +20,9 @@ Limitations
 * Each task holds the whole time axis of its chunk (memory ~ T x (B + 5) x chunk x 4 bytes x
   a few temporaries); long series should be split in time windows first.
 * Scene parameters travel inside every task (small: T x T x B floats for the pair fit).
-* The strided scene sample touches every chunk, so for a remote (odc-stac) cube the data are
-  read twice (sample, then restore); reading COG overviews for the sample, or persisting the
-  cube, would avoid that.
+* The default strided scene sample touches every chunk, so for a remote (odc-stac) cube the
+  data are read twice (sample, then restore); the flows pass ``scene_sample`` (the cube on a
+  coarse grid, read from the COGs' overviews) instead.
 * Gamma is fitted against the clearest other date, so radiometric drift between dates biases
   it slightly (toward grey); fitting it after the pair harmonisation would remove that.
 * ``composite`` with a period keeps only periods that hold at least one date.
@@ -188,15 +188,48 @@ def _stack(cube: xr.Dataset, bands: tuple[str, ...], scl: str | None, extra: tup
     return _stack_layers([cube[n].data for n in names], cube.sizes["time"])
 
 
+def sample_stride(shape: tuple[int, int], sample_pixels: int = DEFAULT_SAMPLE_PIXELS) -> int:
+    """Stride s of the scene sample: every s-th row and column keeps <= ``sample_pixels`` per date."""
+    ny, nx = shape
+    return max(1, math.ceil(math.sqrt(ny * nx / max(sample_pixels, 1))))
+
+
 def _sample(arr, sample_pixels: int) -> tuple[np.ndarray, int]:
     """Strided sample of global pixel indices -> (T, C, N) float32 and the stride."""
-    ny, nx = arr.shape[2:]
-    stride = max(1, math.ceil(math.sqrt(ny * nx / max(sample_pixels, 1))))
+    stride = sample_stride(arr.shape[2:], sample_pixels)
     sub = arr[:, :, ::stride, ::stride]
     if isinstance(sub, da.Array):
         sub = sub.compute()
     sub = np.asarray(sub, dtype=np.float32)
     return sub.reshape(sub.shape[0], sub.shape[1], -1), stride
+
+
+def _coarse_sample(
+    scene_sample: xr.Dataset, cube: xr.Dataset, bands: tuple[str, ...], scl: str | None
+) -> tuple[np.ndarray, int]:
+    """``scene_sample`` (the cube on a coarser grid) as the (T, C, N) float32 sample, and its stride."""
+    sample, sample_bands, sample_scl = _validate(scene_sample)
+    missing = [b for b in bands + ((scl,) if scl else ()) if b not in sample.data_vars]
+    if missing:
+        raise ValueError(
+            f"scene_sample lacks {missing} of the cube; fix: load it with the cube's CubeConfig "
+            "(pipeline.cube.load_scene_sample(items, config, cube.odc.geobox))"
+        )
+    if sample.sizes["time"] != cube.sizes["time"] or (
+        "time" in sample.coords
+        and "time" in cube.coords
+        and not np.array_equal(sample["time"].values, cube["time"].values)
+    ):
+        raise ValueError(
+            f"scene_sample has {sample.sizes['time']} dates, the cube {cube.sizes['time']} (or "
+            "other dates); fix: load both from the same items, and give the sample the cube's "
+            "time coordinate if the cube's was replaced"
+        )
+    arr = np.asarray(_stack(sample, bands, scl), dtype=np.float32)  # computes a lazy sample
+    stride = max(
+        1, round(math.sqrt(cube.sizes["y"] * cube.sizes["x"] / (arr.shape[2] * arr.shape[3])))
+    )
+    return arr.reshape(arr.shape[0], arr.shape[1], -1), stride
 
 
 def estimate_scene(
@@ -305,6 +338,7 @@ def restore(
     prior: str | Prior = "physics",
     mode: str = "dates",
     fusion: FusionConfig | dict | None = None,
+    scene_sample: xr.Dataset | None = None,
     **options: Any,
 ) -> xr.Dataset:
     """Remove clouds from a (time, y, x) Sentinel-2 L2A reflectance cube.
@@ -322,6 +356,11 @@ def restore(
         ``composite(..., period=options["period"])``.
     fusion
         ``FusionConfig`` (or a dict of its fields) for reference choice, harmonisation, gate.
+    scene_sample
+        The same dates and bands on a coarser grid (``pipeline.cube.load_scene_sample``, read
+        from the COGs' overviews) to estimate the scene parameters from, instead of a strided
+        sample of ``cube``: a strided sample of a lazy cube reads every chunk, so the data
+        would be read twice. Default: the strided sample (right for in-memory cubes).
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
         ``sample_pixels`` (size of the scene-parameter sample), ``period`` (composite mode).
@@ -347,7 +386,10 @@ def restore(
     arr = _stack(cube, bands, scl, stored)
     nb = len(bands)
 
-    sample, stride = _sample(arr, sample_pixels)
+    if scene_sample is not None:
+        sample, stride = _coarse_sample(scene_sample, cube, bands, scl)
+    else:
+        sample, stride = _sample(arr, sample_pixels)
     sample_bands = sample[:, :nb]
     sample_scl = sample[:, nb] if scl else None
     scene = prior_obj.estimate_scene(sample_bands, bands, sample_scl)
@@ -400,6 +442,7 @@ def restore(
         result = _restore_block(arr, params)
 
     out = _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride)
+    out.attrs["scene_sample"] = "coarse grid" if scene_sample is not None else "strided"
     if mode == "composite":
         return composite(out, period=period)
     return out

@@ -1,0 +1,71 @@
+"""The scene sample read from the COGs' overviews (``load_scene_sample``, ``restore(scene_sample=)``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.cube import CubeConfig, load_cube, load_scene_sample
+from pipeline.restore import restore, sample_stride
+from pipeline.synthetic import make_stack, write_stac_items
+
+BANDS = ("B02", "B03", "B04", "B08", "B11")
+CONFIG = CubeConfig(bands=BANDS, chunk_size=128, include_scl=True)
+
+
+@pytest.fixture(scope="module")
+def stack_items(tmp_path_factory):
+    stack = make_stack((4, 256, 256), bands=BANDS, seed=5)
+    items = write_stac_items(
+        stack, tmp_path_factory.mktemp("cogs"), blocksize=64, baselines="02.12"
+    )
+    return stack, items
+
+
+def test_the_sample_is_the_coarse_grid_read_from_the_overviews(stack_items):
+    _, items = stack_items
+    cube = load_cube(items, CONFIG)
+    geobox = cube.odc.geobox
+    sample = load_scene_sample(items, CONFIG, geobox, sample_pixels=64 * 64)
+    assert sample_stride(geobox.shape, 64 * 64) == 4
+    assert sample.sizes == {"time": 4, "y": 64, "x": 64}
+    assert sample["B02"].chunks is None  # in memory
+    np.testing.assert_array_equal(sample["time"].values, cube["time"].values)
+    assert sample.odc.geobox.resolution.x == 4 * geobox.resolution.x
+    # the 1/4 grid is exactly the second overview level: the pixels are its values, scaled
+    href = items[0].assets["B02"].href
+    with rasterio.open(href, overview_level=1) as src:
+        overview = src.read(1).astype(np.float64)
+    assert overview.shape == (64, 64)
+    expected = np.where(overview > 0, overview / 10000.0, np.nan)
+    np.testing.assert_allclose(sample["B02"].values[0], expected, atol=1e-6, equal_nan=True)
+    # ... which the strided sample of the full grid is not (the overview averages 4x4 pixels)
+    strided = cube["B02"].values[0, ::4, ::4]
+    assert np.nanmax(np.abs(strided - expected)) > 1e-3
+
+
+def test_restore_with_the_coarse_sample_matches_the_strided_one(stack_items):
+    _, items = stack_items
+    cube = load_cube(items, CONFIG)
+    sample = load_scene_sample(items, CONFIG, cube.odc.geobox, sample_pixels=64 * 64)
+    coarse = restore(cube, scene_sample=sample).compute()
+    strided = restore(cube, sample_pixels=64 * 64).compute()
+    assert (
+        coarse.attrs["scene_sample"] == "coarse grid" and coarse.attrs["scene_sample_stride"] == 4
+    )
+    assert strided.attrs["scene_sample"] == "strided"
+    # the scene parameters come from other pixels, so they differ a little, not much
+    np.testing.assert_allclose(coarse["airlight"], strided["airlight"], atol=0.05)
+    diff = np.abs(coarse["B04"].values - strided["B04"].values)
+    assert np.nanmedian(diff) < 0.005
+
+
+def test_a_sample_of_other_dates_or_bands_is_refused(stack_items):
+    _, items = stack_items
+    cube = load_cube(items, CONFIG)
+    sample = load_scene_sample(items, CONFIG, cube.odc.geobox, sample_pixels=64 * 64)
+    with pytest.raises(ValueError, match="scene_sample has 3 dates"):
+        restore(cube, scene_sample=sample.isel(time=slice(0, 3)))
+    with pytest.raises(ValueError, match=r"scene_sample lacks \['B11'\]"):
+        restore(cube, scene_sample=sample.drop_vars("B11"))
