@@ -181,11 +181,15 @@ class ClusterSession:
 
     # ------------------------------------------------------------------ helpers
 
-    def _cube(self, geobox: Any):
-        from ..cube import CubeConfig, load_cube
+    def _config(self):
+        from ..cube import CubeConfig
 
-        config = CubeConfig(bands=self.bands, chunk_size=self.chunk_size, include_scl=True)
-        return load_cube(self.items, config, geobox=geobox)
+        return CubeConfig(bands=self.bands, chunk_size=self.chunk_size, include_scl=True)
+
+    def _cube(self, geobox: Any):
+        from ..cube import load_cube
+
+        return load_cube(self.items, self._config(), geobox=geobox)
 
     def _measure(self, what: str, fn: Callable[[], None]) -> dict[str, Any]:
         """Run ``fn`` once; its wall time and each worker's peak RSS meanwhile."""
@@ -225,12 +229,15 @@ class ClusterSession:
         return self._measure("odc-stac load only", job)
 
     def end_to_end(self, geobox: Any, name: str) -> dict[str, Any]:
-        """The real flow: lazy cube -> restore (scene sample + map_overlap) -> Zarr regions."""
+        """The real flow: lazy cube -> restore (scene sample from the overviews + map_overlap)
+        -> Zarr regions."""
         from ..archive import ArchiveConfig, write_archive
+        from ..cube import load_scene_sample
         from ..restore import restore
 
         def job() -> None:
-            restored = restore(self._cube(geobox))
+            sample = load_scene_sample(self.items, self._config(), geobox)
+            restored = restore(self._cube(geobox), scene_sample=sample)
             archive = ArchiveConfig(chunk_size=self.chunk_size, mode="overwrite")
             write_archive(restored, self._store(name), archive, progress=False, client=self.client)
 

@@ -426,8 +426,8 @@ def _notes(config: SpeedConfig) -> list[str]:
         "thread, warm-up excluded; output megapixels = dates x pixels.",
         "load: odc-stac read + decode + reprojection + scaling into worker memory (persist); "
         "the COGs were just written, so they come from the page cache.",
-        "end to end: load_cube -> restore -> write_archive (Zarr v3); restore reads the cube "
-        "twice (strided scene sample, then the chunks).",
+        "end to end: load_scene_sample (the COGs' overviews) + load_cube -> restore -> "
+        "write_archive (Zarr v3), as the flows run it: the cube is read once.",
         "peers write one composite per pixel; the pipeline writes every date plus 5 quality "
         "layers.",
         "memory: the highest RSS of any worker process (psutil thread, 10 ms) during the "
