@@ -1,4 +1,4 @@
-"""Small numerical helpers shared by the block kernels (numpy, scipy.ndimage, ``_numba``).
+"""Small numerical helpers shared by the block kernels (numpy fronts of compiled ``_numba*`` passes).
 
 Every spatial window here treats pixels outside the array as *absent* (not as zeros, not
 mirrored), so a block processed with a halo of at least the window radius gives exactly the
@@ -10,10 +10,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import ndimage
 
 from .._bands import REFERENCE_WAVELENGTH_NM, WAVELENGTH_NM
 from ._numba import smoothstep_fit
+from ._numba_physics import box_mean_nan_fit, window_extreme
 
 F32 = np.float32
 
@@ -34,65 +34,42 @@ def smoothstep(x: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
     return out if out.ndim else out[()]
 
 
-def _spatial_size(ndim: int, radius: int) -> tuple[int, ...]:
-    return (1,) * (ndim - 2) + (2 * radius + 1, 2 * radius + 1)
+def box_mean_nan(a: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 window on the last two axes, ignoring NaN/inf and out-of-array
+    pixels (float64); NaN where the window holds no finite value.
 
-
-def box_sum(a: np.ndarray, radius: int) -> np.ndarray:
-    """Sum over a (2r+1)^2 window on the last two axes, out-of-array pixels counted as 0 (float64).
-
-    ``uniform_filter`` with ``mode="constant"`` is a running mean; multiplying by the window
-    area gives the sum. Callers divide two box sums, so the area cancels.
+    One compiled pass (``_numba_physics.box_mean_nan_fit``, separable row and column sums).
     """
-    a = np.asarray(a, dtype=np.float64)
+    arr = np.asarray(a)
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    flat = np.ascontiguousarray(arr).reshape((-1,) + arr.shape[-2:])
+    out = np.empty(flat.shape)
+    box_mean_nan_fit(flat, int(radius), out)
+    return out.reshape(arr.shape)
+
+
+def _window_extreme_nan(a: np.ndarray, radius: int, sign: float) -> np.ndarray:
+    arr = np.asarray(a)
     if radius <= 0:
-        return a.copy()
-    size = _spatial_size(a.ndim, radius)
-    return ndimage.uniform_filter(a, size=size, mode="constant", cval=0.0) * float(
-        (2 * radius + 1) ** 2
-    )
-
-
-def box_mean_nan(a: np.ndarray, radius: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """Weighted mean over a (2r+1)^2 window ignoring NaN and out-of-array pixels (float64).
-
-    mean = sum(w * a) / sum(w) over the window; NaN where the window holds no weight.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    finite = np.isfinite(a)
-    w = finite.astype(np.float64) if weights is None else np.where(finite, weights, 0.0)
-    num = box_sum(np.where(finite, a, 0.0) * w, radius)
-    den = box_sum(w, radius)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / den
-    out[den <= 1e-12] = np.nan
-    return out
+        return np.array(arr, copy=True)
+    flat = np.ascontiguousarray(arr, dtype=np.float64).reshape((-1,) + arr.shape[-2:])
+    out = np.empty(flat.shape)
+    rows = np.empty(flat.shape[1:])
+    for k in range(flat.shape[0]):
+        window_extreme(flat[k], int(radius), sign, rows, out[k])
+    return out.reshape(arr.shape).astype(arr.dtype, copy=False)
 
 
 def min_filter_nan(a: np.ndarray, radius: int) -> np.ndarray:
-    """Minimum over a (2r+1)^2 window on the last two axes, ignoring NaN (NaN if all NaN).
-
-    ``mode="nearest"`` only repeats in-window edge values, so the result equals the minimum
-    over the in-array part of the window (chunking-invariant).
-    """
-    if radius <= 0:
-        return np.array(a, copy=True)
-    filled = np.where(np.isnan(a), np.inf, a)
-    out = ndimage.minimum_filter(filled, size=_spatial_size(a.ndim, radius), mode="nearest")
-    out = out.astype(a.dtype, copy=False)
-    out[np.isinf(out)] = np.nan
-    return out
+    """Minimum over a (2r+1)^2 window on the last two axes, ignoring NaN and out-of-array
+    pixels (NaN where the window holds no value); compiled (``_numba_physics.window_extreme``)."""
+    return _window_extreme_nan(a, radius, -1.0)
 
 
 def max_filter_nan(a: np.ndarray, radius: int) -> np.ndarray:
     """Maximum over a (2r+1)^2 window on the last two axes, ignoring NaN (NaN if all NaN)."""
-    if radius <= 0:
-        return np.array(a, copy=True)
-    filled = np.where(np.isnan(a), -np.inf, a)
-    out = ndimage.maximum_filter(filled, size=_spatial_size(a.ndim, radius), mode="nearest")
-    out = out.astype(a.dtype, copy=False)
-    out[np.isinf(out)] = np.nan
-    return out
+    return _window_extreme_nan(a, radius, 1.0)
 
 
 def nanmin0(a: np.ndarray, axis: int) -> np.ndarray:

@@ -525,7 +525,14 @@ def fuse_dates(
                 obs[i], reference, a_scene[i], tb_prior[i], ji, ti, q_ref, tuple(bands or ()), cfg
             )
         t_out[i] = ti
+        # with a reference, faith in the inversion is relative to it (inverse variance)
         relative = use_temporal and a_scene is not None and prior_factor is not None
+        light = (
+            np.asarray(a_scene[i], np.float64) if a_scene is not None and relative else np.zeros(nb)
+        )
+        factor = (
+            prior_factor[i].reshape(-1) if prior_factor is not None and relative else np.ones(1)
+        )
         # steps 5 and 6 in one compiled pass per pixel (``_numba_fusion.gate_fit``)
         gate_fit(
             _band_lanes(ji),
@@ -536,8 +543,8 @@ def fuse_dates(
             np.ascontiguousarray(ti, dtype=np.float64).reshape(-1),
             q_ref.reshape(-1),
             reference_var.reshape(-1),
-            np.asarray(a_scene[i] if relative else np.zeros(nb), np.float64).reshape(-1),
-            prior_factor[i].reshape(-1) if relative else np.ones(1),
+            light.reshape(-1),
+            factor,
             relative,
             gate_params,
             out[i].reshape(nb, -1),

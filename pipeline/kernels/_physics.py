@@ -21,6 +21,11 @@ Limitations
 * Snow is recognised only through NDSI, i.e. only when B11 or B12 is in the cube.
 * Cloud shadow is recognised here only through SCL and by skipping flat darkenings in the
   dark object; the temporal darkening cue lives in the fusion kernel.
+
+Implementation: the per-pixel passes run as compiled kernels (``_numba_physics``, with
+``floor_transmission`` and ``invert`` in ``_numba``), one pass per pixel and float64
+arithmetic, instead of a dozen float64 temporaries of the whole block; the functions here
+check and reshape their inputs and state the science.
 """
 
 from __future__ import annotations
@@ -28,17 +33,53 @@ from __future__ import annotations
 import numpy as np
 
 from .._bands import SCL
-from ._common import (
-    F32,
-    angstrom_exponent,
-    band_index,
-    box_mean_nan,
-    max_filter_nan,
-    min_filter_nan,
-    smoothstep,
-    visible_band_mask,
-)
+from ._common import F32, angstrom_exponent, band_index, smoothstep, visible_band_mask
 from ._numba import floor_transmission_fit, invert_fit
+from ._numba_physics import (
+    band_transmission_fit,
+    box_mean_nan_fit,
+    confidence_fit,
+    dark_object_fit,
+    haze_bound_fit,
+    hot_airlight_fit,
+    hot_haze_fit,
+    opening_fit,
+    snow_fit,
+    transmission_fit,
+)
+
+#: An empty operand: tells a compiled kernel that an optional input (HOT, SCL, floor) is absent.
+_ABSENT = np.empty((0, 0))
+
+
+def _float_array(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous float32 or float64 array (no copy when it already is one)."""
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
+
+
+def _spectral_pixels(observed: np.ndarray) -> np.ndarray:
+    """(T, B, N) view of reflectance (T, B, ...) for the compiled kernels (N: pixels, 1 if none)."""
+    obs = _float_array(observed)
+    if obs.ndim < 2:
+        raise ValueError(f"reflectance must be (T, B, ...) with pixel axes last, got {obs.shape}")
+    return obs.reshape(obs.shape[0], obs.shape[1], -1)
+
+
+def _layer_pixels(layer: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """(T, N) float view of a per-pixel layer of ``shape`` (T, ...); ``_ABSENT`` for None."""
+    if layer is None:
+        return _ABSENT
+    a = np.asarray(layer)
+    try:
+        a = np.broadcast_to(a, shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {a.shape} does not match the pixel layers {shape}"
+        ) from None
+    return _float_array(a).reshape(shape[0], -1)
 
 
 def band_transmission(t_ref: np.ndarray, wavelengths: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -47,10 +88,13 @@ def band_transmission(t_ref: np.ndarray, wavelengths: np.ndarray, gamma: np.ndar
     With gamma > 0 the exponent falls with wavelength, so t_b rises with wavelength (haze is
     more transparent in the NIR/SWIR); gamma = 0 gives grey cloud, t_b = t_ref for all b.
     """
-    expo = angstrom_exponent(wavelengths, gamma)  # (T, B)
-    t = np.clip(np.asarray(t_ref, dtype=np.float64), 0.0, 1.0)[:, None]
-    with np.errstate(invalid="ignore"):
-        return (t ** expo[:, :, None, None]).astype(F32)
+    expo = np.ascontiguousarray(angstrom_exponent(wavelengths, gamma))  # (T, B)
+    t = _float_array(t_ref)
+    nt, nb = t.shape[0], expo.shape[-1]
+    out = np.empty((nt, nb) + t.shape[1:], F32)
+    # t_ref is clipped to [0, 1] (NaN stays NaN) before the power
+    band_transmission_fit(t.reshape(nt, -1), expo, out.reshape(nt, nb, -1))
+    return out
 
 
 def forward_model(surface: np.ndarray, airlight: np.ndarray, t_band: np.ndarray) -> np.ndarray:
@@ -74,7 +118,13 @@ def invert(
     return out.reshape(np.shape(observed))
 
 
-def floor_transmission(observed: np.ndarray, airlight: np.ndarray, t_band: np.ndarray) -> np.ndarray:
+def floor_transmission(
+    observed: np.ndarray,
+    airlight: np.ndarray,
+    t_band: np.ndarray,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """t_b raised where it would invert to a negative surface: t_b >= 1 - I_b / A_b.
 
     From the model, 1 - t_b = (I_b - J_b t_b) / A_b <= I_b / A_b for any J_b >= 0, so the
@@ -82,11 +132,23 @@ def floor_transmission(observed: np.ndarray, airlight: np.ndarray, t_band: np.nd
     per pixel). A haze estimate above the cap would make J_b < 0; it is lowered instead of
     letting the inversion fail (dark water and shadowed slopes are the usual cases).
     Works on (T, B, Y, X) or (B, Y, X) with airlight (T, B) or (B,).
+
+    ``out``: a C-contiguous float32 array of the reflectance's shape for the result; it may
+    be ``t_band`` itself (floored in place, no second block-sized array). New by default.
     """
     obs, a, t = _per_value_operands(observed, airlight, t_band)
-    out = np.empty(obs.shape, F32)
-    floor_transmission_fit(obs, a, t, out)  # one compiled pass, float64 arithmetic
-    return out.reshape(np.shape(observed))
+    shape = np.shape(observed)
+    if out is None:
+        out = np.empty(shape, F32)
+    elif out.dtype != F32 or out.shape != shape or not out.flags.c_contiguous:
+        raise ValueError(
+            f"floor_transmission out must be a C-contiguous float32 array of shape {shape}, "
+            f"got {out.dtype} {out.shape}"
+        )
+    # one compiled pass, float64 arithmetic; each value is read before it is written, so
+    # out may alias t_band
+    floor_transmission_fit(obs, a, t, out.reshape(obs.shape))
+    return out
 
 
 def _per_value_operands(
@@ -135,21 +197,49 @@ def pixel_haze_bound(
     with the Angstrom law (t_ref = t_b ** ((lambda_b / lambda_ref) ** gamma)) and the tightest
     (smallest) one is kept. ``dark`` is D_b (B,) or per pixel (B, Y, X), see
     ``temporal_dark_object``; using D (not 0 as in He et al.) stops dark vegetation, water and
-    static bright surfaces from being read as a thin veil. Bands longer than ``max_nm`` are left out: their haze
-    signal is weak and carried back to 490 nm it amplifies noise.
+    static bright surfaces from being read as a thin veil. Bands longer than ``max_nm`` are
+    left out: their haze signal is weak and carried back to 490 nm it amplifies noise.
+    Unobserved (NaN) bands are skipped; NaN where no visible band is observed. float64.
     """
+    obs = _spectral_pixels(observed)
+    bound, _ = _haze_bound(obs, airlight, dark, wavelengths, gamma, max_nm, with_floor=False)
+    return bound.reshape((obs.shape[0],) + np.shape(observed)[2:])
+
+
+def _haze_bound(
+    obs: np.ndarray,
+    airlight: np.ndarray,
+    dark: np.ndarray,
+    wavelengths: np.ndarray,
+    gamma: np.ndarray,
+    max_nm: float,
+    *,
+    with_floor: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pixel_haze_bound`` of (T, B, N) reflectance, and with ``with_floor`` the visible floor.
+
+    Returns (bound, floor), both (T, N) float64: the floor is min over the visible bands of
+    I (+inf where none is observed; ``_ABSENT`` without ``with_floor``), read in the same pass.
+    """
+    nt, nb, npx = obs.shape
     vis = visible_band_mask(wavelengths, max_nm)
-    obs = np.asarray(observed, dtype=np.float64)[:, vis]
-    a = np.asarray(airlight, dtype=np.float64)[:, vis][:, :, None, None]
+    back = np.ascontiguousarray(1.0 / angstrom_exponent(np.asarray(wavelengths)[vis], gamma))
+    a = np.ascontiguousarray(np.asarray(airlight, dtype=np.float64))
+    if a.shape != (nt, nb):
+        raise ValueError(f"airlight of shape {a.shape} does not match reflectance {obs.shape}")
     d = np.asarray(dark, dtype=np.float64)
-    d = d[vis][None, :, None, None] if d.ndim == 1 else d[vis][None]
-    h_b = np.clip((obs - d) / np.maximum(a - d, 1e-3), 0.0, 1.0)
-    back = 1.0 / angstrom_exponent(wavelengths[vis], gamma)  # (lambda_b/lambda_ref)**gamma
-    with np.errstate(invalid="ignore"):
-        h_ref = 1.0 - (1.0 - h_b) ** back[:, :, None, None]
-    h_ref = np.where(np.isnan(obs), np.inf, h_ref).min(axis=1)
-    h_ref[np.isinf(h_ref)] = np.nan
-    return h_ref
+    if d.ndim == 1:
+        d_px = np.broadcast_to(d[:, None], (nb, npx))  # one D_b per band, no copy
+    elif d.shape[0] == nb and d[0].size == npx:
+        d_px = np.ascontiguousarray(d).reshape(nb, npx)
+    else:
+        raise ValueError(
+            f"dark object of shape {d.shape} fits neither (B,) nor (B, ...) of {obs.shape}"
+        )
+    bound = np.empty((nt, npx))
+    floor = np.empty((nt, npx)) if with_floor else _ABSENT
+    haze_bound_fit(obs, np.flatnonzero(vis), a, d_px, back, bound, floor)
+    return bound, floor
 
 
 def dark_channel_haze(h_pixel: np.ndarray, radius: int) -> np.ndarray:
@@ -163,8 +253,13 @@ def dark_channel_haze(h_pixel: np.ndarray, radius: int) -> np.ndarray:
     """
     if radius <= 0:
         return h_pixel
-    opened = max_filter_nan(min_filter_nan(h_pixel, radius), radius)
-    return np.fmin(h_pixel, opened)
+    h = _float_array(h_pixel)
+    if h.ndim < 2:
+        raise ValueError(f"dark_channel_haze needs (..., Y, X) layers, got shape {h.shape}")
+    out = np.empty_like(h)
+    windows = (-1,) + h.shape[-2:]
+    opening_fit(h.reshape(windows), int(radius), out.reshape(windows))
+    return out
 
 
 def temporal_dark_object(
@@ -188,38 +283,20 @@ def temporal_dark_object(
     fewer than two observations use the scene dark object. D is capped at ``cap`` so a pixel
     cloudy on every date still shows its cloud.
     """
-    obs = np.asarray(observed, dtype=np.float64)
-    nt = obs.shape[0]
-    scene = np.broadcast_to(np.asarray(scene_dark, np.float64)[:, None, None], obs.shape[1:])
+    obs = _spectral_pixels(observed)
+    nt, nb, npx = obs.shape
+    scene = np.asarray(scene_dark, np.float64)
+    if scene.shape != (nb,):
+        raise ValueError(f"scene dark object of shape {scene.shape} does not match {nb} bands")
+    shape = np.shape(observed)[1:]
     if nt < 2:
-        return np.minimum(scene, cap)
-    ref = int(np.argmin(wavelengths))
-    key = np.where(np.isfinite(obs[:, ref]), obs[:, ref], np.inf)
-    order = np.argsort(key, axis=0, kind="stable")[:2]  # (2, Y, X)
-    first = np.take_along_axis(obs, order[0][None, None].repeat(obs.shape[1], 1), 0)[0]
-    second = np.take_along_axis(obs, order[1][None, None].repeat(obs.shape[1], 1), 0)[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = first / second
-    rmax = np.where(np.isfinite(ratio), ratio, np.inf).max(axis=0)
-    rmin = np.where(np.isfinite(ratio), ratio, -np.inf).min(axis=0)
-    shadow = (rmax < shadow_ratio) & (rmax - rmin < shadow_spread)
-    dark = np.where(shadow[None], second, first)
-    enough = np.isfinite(key).sum(axis=0) >= 2
-    dark = np.where(enough[None] & np.isfinite(dark), dark, scene)
-    return np.clip(dark, 0.0, cap)
-
-
-def hot_value(observed: np.ndarray, blue: int, red: int, slope, intercept) -> np.ndarray:
-    """HOT = (s * B02 - B04 + k) / sqrt(1 + s^2): distance above the clear-sky line B04 = s B02 + k.
-
-    This is Zhang et al. (2002) B1 sin(theta) - B3 cos(theta) with theta = atan(s), shifted so
-    the clear line is at 0. Haze raises blue more than red and pushes pixels above the line.
-    """
-    s = np.asarray(slope, dtype=np.float64)
-    k = np.asarray(intercept, dtype=np.float64)
-    shape = (-1,) + (1,) * (observed.ndim - 2)
-    s, k = s.reshape(shape), k.reshape(shape)
-    return (s * observed[:, blue] - observed[:, red] + k) / np.sqrt(1.0 + s * s)
+        return np.minimum(
+            np.broadcast_to(scene.reshape((nb,) + (1,) * (len(shape) - 1)), shape), cap
+        )
+    out = np.empty((nb, npx))
+    ref = int(np.argmin(wavelengths))  # the shortest band: haze brightens it most
+    dark_object_fit(obs, ref, scene, float(cap), float(shadow_ratio), float(shadow_spread), out)
+    return out.reshape(shape)
 
 
 def hot_haze(
@@ -232,9 +309,15 @@ def hot_haze(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Haze fraction from HOT and its per-date reliability, or None without B02/B04.
 
-    HOT is linear in the mixture: HOT(I) = t HOT(J) + (1 - t) HOT(A), and HOT(J) = 0 on the
-    clear line, so H_hot = HOT(I) / HOT(A). Its weight ramps from 0 to 1 as HOT(A) grows from
+    HOT = (s * B02 - B04 + k) / sqrt(1 + s^2) is the distance above the clear-sky line
+    B04 = s B02 + k (``slope``, ``intercept`` per date): Zhang et al. (2002)
+    B1 sin(theta) - B3 cos(theta) with theta = atan(s), shifted so the clear line is at 0.
+    Haze raises blue more than red and pushes pixels above the line. HOT is linear in the
+    mixture: HOT(I) = t HOT(J) + (1 - t) HOT(A), and HOT(J) = 0 on the clear line, so
+    H_hot = clip(HOT(I) / max(HOT(A), 1e-3), 0, 1), then averaged over the (2r+1)^2 window
+    (NaN and out-of-array pixels absent). Its weight ramps from 0 to 1 as HOT(A) grows from
     0.02 to 0.06 (a grey cloud whose airlight sits near the clear line makes HOT blind).
+    Dates without a clear-sky line (NaN slope) get weight 0.
     """
     blue, red = band_index(bands, "B02"), band_index(bands, "B04")
     if blue is None or red is None:
@@ -243,18 +326,26 @@ def hot_haze(
     ok = np.isfinite(slope)
     if not ok.any():
         return None
-    s = np.where(ok, slope, 1.0)
-    k = np.where(ok, intercept, 0.0)
-    hot = hot_value(observed.astype(np.float64), blue, red, s, k)
-    hot_a = hot_value(np.asarray(airlight, dtype=np.float64), blue, red, s, k)  # (T,)
-    h = np.clip(hot / np.maximum(hot_a, 1e-3)[:, None, None], 0.0, 1.0)
+    s = np.ascontiguousarray(np.where(ok, slope, 1.0), dtype=np.float64)
+    k = np.ascontiguousarray(np.where(ok, intercept, 0.0), dtype=np.float64)
+    obs = _spectral_pixels(observed)
+    hot_a = np.empty(obs.shape[0])
+    hot_airlight_fit(np.asarray(airlight, dtype=np.float64), blue, red, s, k, hot_a)
+    h_px = np.empty((obs.shape[0], obs.shape[2]))
+    hot_haze_fit(obs, blue, red, s, k, hot_a, h_px)  # clip(HOT(I) / max(HOT(A), 1e-3), 0, 1)
+    h = h_px.reshape((obs.shape[0],) + np.shape(observed)[2:])
     if radius > 0:
-        h = box_mean_nan(h, radius)
+        windows = (-1,) + h.shape[-2:]
+        mean = np.empty_like(h)
+        box_mean_nan_fit(h.reshape(windows), int(radius), mean.reshape(windows))
+        h = mean
     weight = smoothstep(hot_a, 0.02, 0.06) * ok
     return h, weight
 
 
-def snow_score(observed: np.ndarray, bands: tuple[str, ...], *, strict: bool = False) -> np.ndarray | None:
+def snow_score(
+    observed: np.ndarray, bands: tuple[str, ...], *, strict: bool = False
+) -> np.ndarray | None:
     """Snow/ice likelihood from NDSI = (G - SWIR) / (G + SWIR), Fmask style; None without SWIR.
 
     Snow is bright and white in the visible like cloud but dark in B11/B12; cloud stays bright
@@ -264,25 +355,26 @@ def snow_score(observed: np.ndarray, bands: tuple[str, ...], *, strict: bool = F
     ~0.35 at t ~ 0.3; fresh snow has NDSI ~0.7-0.9. ``strict`` adds two tests that thin
     haze over dark surfaces fails: NIR / green > 0.6-0.75 and green > 0.25-0.35.
     """
+    snow_bands = _snow_bands(bands)
+    if snow_bands is None:
+        return None
+    # strict: thin haze over water also has a high NDSI and a bright NIR; snow keeps the NIR
+    # close to the visible (NIR / green > 0.6-0.75), a hazy dark surface does not.
+    obs = _spectral_pixels(observed)
+    green, swir, nir = snow_bands
+    score = np.empty((obs.shape[0], obs.shape[2]))
+    snow_fit(obs, green, swir, nir, bool(strict), score)  # NaN scores -> 0
+    return score.reshape((obs.shape[0],) + np.shape(observed)[2:])
+
+
+def _snow_bands(bands: tuple[str, ...]) -> tuple[int, int, int] | None:
+    """Indices (green, SWIR, NIR) for the snow test (NIR -1 when absent); None without SWIR."""
     swir = band_index(bands, "B11", "B12")
     green = band_index(bands, "B03", "B02", "B04")
     if swir is None or green is None:
         return None
-    g = observed[:, green].astype(np.float64)
-    s = observed[:, swir].astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ndsi = (g - s) / np.maximum(g + s, 1e-6)
-    score = smoothstep(ndsi, 0.4, 0.6)
     nir = band_index(bands, "B08", "B8A")
-    if nir is not None:
-        score = score * smoothstep(observed[:, nir].astype(np.float64), 0.08, 0.12)
-    if strict and nir is not None:
-        # Thin haze over water also has a high NDSI and a bright NIR; snow keeps the NIR close
-        # to the visible (NIR / green > 0.6-0.75), a hazy dark surface does not.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = observed[:, nir].astype(np.float64) / np.maximum(g, 1e-6)
-        score = score * smoothstep(ratio, 0.6, 0.75) * smoothstep(g, 0.25, 0.35)
-    return np.where(np.isfinite(score), score, 0.0)
+    return green, swir, -1 if nir is None else nir
 
 
 #: SCL evidence on the haze fraction: class -> (target H, pull weight). A weak label: it only
@@ -303,19 +395,16 @@ SCL_CONFIDENCE_FACTOR = {
 }
 
 
-def _scl_lookup(scl: np.ndarray, table: dict, column: int, default: float) -> np.ndarray:
+def _scl_table(table: dict, column: int, default: float) -> np.ndarray:
+    """256-entry lookup table of an SCL evidence table (``column`` of tuple values).
+
+    The compiled kernels index it with the SCL value read as: NaN -> 0 (no data), clipped
+    to [0, 255], truncated; classes missing from ``table`` get ``default``.
+    """
     lut = np.full(256, default, dtype=np.float64)
     for cls, value in table.items():
         lut[int(cls)] = value[column] if isinstance(value, tuple) else value
-    codes = np.nan_to_num(np.asarray(scl, dtype=np.float64), nan=0.0)
-    return lut[np.clip(codes, 0, 255).astype(np.intp)]
-
-
-def _visible_floor(observed: np.ndarray, wavelengths: np.ndarray, max_nm: float) -> np.ndarray:
-    """min over the visible bands of I (T, Y, X); +inf where none is observed."""
-    vis = visible_band_mask(wavelengths, max_nm)
-    obs = np.asarray(observed, dtype=np.float64)[:, vis]
-    return np.where(np.isnan(obs), np.inf, obs).min(axis=1)
+    return lut
 
 
 def transmission(
@@ -351,27 +440,36 @@ def transmission(
     4. SCL as weak evidence: H += w_scl (H_target - H) for the classes in
        ``SCL_HAZE_EVIDENCE``.
     """
-    h_pix = pixel_haze_bound(observed, airlight, dark, wavelengths, gamma, max_nm)
-    # No land surface but snow (handled below) is brighter than ~0.3-0.45 in every visible
-    # band: there the surface-protecting steps (opening, HOT veto) are lifted, or the edge
-    # of an opaque cloud (narrower than the window) and grey cloud (on the clear-sky line)
-    # would be read as clear.
-    too_bright = smoothstep(_visible_floor(observed, wavelengths, max_nm), 0.3, 0.45)
-    h = dark_channel_haze(h_pix, radius)
-    h = h + too_bright * np.where(np.isfinite(h_pix), h_pix - h, 0.0)
+    observed = _float_array(observed)
+    obs = _spectral_pixels(observed)
+    nt = obs.shape[0]
+    layer_shape = (nt,) + observed.shape[2:]
+    # No land surface but snow (step 3) is brighter than ~0.3-0.45 in every visible band
+    # (the visible floor): there the surface-protecting steps (opening, HOT veto) are lifted,
+    # or the edge of an opaque cloud (narrower than the window) and grey cloud (on the
+    # clear-sky line) would be read as clear. ``transmission_fit`` applies that ramp.
+    h_pix, floor = _haze_bound(obs, airlight, dark, wavelengths, gamma, max_nm, with_floor=True)
+    h_window = dark_channel_haze(h_pix.reshape(layer_shape), radius).reshape(nt, -1)
     hot = hot_haze(observed, airlight, bands, hot_slope, hot_intercept, radius)
-    if hot is not None:
-        h_hot, w = hot
-        w = w[:, None, None] * (1.0 - too_bright)
-        h = (1.0 - w) * h + w * np.fmin(h, h_hot + hot_margin)
-    snow = snow_score(observed, bands)
-    if snow is not None:
-        h = h * (1.0 - snow)
-    if scl is not None and scl_weight > 0:
-        target = _scl_lookup(scl, SCL_HAZE_EVIDENCE, 0, 0.0)
-        pull = _scl_lookup(scl, SCL_HAZE_EVIDENCE, 1, 0.0) * scl_weight
-        h = np.where(np.isfinite(h), h + np.clip(pull, 0, 1) * (target - h), h)
-    return np.clip(1.0 - h, 0.0, 1.0).astype(F32)
+    h_hot, hot_weight = (_ABSENT, np.empty(0)) if hot is None else (hot[0].reshape(nt, -1), hot[1])
+    snow_bands = _snow_bands(bands) or (0, -1, -1)  # SWIR -1: no snow test
+    use_scl = scl is not None and scl_weight > 0
+    t_ref = np.empty(layer_shape, F32)
+    transmission_fit(
+        h_pix,
+        h_window,
+        floor,
+        h_hot,
+        np.asarray(hot_weight, dtype=np.float64),
+        float(hot_margin),
+        obs,
+        np.array(snow_bands, dtype=np.intp),
+        _layer_pixels(scl if use_scl else None, layer_shape, "scl"),
+        _scl_table(SCL_HAZE_EVIDENCE, 0, 0.0),
+        _scl_table(SCL_HAZE_EVIDENCE, 1, 0.0) * scl_weight,
+        t_ref.reshape(nt, -1),
+    )
+    return t_ref
 
 
 def inversion_confidence(
@@ -391,13 +489,18 @@ def inversion_confidence(
         * SCL factor                            cloud shadow / dark / saturated (weak)
     0 where the pixel has no observation.
     """
-    c = smoothstep(t_ref, t_low, t_high)
-    # fmin/fmax skip NaN; an all-NaN pixel gives NaN, which zeroes c below as inf did
-    jmin = np.fmin.reduce(surface, axis=1).astype(np.float64)
-    jmax = np.fmax.reduce(surface, axis=1).astype(np.float64)
-    c = c * smoothstep(jmin, -0.05, 0.0) * (1.0 - smoothstep(jmax, 1.0, 1.3))
-    if scl is not None and scl_weight > 0:
-        factor = _scl_lookup(scl, SCL_CONFIDENCE_FACTOR, 0, 1.0)
-        c = c * (1.0 - scl_weight * (1.0 - factor))
-    c = np.where(np.isfinite(c) & np.isfinite(jmin), c, 0.0)
-    return np.clip(c, 0.0, 1.0).astype(F32)
+    surf = _spectral_pixels(surface)
+    layer_shape = (surf.shape[0],) + np.shape(surface)[2:]
+    use_scl = scl is not None and scl_weight > 0
+    out = np.empty(layer_shape, F32)
+    confidence_fit(
+        _layer_pixels(t_ref, layer_shape, "t_ref"),
+        surf,
+        float(t_low),
+        float(t_high),
+        _layer_pixels(scl if use_scl else None, layer_shape, "scl"),
+        _scl_table(SCL_CONFIDENCE_FACTOR, 0, 1.0),
+        float(scl_weight),
+        out.reshape(surf.shape[0], -1),
+    )
+    return out

@@ -144,6 +144,10 @@ class PhysicsPrior(Prior):
     def _block(self, data, bands, scene, scl, radius) -> PriorBlock:
         cfg = self.config
         wl = wavelengths_of(bands)
+        # The compiled kernels read C-contiguous arrays: convert once here rather than once
+        # per kernel (a band slice of a stacked block, or the SCL plane, is strided).
+        data = np.ascontiguousarray(data)
+        scl = None if scl is None else np.ascontiguousarray(scl)
         dark = temporal_dark_object(data, wl, scene.dark_object, cap=cfg.max_dark_object)
         t_ref = transmission(
             data,
@@ -160,7 +164,8 @@ class PhysicsPrior(Prior):
             hot_margin=cfg.hot_margin,
             scl_weight=cfg.scl_weight,
         )
-        t_b = floor_transmission(data, scene.airlight, band_transmission(t_ref, wl, scene.gamma))
+        t_b = band_transmission(t_ref, wl, scene.gamma)
+        floor_transmission(data, scene.airlight, t_b, out=t_b)  # in place: one (T, B) array
         surface = invert(data, scene.airlight, t_b, cfg.t_min)
         conf = inversion_confidence(
             t_ref,
