@@ -401,6 +401,9 @@ def restore(
         ridge=cfg.harmonise_ridge,
         shrink_pixels=cfg.harmonise_shrink_pixels,
     )
+    # the sample's prior layers are done with: an in-memory cube is sampled whole, and they
+    # would sit beside the block's own layers through the whole restoration
+    del sample, sample_bands, sample_scl, sb, quality
     params = {
         "bands": bands,
         "has_scl": scl is not None,

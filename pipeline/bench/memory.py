@@ -11,11 +11,11 @@ L = (chunk + 2 halo)^2 x 8 bytes = 2 P / T, one float64 layer of a single date.
 
 Kernel temporaries (counted by reading ``pipeline.restore._restore_block``,
 ``pipeline.priors._physics`` and ``pipeline.kernels``, and checked against the tracemalloc
-snapshot at the heap peak). Since the compiled kernels (``pipeline.kernels._numba``) the
-whole-stack temporaries are gone from the fusion step (the median of
-``spectral_consistency`` no longer goes through numpy's masked arrays, the local
-harmonisation keeps its window moments in an O(radius x width) ring), and the peak is in the
-per-date loop of ``fuse_dates``, inside ``_temporal_refinement``. Live there:
+snapshot at the heap peak). The compiled passes (``pipeline.kernels._numba*``) leave no
+whole-stack temporaries: J_phys stays float32, the prior's layers are made in one pass each,
+and one target date of ``fuse_dates`` holds a handful of single-date arrays. The peak is in
+the per-date loop, inside ``_temporal_refinement`` (``_prior_factor``, before the loop, is
+within 1 % of it). Live there:
 
 Held for the whole block (x P):
 
@@ -27,14 +27,13 @@ contiguous copy of the bands                      B              ``_restore_bloc
 output block (bands + 5 quality layers)           B + 5          ``_restore_block`` (np.empty)
 t_b (band transmission) and J_phys (float32)      2 B            ``PhysicsPrior.block``
 t_ref, confidence (float32)                       2              ``PhysicsPrior.block``
-J_phys as float64                                 2 B            ``fuse_dates`` (j64)
 fused bands (float32)                             B              ``fuse_dates`` (out)
 4 float32 quality layers + uint8 flag             4.25           ``fuse_dates``
 q, consistency, base score, clear, prior factor   10             ``fuse_dates`` (float64 each)
 valid, eligible (bool)                            0.5            ``fuse_dates``
 ================================================  =============  ==============================
 
-Total 8 B + 22.75 with SCL (``KERNEL_LAYERS_PER_BAND``, ``KERNEL_LAYERS_FIXED``), one P less
+Total 6 B + 22.75 with SCL (``KERNEL_LAYERS_PER_BAND``, ``KERNEL_LAYERS_FIXED``), one P less
 without.
 
 Working set of one target date (x L; C = candidates = min(max_candidates, T - 1)):
@@ -42,24 +41,26 @@ Working set of one target date (x L; C = candidates = min(max_candidates, T - 1)
 ================================================  =============  ==============================
 array                                             size (x L)     where
 ================================================  =============  ==============================
-band temporaries of the temporal transmission     9.125 B        ``temporal_band_transmission``
-reference, its accumulator, last date's blend     4 B            ``fuse_dates`` step 3 / 6
-local gain and offset (float32)                   B              ``harmonise_local``
-candidate scores and blend weights                2 C            ``fuse_dates`` step 2
-per-pixel layers (float64 and a few bool/f32)     17.625         ``fuse_dates``, refinement
+haze readings H_b                                 B              ``haze_readings``
+reference (its accumulator, normalised in place)  B              ``fuse_dates`` step 3
+refined J_phys of the date (float64)              B              ``_temporal_refinement``
+blend weights of the candidates                   C              ``fuse_dates`` step 2
+per-pixel layers (reference quality, variance,    10             ``fuse_dates``, refinement
+weights, trust, snow, t_ref, ...)
 ================================================  =============  ==============================
 
-Total 14.125 B + 2 C + 17.625 L (``DATE_LAYERS_*``). For T = 12, B = 10, C = 4 that is
-102.75 P + 27.8 P = 130.6 P, about 13 float32 copies of the input bands (the numpy kernels of
-commit f6e6ddb peaked at 188 P inside ``np.nanmedian``). The per-date term shrinks as T grows;
-with few dates it is the larger part. Counted on the kernels of this module's last
-change; after a kernel change recount: ``tests/test_bench_speed.py`` compares this count with
-the heap peak numpy really allocates in ``restore`` (tracemalloc) and fails when they drift
-apart by more than ~25 %. The scene estimation runs on a fixed-size sample
-(``DEFAULT_SAMPLE_PIXELS`` per date) outside the worker tasks and does not scale with the
-chunk; the in-memory ``restore`` holds the prior's layers on that sample (about
-(2 B + 4) x 4 bytes per sampled pixel and date) beside the block, so a small in-memory cube
-(sampled whole) measures up to ~15 % above this count.
+Total 3 B + C + 10 L (``DATE_LAYERS_*``). For T = 12, B = 10, C = 4 that is
+82.75 P + 7.3 P = 90.1 P, about 9 float32 copies of the input bands (the numpy kernels of
+commit f6e6ddb peaked at 188 P inside ``np.nanmedian``, the first compiled ones at 130.6 P).
+The per-date term shrinks as T grows; with few dates it is the larger part. Counted on the
+kernels of this module's last change; after a kernel change recount:
+``tests/test_bench_speed.py`` compares this count with the heap peak numpy really allocates in
+``restore`` (tracemalloc) and fails when they drift apart by more than 15 %. The scene
+estimation runs on a fixed-size sample (``DEFAULT_SAMPLE_PIXELS`` per date) outside the worker
+tasks and does not scale with the chunk; ``restore`` frees the sample's prior layers before
+the blocks are restored. Its robust pair fit holds up to 40 000 pixels x T x B float64 (38 MB
+at T = 12, B = 10), which is the peak of an in-memory ``restore`` of a cube smaller than about
+250 px at that T and B (measured 1.15 x this count at 160 px, 1.00 x at 256 px).
 
 Worker model: worker RSS = idle process RSS (Python, numpy, dask, GDAL; measured, or
 ``DEFAULT_WORKER_BASELINE_BYTES``) + threads x (task peak + staging), where staging is what a
@@ -88,15 +89,15 @@ __all__ = [
 ]
 
 #: Float32 per-pixel layers (x P) held for the whole block, per band and fixed (module docstring).
-KERNEL_LAYERS_PER_BAND = 1 + 1 + 1 + 2 + 2 + 1  # input, copy, output, t_b + J, J f64, fused = 8
+KERNEL_LAYERS_PER_BAND = 1 + 1 + 1 + 2 + 1  # input, copy, output, t_b + J, fused = 6
 KERNEL_LAYERS_FIXED = (
     1 + 5 + 2 + 4.25 + 10 + 0.5
 )  # SCL, quality out, t/c, fused quality, ... = 22.75
 #: Float64 single-date layers (x L) of one target date's working set, per band, per candidate
 #: date and fixed (module docstring).
-DATE_LAYERS_PER_BAND = 9.125 + 4 + 1  # temporal transmission, reference/blend, gain/offset = 14.125
-DATE_LAYERS_PER_CANDIDATE = 2  # score and blend weight
-DATE_LAYERS_FIXED = 17.625
+DATE_LAYERS_PER_BAND = 3  # haze readings, reference, refined J_phys
+DATE_LAYERS_PER_CANDIDATE = 1  # blend weight
+DATE_LAYERS_FIXED = 10
 #: Candidate dates of the reference search (``FusionConfig.max_candidates``' default).
 DEFAULT_CANDIDATES = 4
 #: Idle RSS of a Dask worker process with numpy, dask, xarray, rasterio and odc-stac imported.

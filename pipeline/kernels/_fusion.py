@@ -510,6 +510,7 @@ def fuse_dates(
                     residual=True,
                 )
                 _add_candidate(g, o, j_phys[j], w_c, resid, q[j], acc, acc_w, acc_var, q_ref, cfg)
+                del g, o, resid  # a date's (B, Y, X) arrays never outlive their use (memory peak)
             has &= acc_w > 0
             norm = np.where(has, acc_w, 1.0)
             reference = acc  # normalised in place: no (B, Y, X) temporaries
@@ -552,4 +553,5 @@ def fuse_dates(
             gate_out[i].reshape(-1),
             flag[i].reshape(-1),
         )
+        del reference, ji  # before the next date allocates its own
     return FusionResult(out, conf_out, gate_out, ref_days, flag, t_out)
