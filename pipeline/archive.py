@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -239,8 +240,9 @@ def write_archive(
 
     Existing store: mode "create" raises ArchiveExistsError and touches nothing; "resume"
     checks the store matches and writes only the regions not yet recorded; "overwrite"
-    replaces it. Regions are computed in parallel on ``client`` (or the current dask
-    scheduler); each finished region is recorded in the store before the next batch.
+    replaces it. With ``client`` every region is submitted at once (neighbouring regions
+    share their input chunks) and recorded in the store as it lands; without one, regions
+    are computed in batches on the current dask scheduler, each batch recorded when done.
     """
     config = config or ArchiveConfig()
     store = str(store)
@@ -272,30 +274,30 @@ def write_archive(
     spatial_vars = [n for n, v in prepared.data_vars.items() if ydim in v.dims and xdim in v.dims]
     other_vars = [n for n in prepared.data_vars if n not in spatial_vars]
     bar = _progress_bar(progress, total, initial=len(done))
+
+    def region_write(region: dict[str, slice]) -> Any:
+        part = prepared[spatial_vars].isel(region)
+        # A region write may only hold variables that have the region's dims.
+        part = part.drop_vars([c for c in part.coords if not {ydim, xdim} & set(part[c].dims)])
+        return part.to_zarr(
+            store, region=region, compute=False, zarr_format=config.zarr_format, consolidated=False
+        )
+
+    def finished(keys: list[str]) -> None:
+        done.update(keys)
+        _record(store, {DONE_ATTR: sorted(done)}, config)
+        if bar is not None:
+            bar(len(keys))
+
     try:
-        for batch in _batches(todo, _parallel_regions(client)):
-            writes = []
-            for region in batch:
-                part = prepared[spatial_vars].isel(region)
-                # A region write may only hold variables that have the region's dims.
-                part = part.drop_vars(
-                    [c for c in part.coords if not {ydim, xdim} & set(part[c].dims)]
-                )
-                writes.append(
-                    part.to_zarr(
-                        store,
-                        region=region,
-                        compute=False,
-                        zarr_format=config.zarr_format,
-                        consolidated=False,
-                    )
-                )
-            _compute(writes, client)
-            for region in batch:
-                done.add(region_key(region))
-            _record(store, {DONE_ATTR: sorted(done)}, config)
-            if bar is not None:
-                bar(len(batch))
+        if client is not None:
+            _write_all_at_once(client, todo, region_write, finished)
+        else:
+            import dask
+
+            for batch in _batches(todo, _parallel_regions()):
+                dask.compute(*[region_write(r) for r in batch])
+                finished([region_key(r) for r in batch])
         if other_vars:
             # Per-date scene parameters and the like: small, written once at the end.
             prepared[other_vars].to_zarr(
@@ -310,13 +312,8 @@ def write_archive(
     return summary
 
 
-def _parallel_regions(client: Any) -> int:
-    """How many regions to compute per batch: enough to keep every worker thread busy."""
-    if client is not None:
-        try:
-            return max(2, 2 * sum(client.nthreads().values()))
-        except Exception:  # noqa: BLE001
-            pass
+def _parallel_regions() -> int:
+    """Regions per batch on the local scheduler: enough to keep every core busy."""
     return max(2, 2 * (os.cpu_count() or 1))
 
 
@@ -325,13 +322,41 @@ def _batches(seq: list, size: int) -> Iterator[list]:
         yield seq[i : i + size]
 
 
-def _compute(writes: list, client: Any) -> None:
-    import dask
+def _write_all_at_once(
+    client: Any,
+    todo: list[dict[str, slice]],
+    region_write: Callable[[dict[str, slice]], Any],
+    finished: Callable[[list[str]], None],
+) -> None:
+    """Submit every region's write in one go; record each region as it lands.
 
-    if client is not None:
-        client.compute(writes, sync=True)
-    else:
-        dask.compute(*writes)
+    One submission shares the input chunks between regions: a region's restore reads a halo
+    from its neighbours' chunks, and regions computed in separate batches would each load
+    (download, decode) those neighbours again, up to 9 times over. The scheduler runs the
+    merged graph in dask's memory-friendly order and frees an input chunk once its last
+    dependent region is done. A region is recorded (``DONE_ATTR``) when its write finishes,
+    at most once a second (a batch of records per store update), so ``mode="resume"`` skips
+    exactly the regions that reached the store; the first failed region cancels the rest.
+    """
+    from distributed import as_completed
+
+    futures = client.compute([region_write(r) for r in todo])
+    key_of = {f.key: region_key(r) for f, r in zip(futures, todo, strict=True)}
+    pending: list[str] = []
+    last = time.monotonic()
+    try:
+        for future in as_completed(futures):
+            future.result()  # raises the region's error
+            pending.append(key_of[future.key])
+            if time.monotonic() - last >= 1.0:
+                finished(pending)
+                pending, last = [], time.monotonic()
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        if pending:
+            finished(pending)
 
 
 def _record(
