@@ -16,10 +16,10 @@ DESCRIPTION = (
     "against the memory calculator at two areas; and 1 -> 2 worker scaling. Prints a table and "
     "writes speed.json into --output. Defaults: T=12, B=10, the kernel timed on one 1024 px chunk, "
     "a 1024 px end-to-end area in 512 px chunks, 1 and 2 workers; with today's kernels this "
-    "takes about 25 minutes and 10 GiB of RAM on the 2-core reference machine. The issue's "
-    "2048 px chunk needs about 33 GiB in one process today (pipeline.bench.memory), so the run "
-    "refuses it on smaller machines and names the size that fits; '--size 4096 --chunk-size 2048 "
-    "--kernel-size 2048' is the full setting for a big machine. '--dates 3 --bands 4 --size 64 "
+    "takes about 8 minutes and 6 GiB of RAM on the 2-core reference machine. The issue's "
+    "2048 px chunk needs about 17 GiB in one process (pipeline.bench.memory); the run refuses "
+    "what does not fit and names the size that does; '--size 4096 --chunk-size 2048 --kernel-size 2048' is the full "
+    "setting for a big machine. '--dates 3 --bands 4 --size 64 "
     "--chunk-size 64 --kernel-size 64' is a smoke test of a few seconds."
 )
 
