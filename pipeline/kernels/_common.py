@@ -34,16 +34,23 @@ def smoothstep(x: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
     return out if out.ndim else out[()]
 
 
+def float_array(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous float32 or float64 array (no copy when it already is one): what
+    the compiled passes read, always into float64 arithmetic."""
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
+
+
 def box_mean_nan(a: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a (2r+1)^2 window on the last two axes, ignoring NaN/inf and out-of-array
     pixels (float64); NaN where the window holds no finite value.
 
     One compiled pass (``_numba_physics.box_mean_nan_fit``, separable row and column sums).
     """
-    arr = np.asarray(a)
-    if arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float64)
-    flat = np.ascontiguousarray(arr).reshape((-1,) + arr.shape[-2:])
+    arr = float_array(a)
+    flat = arr.reshape((-1,) + arr.shape[-2:])
     out = np.empty(flat.shape)
     box_mean_nan_fit(flat, int(radius), out)
     return out.reshape(arr.shape)

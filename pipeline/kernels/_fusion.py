@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._common import F32, smoothstep, wavelengths_of
+from ._common import F32, float_array, smoothstep, wavelengths_of
 from ._numba import add_candidate_fit, agreement_fit, keep_signature_fit
 from ._numba_fusion import GateParams, candidate_weights_fit, gate_fit, physics_weight_fit
 from ._numba_temporal import refine_fit
@@ -152,7 +152,7 @@ def gate(confidence: np.ndarray, cfg: FusionConfig) -> np.ndarray:
 
 def _band_lanes(a: np.ndarray) -> np.ndarray:
     """(B, Y, X) as a C-contiguous float (B, Y * X) view for the compiled per-pixel kernels."""
-    a = _c_float(a)
+    a = float_array(a)
     return a.reshape(a.shape[0], -1)
 
 
@@ -337,23 +337,15 @@ def _temporal_refinement(
         readings.shortest,
         readings.order,
         readings.exponents,
-        _c_float(observed),
+        float_array(observed),
         np.asarray(airlight, np.float64).reshape(-1),
-        _c_float(prior_tb),
+        float_array(prior_tb),
         np.ascontiguousarray(w, dtype=np.float64),
         float(cfg.temporal_t_min),
         surface,
         t_out,
     )
     return surface, t_out
-
-
-def _c_float(a: np.ndarray) -> np.ndarray:
-    """``a`` as a C-contiguous float32 or float64 array (no copy when it already is one)."""
-    a = np.asarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    return np.ascontiguousarray(a)
 
 
 def _prior_factor(
@@ -421,7 +413,7 @@ def fuse_dates(
     days = np.asarray(days, dtype=np.float64)
     # J_phys stays in its own dtype (float32 from the priors): every compiled pass reads it
     # into float64 arithmetic, so a float64 copy of the whole stack would only cost memory
-    j_phys = _c_float(surface)
+    j_phys = float_array(surface)
     valid = np.isfinite(obs).any(axis=1)
     q = np.where(valid, reference_quality(t_ref, confidence), 0.0)
     eligible = valid & (q >= cfg.reference_min_quality)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._bands import SCL
-from ._common import F32, angstrom_exponent, band_index, smoothstep, visible_band_mask
+from ._common import F32, angstrom_exponent, band_index, float_array, smoothstep, visible_band_mask
 from ._numba import floor_transmission_fit, invert_fit
 from ._numba_physics import (
     band_transmission_fit,
@@ -52,17 +52,9 @@ from ._numba_physics import (
 _ABSENT = np.empty((0, 0))
 
 
-def _float_array(a: np.ndarray) -> np.ndarray:
-    """``a`` as a C-contiguous float32 or float64 array (no copy when it already is one)."""
-    a = np.asarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    return np.ascontiguousarray(a)
-
-
 def _spectral_pixels(observed: np.ndarray) -> np.ndarray:
     """(T, B, N) view of reflectance (T, B, ...) for the compiled kernels (N: pixels, 1 if none)."""
-    obs = _float_array(observed)
+    obs = float_array(observed)
     if obs.ndim < 2:
         raise ValueError(f"reflectance must be (T, B, ...) with pixel axes last, got {obs.shape}")
     return obs.reshape(obs.shape[0], obs.shape[1], -1)
@@ -79,7 +71,7 @@ def _layer_pixels(layer: np.ndarray | None, shape: tuple[int, ...], name: str) -
         raise ValueError(
             f"{name} of shape {a.shape} does not match the pixel layers {shape}"
         ) from None
-    return _float_array(a).reshape(shape[0], -1)
+    return float_array(a).reshape(shape[0], -1)
 
 
 def band_transmission(t_ref: np.ndarray, wavelengths: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -89,7 +81,7 @@ def band_transmission(t_ref: np.ndarray, wavelengths: np.ndarray, gamma: np.ndar
     more transparent in the NIR/SWIR); gamma = 0 gives grey cloud, t_b = t_ref for all b.
     """
     expo = np.ascontiguousarray(angstrom_exponent(wavelengths, gamma))  # (T, B)
-    t = _float_array(t_ref)
+    t = float_array(t_ref)
     nt, nb = t.shape[0], expo.shape[-1]
     out = np.empty((nt, nb) + t.shape[1:], F32)
     # t_ref is clipped to [0, 1] (NaN stays NaN) before the power
@@ -253,7 +245,7 @@ def dark_channel_haze(h_pixel: np.ndarray, radius: int) -> np.ndarray:
     """
     if radius <= 0:
         return h_pixel
-    h = _float_array(h_pixel)
+    h = float_array(h_pixel)
     if h.ndim < 2:
         raise ValueError(f"dark_channel_haze needs (..., Y, X) layers, got shape {h.shape}")
     out = np.empty_like(h)
@@ -440,7 +432,7 @@ def transmission(
     4. SCL as weak evidence: H += w_scl (H_target - H) for the classes in
        ``SCL_HAZE_EVIDENCE``.
     """
-    observed = _float_array(observed)
+    observed = float_array(observed)
     obs = _spectral_pixels(observed)
     nt = obs.shape[0]
     layer_shape = (nt,) + observed.shape[2:]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import F32, box_mean_nan
+from ._common import F32, box_mean_nan, float_array
 from ._numba import GAIN_BOUNDS, harmonise_fit, spectral_consistency_fit
 
 
@@ -36,7 +36,7 @@ def spectral_consistency(surface: np.ndarray, eligible: np.ndarray, sigma: float
     spectrum departs from it (undetected cloud or shadow, a one-off) scores lower. 1 where
     there is no anchor. One compiled pass per pixel (``_numba.spectral_consistency_fit``).
     """
-    j = _float_array(surface)
+    j = float_array(surface)
     if j.ndim != 4 or np.shape(eligible) != j.shape[:1] + j.shape[2:]:
         raise ValueError(
             f"spectral_consistency needs surface (T, B, Y, X) and eligible (T, Y, X), got "
@@ -83,7 +83,7 @@ def harmonise_local(
     One fused compiled pass (``_numba.harmonise_fit``): the moments (float64 running sums),
     the ridge fit (``_numba.ridge_fit_scalar``) and the residual for all bands.
     """
-    t, s = _float_array(target), _float_array(source)
+    t, s = float_array(target), float_array(source)
     if t.ndim != 3 or s.shape != t.shape or np.shape(weight) != t.shape[1:]:
         raise ValueError(
             f"harmonise_local needs target and source (B, Y, X) and weight (Y, X), got "
@@ -111,13 +111,6 @@ def harmonise_local(
     if residual:
         return gains, offsets, resid
     return gains, offsets
-
-
-def _float_array(a: np.ndarray) -> np.ndarray:
-    """``a`` as a C-contiguous float32 or float64 array, copied only when it must be."""
-    a = np.asarray(a)
-    dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
-    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def smoothed_quality(q: np.ndarray, radius: int) -> np.ndarray:

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._common import float_array
 from ._numba_temporal import bounded_transmission_fit, haze_readings_fit
 
 #: Surface-change tests of the faint readings (see ``temporal_band_transmission``): darkening
@@ -62,19 +63,14 @@ def haze_readings(
     max_change_haze: float = CHANGE_MAX_HAZE,
 ) -> HazeReadings:
     """Per-band haze readings of ``observed`` (B, Y, X) against ``reference`` (one compiled pass)."""
-    obs = np.asarray(observed)
-    if obs.dtype not in (np.float32, np.float64):
-        obs = obs.astype(np.float64)
-    ref = np.asarray(reference)
-    if ref.dtype not in (np.float32, np.float64):
-        ref = ref.astype(np.float64)
+    obs, ref = float_array(observed), float_array(reference)
     nb = obs.shape[0]
     wl = np.asarray(wavelengths, np.float64)
     s = int(np.argmin(wl))
     h = np.empty(obs.shape, np.float64)
     haze_readings_fit(
-        np.ascontiguousarray(obs).reshape(nb, -1),
-        np.ascontiguousarray(ref).reshape(nb, -1),
+        obs.reshape(nb, -1),
+        ref.reshape(nb, -1),
         np.asarray(airlight, np.float64).reshape(-1),
         s,
         float(min_leverage),
