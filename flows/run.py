@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 
 import pipeline
-from pipeline._search import SearchParams, is_planetary_computer, search
 from pipeline.archive import ArchiveConfig, check_destination, open_archive, write_archive
+from pipeline.catalog import SearchParams, is_planetary_computer, search
 from pipeline.cluster import ClusterConfig, dask_client
 from pipeline.cube import CubeConfig, load_cube, load_scene_sample
 from pipeline.tiling import TilingConfig, area_fits_one_tile, area_geometry

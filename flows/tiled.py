@@ -57,7 +57,6 @@ import pandas as pd
 import xarray as xr
 
 import pipeline
-from pipeline._search import is_planetary_computer, search
 from pipeline.archive import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
@@ -73,6 +72,7 @@ from pipeline.archive import (
     tiles_done,
     write_tiled_template,
 )
+from pipeline.catalog import is_planetary_computer, search
 from pipeline.cluster import dask_client
 from pipeline.cube import load_cube, load_scene_sample
 from pipeline.tiling import (

@@ -20,14 +20,14 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 from ._bands import DEFAULT_BANDS, SCL, WAVELENGTH_NM
-from ._search import (
+from .archive import ArchiveConfig, ArchiveExistsError, open_archive, write_archive
+from .catalog import (
     CatalogUnreachable,
     NoItemsFound,
     SearchError,
     SearchParams,
     search,
 )
-from .archive import ArchiveConfig, ArchiveExistsError, open_archive, write_archive
 from .cluster import ClusterConfig, dask_client
 from .cube import CubeConfig, load_cube
 from .restore import composite, restore

@@ -27,8 +27,8 @@ from pyproj import Transformer
 from flows.cli import EXIT_FAILED, EXIT_OK, main
 from flows.run import RunConfig
 from flows.tiled import TilePlan, output_schema, plan_grid, prepare_store, run_tiled, time_axis
-from pipeline._search import SearchParams
 from pipeline.archive import TILE_DONE_VAR, ArchiveConfig, ArchiveMismatchError
+from pipeline.catalog import SearchParams
 from pipeline.cluster import ClusterConfig
 from pipeline.cube import CubeConfig
 from pipeline.synthetic import make_stack, write_stac_items
@@ -327,7 +327,7 @@ def test_area_across_two_utm_zones_lands_on_one_grid(two_zone_catalog, tmp_path)
     import shapely
     from odc.geo.geom import box
 
-    from pipeline._search import search
+    from pipeline.catalog import search
     from pipeline.cube import load_cube
 
     catalog, stacks = two_zone_catalog
