@@ -56,7 +56,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-import pipeline
 from pipeline.archive import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
@@ -74,6 +73,7 @@ from pipeline.archive import (
 )
 from pipeline.catalog import is_planetary_computer, search
 from pipeline.cluster import dask_client
+from pipeline.compositing import composite_periods
 from pipeline.cube import load_cube, load_scene_sample
 from pipeline.tiling import (
     GridSpec,
@@ -250,16 +250,10 @@ def _fit_to_axis(
     if config.mode == "dates":
         return restored[names].reindex(time=plan.axis, fill_value=fills)
     assert plan.edges is not None
-    times = pd.DatetimeIndex(restored["time"].values)
-    steps = []
-    for label, start, end in zip(plan.axis, plan.edges[:-1], plan.edges[1:], strict=True):
-        inside = np.flatnonzero((times >= start) & (times < end))
-        if len(inside):
-            step = pipeline.composite(restored.isel(time=inside), period=None)[names]
-            steps.append(step.assign_coords(time=[label]))
-    if not steps:
+    periods = composite_periods(restored, plan.axis, plan.edges)
+    if periods is None:
         return _empty_tile(plan, schema, restored.sizes["y"])
-    return xr.concat(steps, dim="time").reindex(time=plan.axis, fill_value=fills)
+    return periods[names].reindex(time=plan.axis, fill_value=fills)
 
 
 def _empty_tile(plan: TilePlan, schema: OutputSchema, size: int) -> xr.Dataset:

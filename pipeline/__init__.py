@@ -29,8 +29,9 @@ from .catalog import (
     search,
 )
 from .cluster import ClusterConfig, dask_client
+from .compositing import composite
 from .cube import CubeConfig, load_cube
-from .restore import composite, restore
+from .restore import restore
 from .tiling import TilingConfig, make_grid
 from .validation import ValidationConfig, self_validate
 
