@@ -1,4 +1,5 @@
-"""Quicklook PNGs: cloudy input, restored output and confidence side by side."""
+"""Quicklook PNGs: cloudy input, restored output, truth, confidence and gate side by side; the
+VLM prior's labels."""
 
 from __future__ import annotations
 

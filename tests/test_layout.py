@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +39,66 @@ def test_the_run_path_does_not_import_the_benchmark():
     )
     assert "pipeline.cloud_simulator" in loaded  # the check saw the simulator being used
     assert not {m for m in loaded if m == "pipeline.bench" or m.startswith("pipeline.bench.")}
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Module -> modules of ``package`` it imports, anywhere in the file (lazy imports in a
+    function count: they close a circle as surely at run time)."""
+    import ast
+
+    root = ROOT / package.replace(".", "/")
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = here
+                for _ in range(max(node.level - 1, 0)):
+                    base = base.rpartition(".")[0]
+                target = f"{base}.{node.module}" if node.level and node.module else node.module
+                target = target or base
+                found.add(target)
+                found |= {f"{target}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m.startswith(package + ".") and m != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle among the graph's modules, or [] when there is none."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = 2
+        stack.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+@pytest.mark.parametrize("package", ["flows", "pipeline"])
+def test_no_import_circle(package):
+    graph = _imports(package)
+    assert graph, package
+    assert _cycle(graph) == []
+
+
+def test_the_cycle_check_sees_a_circle():
+    assert _cycle({"a.x": {"a.y"}, "a.y": {"a.z"}, "a.z": {"a.x"}}) == ["a.x", "a.y", "a.z", "a.x"]

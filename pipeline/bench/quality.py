@@ -9,7 +9,7 @@
 2. adds a fixed no-data layout to every stack (:func:`add_nodata_wedges`) so the benchmark
    also checks that no method reports a pixel without any valid observation as valid;
 3. for each (stack, kind, cover, seed) simulates clouds on the target date with
-   :func:`pipeline.bench.simulate` (parameters fixed in that module, independent of the
+   :func:`pipeline.cloud_simulator.simulate` (parameters fixed in that module, independent of the
    method and of the demo generator) and runs every method on the identical input;
 4. scores all / clear / thin / thick / shadow pixels (``pipeline.metrics.score``), the seam
    error on a 2-px band around every cloud and shadow edge, and counts invented pixels;
