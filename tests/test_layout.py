@@ -102,3 +102,16 @@ def test_no_import_circle(package):
 
 def test_the_cycle_check_sees_a_circle():
     assert _cycle({"a.x": {"a.y"}, "a.y": {"a.z"}, "a.z": {"a.x"}}) == ["a.x", "a.y", "a.z", "a.x"]
+
+
+def test_public_functions_are_not_shadowed_by_their_stage_packages():
+    # pipeline.search and pipeline.composite are the functions the README's Library section
+    # calls; their stages live in pipeline.catalog and pipeline.compositing
+    import pipeline
+    import pipeline.catalog
+    import pipeline.compositing
+    from pipeline.restore import composite
+
+    assert pipeline.search is pipeline.catalog.search
+    assert pipeline.composite is pipeline.compositing.composite is composite
+    assert {"search", "composite", "SearchParams"} <= set(pipeline.__all__)
