@@ -9,7 +9,7 @@
 2. adds a fixed no-data layout to every stack (:func:`add_nodata_wedges`) so the benchmark
    also checks that no method reports a pixel without any valid observation as valid;
 3. for each (stack, kind, cover, seed) simulates clouds on the target date with
-   :func:`pipeline.bench.simulate` (parameters fixed in that module, independent of the
+   :func:`pipeline.cloud_simulator.simulate` (parameters fixed in that module, independent of the
    method and of the demo generator) and runs every method on the identical input;
 4. scores all / clear / thin / thick / shadow pixels (``pipeline.metrics.score``), the seam
    error on a 2-px band around every cloud and shadow edge, and counts invented pixels;
@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics
-from . import _simulate
+from .. import cloud_simulator, metrics
+from ..cloud_simulator import boundary_mask, simulate
 from ._baselines import dark_channel_dehaze, masked_median, nearest_clear_date, two_stage
 from ._metrics_extra import seam_error
-from ._simulate import boundary_mask, simulate
 from ._stacks import BenchStack, add_nodata_wedges, load_stacks
 
 log = logging.getLogger(__name__)
@@ -53,11 +52,11 @@ SEAM_WIDTH = 2
 @dataclass(frozen=True)
 class QualityConfig:
     """What the benchmark runs. The simulator's own parameters are constants of
-    ``pipeline.bench._simulate`` (recorded in the JSON), not settings: they were fixed before
+    ``pipeline.cloud_simulator`` (recorded in the JSON), not settings: they were fixed before
     any tuning of the method and are not changed to suit it."""
 
     inputs: tuple[str, ...] = ("austria", "synthetic")
-    kinds: tuple[str, ...] = _simulate.KINDS
+    kinds: tuple[str, ...] = cloud_simulator.KINDS
     covers: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     seeds: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = METHODS
@@ -69,9 +68,9 @@ class QualityConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
-        bad = sorted(set(self.kinds) - set(_simulate.KINDS))
+        bad = sorted(set(self.kinds) - set(cloud_simulator.KINDS))
         if bad:
-            raise ValueError(f"unknown cloud kind(s) {bad}; valid: {', '.join(_simulate.KINDS)}")
+            raise ValueError(f"unknown cloud kind(s) {bad}; valid: {', '.join(cloud_simulator.KINDS)}")
         if not self.covers or any(not 0.1 <= c <= 0.9 for c in self.covers):
             raise ValueError(f"covers must be in [0.1, 0.9], got {self.covers}")
         if not self.inputs:
@@ -177,8 +176,8 @@ class QualityReport:
 
 def simulator_parameters() -> dict[str, Any]:
     """The simulator's fixed constants, for the record."""
-    names = [n for n in dir(_simulate) if n.isupper() and not n.startswith("_")]
-    return {n: _jsonable(getattr(_simulate, n)) for n in names}
+    names = [n for n in dir(cloud_simulator) if n.isupper() and not n.startswith("_")]
+    return {n: _jsonable(getattr(cloud_simulator, n)) for n in names}
 
 
 def _jsonable(v: Any) -> Any:
@@ -351,7 +350,7 @@ def format_report(report: QualityReport) -> str:
     lines = [
         "Quality benchmark (mean over cases; PSNR dB on reflectance clipped to [0, 1], SAM degrees)",
         f"kinds {','.join(c.kinds)}; covers {','.join(f'{v:g}' for v in c.covers)}; seeds "
-        f"{','.join(map(str, c.seeds))}; simulator constants in pipeline/bench/_simulate.py (in the JSON)",
+        f"{','.join(map(str, c.seeds))}; simulator constants in pipeline/cloud_simulator.py (in the JSON)",
     ]
     for stack, methods in report.summary.items():
         head = f"{'method':<20}" + "".join(f"{name:>10}" for name, _, _ in cols)
