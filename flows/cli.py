@@ -84,11 +84,20 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="threads per worker")
     g.add_argument("--memory-limit", default=None, help="per worker, e.g. 4GiB")
     g.add_argument("--dashboard", default=":8787", help="dashboard address (default :8787)")
+    g.add_argument(
+        "--kubernetes-image",
+        default=None,
+        metavar="IMAGE",
+        help="image of the scheduler and worker pods with --cluster kubernetes (default: "
+        "$PHYVLM_KUBERNETES_IMAGE, else the image deploy/ builds, phyvlm-cr:<version>)",
+    )
 
 
 def _cluster_config(args: argparse.Namespace):
     from pipeline.cluster import ClusterConfig
 
+    if args.kubernetes_image and args.cluster != "kubernetes":
+        raise ValueError("--kubernetes-image is for --cluster kubernetes; add that flag or drop it")
     if args.scheduler:
         return ClusterConfig(kind="address", address=args.scheduler)
     return ClusterConfig(
@@ -97,6 +106,7 @@ def _cluster_config(args: argparse.Namespace):
         threads_per_worker=args.threads,
         memory_limit=args.memory_limit,
         dashboard_address=args.dashboard,
+        **({"kubernetes_image": args.kubernetes_image} if args.kubernetes_image else {}),
     )
 
 
