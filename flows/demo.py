@@ -75,7 +75,7 @@ class DemoResult:
             "",
             *self.summary.lines(),
             f"quicklook        {self.quicklook}",
-            f"STAC items       {self.catalog}",
+            f"input items      {self.catalog} (the synthetic scenes, as STAC items)",
             f"demo total       {self.seconds:.1f} s",
             "",
             "Open it in a notebook:",

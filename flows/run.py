@@ -49,6 +49,11 @@ class RunConfig:
     tiled: bool | None = None
     #: self-validation: held-out clear pixels under simulated cloud (pipeline.validation)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    #: overview levels (1/2, 1/4, ... until the area fits overview_min_size px) in the store
+    overviews: bool = True
+    overview_min_size: int = 256
+    #: write a STAC Collection (and Items) describing the archive beside it
+    stac: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("dates", "composite"):
@@ -117,6 +122,9 @@ class RunSummary:
     dashboard: str = ""
     tiles: TileSummary | None = None
     validation: ValidationResult | None = None
+    stac: str = ""
+    overview_factors: list[int] = field(default_factory=list)
+    objects: int | None = None
 
     @property
     def failed_tiles(self) -> int:
@@ -138,6 +146,13 @@ class RunSummary:
             f"read failures    {len(self.read_failures)}",
             f"no valid obs.    {self.no_valid_pixels} pixel-dates",
             *([f"self-validation  {self.validation.line()}"] if self.validation else []),
+            *(
+                [f"overviews        {', '.join(f'1/{f}' for f in self.overview_factors)}"]
+                if self.overview_factors
+                else []
+            ),
+            *([f"objects          {self.objects} in the store"] if self.objects is not None else []),
+            *([f"STAC collection  {self.stac}"] if self.stac else []),
             f"time             {self.seconds:.1f} s",
             *(
                 [f"dask dashboard   {self.dashboard} (closed with the run)"]
@@ -217,7 +232,7 @@ def run(
     if geobox is None and config.use_tiles():
         from .tiled import run_tiled
 
-        return run_tiled(config, progress=progress, items=items)
+        return publish_step(run_tiled(config, progress=progress, items=items), config)
     started = time.perf_counter()
     check_destination(config.output, config.archive)  # refuse before any work, not after
     if items is None:
@@ -253,6 +268,10 @@ def run(
         )
         failures = [f.describe() for f in collect_read_failures(client)]
         dashboard = client.dashboard_link
+        if config.overviews:  # step 4: overviews, region by region (the area is one tile)
+            from pipeline.overviews import build_overviews
+
+            build_overviews(config.output, config.archive, min_size=config.overview_min_size)
     archive = open_archive(config.output)
     no_valid = int(np.asarray(archive["no_valid_observation"].sum().compute()))
     summary = RunSummary(
@@ -270,4 +289,19 @@ def run(
     )
     for failure in failures:
         log.warning("read failure: %s", failure)
+    return publish_step(summary, config)
+
+
+def publish_step(summary: RunSummary, config: RunConfig) -> RunSummary:
+    """The last step of every run: the STAC description, the overview levels and the count of
+    objects in the store, recorded in the summary."""
+    from pipeline.overviews import overview_levels
+    from pipeline.store_objects import count_objects
+
+    if config.stac:
+        from pipeline.archive_stac import write_archive_stac
+
+        summary.stac = write_archive_stac(config.output)
+    summary.overview_factors = [level.factor for level in overview_levels(config.output)]
+    summary.objects = count_objects(config.output)
     return summary
