@@ -43,6 +43,13 @@ OVERVIEW_GROUP = "overviews"
 MIN_REGION_CHUNK = 64
 
 
+def per_region(region_size: int, factor: int) -> bool:
+    """Whether a level is written region by region: each region covers whole chunks of it
+    (``region_size / factor`` px), at least MIN_REGION_CHUNK px, or the first level always."""
+    side = region_size // factor
+    return region_size % factor == 0 and side >= min(MIN_REGION_CHUNK, region_size // 2)
+
+
 @dataclass(frozen=True)
 class OverviewLevel:
     factor: int
@@ -123,8 +130,8 @@ def ensure_overview_arrays(
     store's; record them in the root ``multiscales`` attribute. ``config``: the ArchiveConfig.
 
     ``region_size``: side (px) of the regions the run writes (a tile, or an archive chunk);
-    a level's chunks are ``region_size / factor`` while that is at least MIN_REGION_CHUNK, so
-    every region covers whole chunks of those levels.
+    a level's chunks are ``region_size / factor`` where ``per_region`` says so (every region
+    covers whole chunks of those levels), else the archive's chunk size.
     """
     import dataclasses
 
@@ -151,16 +158,17 @@ def ensure_overview_arrays(
                     extra.to_zarr(store, group=path, append_dim="time", compute=False,
                                   zarr_format=config.zarr_format, consolidated=False)  # fmt: skip
             continue
-        per_region = region_size // factor >= MIN_REGION_CHUNK and region_size % factor == 0
-        chunk = region_size // factor if per_region else config.chunk_size
+        chunk = region_size // factor if per_region(region_size, factor) else config.chunk_size
         level_config = dataclasses.replace(config, chunk_size=max(16, chunk), shard_size=None)
         prepared, encoding = prepare_for_zarr(template, level_config, rechunk_dask=False)
         prepared.attrs = {"overview_factor": factor, "reduction": _REDUCTION}
         with _quiet_consolidation_warning():
             prepared.to_zarr(store, group=path, mode="w", compute=False, encoding=encoding,
                              zarr_format=config.zarr_format, consolidated=False)  # fmt: skip
+    record = [_multiscales(base, levels, region_size)]
     group = zarr.open_group(store, mode="r+", zarr_format=config.zarr_format)
-    group.attrs[MULTISCALES_ATTR] = [_multiscales(base, levels, region_size)]
+    if group.attrs.get(MULTISCALES_ATTR) != record:  # a run with nothing to do writes nothing
+        group.attrs[MULTISCALES_ATTR] = record
     return levels
 
 
@@ -179,7 +187,7 @@ def _multiscales(base: xr.Dataset, levels: list[OverviewLevel], region_size: int
                 "factor": level.factor,
                 "resolution": res * level.factor,
                 "shape": list(level.shape),
-                "per_region": region_size // level.factor >= MIN_REGION_CHUNK,
+                "per_region": per_region(region_size, level.factor),
             }
         )
     return {
@@ -205,7 +213,7 @@ def write_region_overviews(
     import dask
 
     store = str(store)
-    levels = [lv for lv in overview_levels(store) if region_size // lv.factor >= MIN_REGION_CHUNK]
+    levels = [lv for lv in overview_levels(store) if per_region(region_size, lv.factor)]
     if not levels:
         return [] if not compute else None
     base = xr.open_zarr(store, consolidated=False)
@@ -254,7 +262,7 @@ def finish_overviews(
     levels = overview_levels(store)
     source_path, source_factor = ".", 1
     for level in levels:
-        if region_size // level.factor >= MIN_REGION_CHUNK:
+        if per_region(region_size, level.factor):
             source_path, source_factor = level.path, level.factor
             continue
         group = None if source_path == "." else source_path
