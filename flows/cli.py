@@ -114,6 +114,10 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="3 (default); 2 for GDAL < 3.13 / QGIS")
     g.add_argument("--chunk-size", type=int, default=1024, help="spatial chunk of cube and archive, px (default 1024)")
+    g.add_argument("--shard-size", type=int, default=None, metavar="PX", help="Zarr 3: one object per PX x PX block of chunks (default: tiled runs one shard per tile, single-grid runs none)")
+    g.add_argument("--no-shards", action="store_true", help="one object per chunk, even for tiled Zarr 3 runs")
+    g.add_argument("--no-overviews", action="store_true", help="do not write overview levels (1/2, 1/4, ...) into the store")
+    g.add_argument("--no-stac", action="store_true", help="do not write the STAC Collection beside the store")
     when = g.add_mutually_exclusive_group()
     when.add_argument("--resume", action="store_true", help="finish an interrupted run into the existing store")
     when.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -170,7 +174,16 @@ def _archive_config(args: argparse.Namespace):
     from pipeline.archive import ArchiveConfig
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
-    return ArchiveConfig(zarr_format=args.zarr_format, chunk_size=args.chunk_size, mode=mode)
+    if args.shard_size and args.no_shards:
+        raise ValueError("--shard-size and --no-shards contradict each other: give one")
+    if args.shard_size and args.zarr_format != 3:
+        raise ValueError("--shard-size needs --zarr-format 3 (Zarr 2 has no shards)")
+    return ArchiveConfig(
+        zarr_format=args.zarr_format,
+        chunk_size=args.chunk_size,
+        mode=mode,
+        shard_size=args.shard_size,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +314,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tiling=_tiling_config(args),
         tiled=True if args.tiled else None,
         validation=ValidationConfig(enabled=not args.no_validation, window=args.validation_window),
+        overviews=not args.no_overviews,
+        stac=not args.no_stac,
+        shard_by_tile=not args.no_shards,
     )
     summary = run(config, progress=not args.quiet)
     print("\n".join(summary.lines()))

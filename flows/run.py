@@ -54,6 +54,9 @@ class RunConfig:
     overview_min_size: int = 256
     #: write a STAC Collection (and Items) describing the archive beside it
     stac: bool = True
+    #: tiled runs in Zarr 3 without an explicit archive.shard_size: one shard per tile
+    #: (``phyvlm-cr benchmark layout``: 3.5x fewer objects, the same write time)
+    shard_by_tile: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("dates", "composite"):

@@ -590,6 +590,7 @@ def run_tiled(
     from .run import RunSummary, TileSummary, provenance
 
     started = time.perf_counter()
+    config = with_tile_shards(config)
     check_destination(config.output, config.archive)  # refuse before any work, not after
     grid, area_tiles = plan_grid(config)  # step 1
     if items is None:  # step 2
@@ -666,6 +667,16 @@ def run_tiled(
         tiles=tiles,
         validation=validation,
     )
+
+
+def with_tile_shards(config: RunConfig) -> RunConfig:
+    """Zarr 3 tiled runs shard by tile unless told otherwise: a tile is written whole by one
+    task, so one object per tile, variable and date instead of one per chunk."""
+    archive = config.archive
+    if archive.zarr_format != 3 or archive.shard_size is not None or not config.shard_by_tile:
+        return config
+    shards = dataclasses.replace(archive, shard_size=config.tiling.tile_size)
+    return dataclasses.replace(config, archive=shards)
 
 
 def _validate_first_tile(worker: TileWorker, config: RunConfig, results: list) -> Any:
