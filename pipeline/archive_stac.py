@@ -216,7 +216,7 @@ def _window_items(
     windows: list[tuple[str, Any, dict[str, list[int]]]] = []
     if GRID_ATTR in ds.attrs and TILE_DONE_VAR in ds:
         grid = GridSpec.from_json(ds.attrs[GRID_ATTR])
-        written = np.asarray(ds[TILE_DONE_VAR].values).astype(bool).any(axis=0)
+        written = np.asarray(np.asarray(ds[TILE_DONE_VAR].values).astype(bool).any(axis=0))
         for tile in grid.tiles():
             if written[tile.row, tile.col]:
                 window = {"y": [tile.y.start, tile.y.stop], "x": [tile.x.start, tile.x.stop]}
@@ -261,7 +261,7 @@ def archive_collection(
     group = zarr.open_group(str(store), mode="r")
     store_format = int(group.metadata.zarr_format)
     ds = xr.open_zarr(str(store), decode_coords="all", consolidated=True)
-    attrs = dict(group.attrs)  # fresh, not the consolidated copy
+    attrs: dict[str, Any] = dict(group.attrs)  # fresh, not the consolidated copy
     collection_id = collection_id or Path(href.rstrip("/")).name.removesuffix(".zarr")
     geobox = ds.odc.geobox
     epsg = geobox.crs.epsg if geobox.crs is not None else None

@@ -73,13 +73,15 @@ def overview_levels(store: str | os.PathLike) -> list[OverviewLevel]:
     """The levels a store holds, finest first (from its ``multiscales`` attribute)."""
     import zarr
 
-    attrs = dict(zarr.open_group(str(store), mode="r", use_consolidated=False).attrs)
+    attrs: dict[str, Any] = dict(
+        zarr.open_group(str(store), mode="r", use_consolidated=False).attrs
+    )
     levels = []
     for entry in attrs.get(MULTISCALES_ATTR) or []:
         for dataset in entry.get("datasets", []):
             if dataset.get("path") not in (None, "."):
-                shape = tuple(dataset.get("shape", (0, 0)))
-                levels.append(OverviewLevel(int(dataset["factor"]), dataset["path"], shape))  # type: ignore[arg-type]
+                ny, nx = dataset.get("shape", (0, 0))
+                levels.append(OverviewLevel(int(dataset["factor"]), dataset["path"], (ny, nx)))
     return sorted(levels, key=lambda level: level.factor)
 
 

@@ -11,7 +11,7 @@ import pystac
 import pytest
 import xarray as xr
 
-from pipeline.archive import ArchiveConfig, write_archive
+from pipeline.archive import ArchiveConfig
 from pipeline.archive_stac import EXTENSIONS, stac_location, write_archive_stac
 from pipeline.overviews import build_overviews
 
