@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--threads", type=int, default=1)
     p_demo.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     p_demo.add_argument("--overwrite", action="store_true", help="replace the demo folder's store if it exists")
+    p_demo.add_argument("--overview-min-size", type=int, default=256, metavar="PX", help="overview levels halve the resolution until the image fits PX (default 256)")
     _add_prior_args(p_demo)
 
     p_bench = sub.add_parser(
@@ -348,6 +349,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             threads=args.threads,
             zarr_format=args.zarr_format,
             overwrite=args.overwrite,
+            overview_min_size=args.overview_min_size,
             prior=args.prior,
             prior_options=_prior_options(args),
         ),
