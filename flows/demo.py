@@ -43,6 +43,8 @@ class DemoConfig:
     zarr_format: int = 3
     overwrite: bool = False
     prior: str = "physics"
+    #: overview levels halve the resolution until the image fits this many pixels
+    overview_min_size: int = 256
     #: keywords of the prior, e.g. {"model": PATH} for prior "vlm" (see RunConfig)
     prior_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -75,7 +77,7 @@ class DemoResult:
             "",
             *self.summary.lines(),
             f"quicklook        {self.quicklook}",
-            f"STAC items       {self.catalog}",
+            f"input items      {self.catalog} (the synthetic scenes, as STAC items)",
             f"demo total       {self.seconds:.1f} s",
             "",
             "Open it in a notebook:",
@@ -151,6 +153,7 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
         cluster=ClusterConfig(n_workers=config.workers, threads_per_worker=config.threads, dashboard_address="127.0.0.1:0"),
         prior=config.prior,
         prior_options=config.prior_options,
+        overview_min_size=config.overview_min_size,
     )
     summary = run(run_config, progress=progress, items=found, geobox=stack.truth.odc.geobox)
 

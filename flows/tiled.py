@@ -327,6 +327,13 @@ class TileWorker:
                 write = tile_write(out, self.config.output, region, self.config.archive)
                 no_valid = out["no_valid_observation"].data.sum(dtype="int64")
                 _, count = self._compute(write, no_valid)
+                if self.config.overviews:  # the tile's overviews, from what landed
+                    from pipeline.overviews import write_region_overviews
+
+                    size = self.plan.grid.tile_size
+                    self._compute(*write_region_overviews(
+                        self.config.output, region, region_size=size, compute=False
+                    ))  # fmt: skip
                 return TileResult(
                     tile.key, True, attempt, int(count), seconds=time.perf_counter() - started
                 )
@@ -557,6 +564,7 @@ def run_tiled(
     from pipeline._reading import configure_gdal
 
     started = time.perf_counter()
+    config = with_tile_shards(config)
     check_destination(config.output, config.archive)  # refuse before any work, not after
     grid, area_tiles = plan_grid(config)  # step 1
     if items is None:  # step 2
@@ -569,6 +577,13 @@ def run_tiled(
     attrs["tile_size"] = grid.tile_size
     attrs["time_axis"] = "solar days of all items" if config.mode == "dates" else "period starts"
     state = prepare_store(config, plan, schema, attrs)  # step 4
+    if config.overviews:  # empty levels (or their new time steps), filled as tiles land
+        from pipeline.overviews import ensure_overview_arrays
+
+        ensure_overview_arrays(
+            config.output, config.archive, region_size=grid.tile_size,
+            min_size=config.overview_min_size,
+        )  # fmt: skip
     todo = [t for t in area_tiles if not state.done[t.row, t.col]]
     skipped = len(area_tiles) - len(todo)
     if not todo:
@@ -597,6 +612,10 @@ def run_tiled(
         dashboard = active.dashboard_link if active is not None else ""
 
     failed = {r.key: f"{r.error} (after {r.attempts} attempt(s))" for r in results if not r.ok}
+    if config.overviews and todo:  # the levels coarser than a tile, from the tiles' levels
+        from pipeline.overviews import finish_overviews
+
+        finish_overviews(config.output, config.archive, region_size=grid.tile_size)
     if not failed:  # step 6
         _mark_complete_if_done(config, plan)
     tiles = TileSummary(
@@ -622,6 +641,16 @@ def run_tiled(
         tiles=tiles,
         validation=validation,
     )
+
+
+def with_tile_shards(config: RunConfig) -> RunConfig:
+    """Zarr 3 tiled runs shard by tile unless told otherwise: a tile is written whole by one
+    task, so one object per tile, variable and date instead of one per chunk."""
+    archive = config.archive
+    if archive.zarr_format != 3 or archive.shard_size is not None or not config.shard_by_tile:
+        return config
+    shards = dataclasses.replace(archive, shard_size=config.tiling.tile_size)
+    return dataclasses.replace(config, archive=shards)
 
 
 def _validate_first_tile(worker: TileWorker, config: RunConfig, results: list) -> Any:

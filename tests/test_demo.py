@@ -17,7 +17,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_archive.
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    args = ["-q", "demo", "--output", str(out), "--size", "160", "--dates", "6", "--chunk-size", "96"]
+    args = ["-q", "demo", "--output", str(out), "--size", "160", "--dates", "6", "--chunk-size", "96", "--overview-min-size", "64"]
     return out, args
 
 
@@ -29,6 +29,11 @@ def test_demo_end_to_end_then_notebook(demo_run, capsys):
     # The accuracy table, with every pixel class, and where things are.
     for word in ("Restored vs truth", "clear", "thin", "thick", "shadow", "psnr", "restored.zarr", "quicklook.png"):
         assert word in printed, word
+    # The summary names the STAC collection, the overview levels and the store's objects.
+    assert f"STAC collection  {out / 'restored.stac' / 'collection.json'}" in printed
+    assert "overviews        1/2, 1/4" in printed  # 160 px -> 80 -> 40 (fits 64)
+    objects = int(printed.split("objects ")[1].split()[0])
+    assert objects == sum(1 for p in (out / "restored.zarr").rglob("*") if p.is_file())
     store = out / "restored.zarr"
     png = out / "quicklook.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

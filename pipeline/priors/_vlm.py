@@ -56,7 +56,7 @@ from ._vlm_mapping import (
     region_halo,
     regions_inside,
 )
-from ._vlm_model import ScorerSpec, get_scorer
+from ._vlm_model import ScorerSpec, check_vlm_installed, get_scorer
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class VLMPrior(Prior):
                 "the VLM prior needs a checkpoint: pass model=PATH_OR_ID (CLI: --prior vlm "
                 "--vlm-model PATH_OR_ID), e.g. a folder with Qwen/Qwen2.5-VL-3B-Instruct"
             )
+        check_vlm_installed()  # here, on the client, not first on a worker mid-run
         self.physics = PhysicsPrior(self.config.physics)
         self.layers = tuple(layer_name(w) for w in self.config.label_words)
         self.layer_descriptions = {

@@ -100,16 +100,30 @@ def get_scorer(spec: ScorerSpec) -> LabelScorer:
     return scorer
 
 
+#: What to type when the VLM prior's packages are missing (the `vlm` extra, pyproject.toml).
+VLM_INSTALL_HINT = (
+    "the VLM prior needs torch and transformers (the base install is the CPU pipeline without "
+    "them); fix: pip install 'phyvlm-cr[vlm]', on a CPU machine after pip install torch "
+    "--index-url https://download.pytorch.org/whl/cpu (README, Install)"
+)
+
+
+def check_vlm_installed() -> None:
+    """Raise ImportError naming the `vlm` extra when torch or transformers is missing
+    (checked without importing them: the client of a run needs neither)."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"{' and '.join(missing)} not installed: {VLM_INSTALL_HINT}")
+
+
 def _import_torch_transformers() -> tuple[Any, Any]:
     try:
         import torch
         import transformers
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "the VLM prior needs torch and transformers; fix: pip install 'phyvlm-cr[vlm]' "
-            "(install the torch wheel for your platform first; never torchvision, it is not "
-            "needed)"
-        ) from exc
+        raise ImportError(VLM_INSTALL_HINT) from exc
     return torch, transformers
 
 
