@@ -12,8 +12,8 @@ import xarray as xr
 
 from flows.run import RunConfig
 from flows.tiled import with_tile_shards
-from pipeline.catalog import SearchParams
 from pipeline.archive import ArchiveConfig, write_archive
+from pipeline.catalog import SearchParams
 from pipeline.store_objects import count_objects
 from pipeline.tiling import TilingConfig
 
