@@ -142,14 +142,31 @@ def _tiling_config(args: argparse.Namespace):
 
 
 def _add_prior_args(p: argparse.ArgumentParser) -> None:
-    from pipeline.priors import available_priors
+    from pipeline.priors import DEFAULT_PRIOR, available_priors, available_sources
 
     g = p.add_argument_group("prior (physics, or physics refined by a Qwen VL model)")
-    g.add_argument("--prior", choices=available_priors(), default="physics", help="prior backend (default physics)")
+    g.add_argument("--prior", type=_prior_name, default=DEFAULT_PRIOR, metavar="PRIOR", help=f"a base prior ({', '.join(available_priors())}) optionally joined by '+' with cloud-evidence sources ({', '.join(available_sources())}), e.g. physics+stack (default {DEFAULT_PRIOR})")
     g.add_argument("--vlm-model", metavar="PATH_OR_ID", help="Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder (or hub id where there is internet); needs --prior vlm")
     g.add_argument("--vlm-region-px", type=int, default=None, metavar="PX", help="side of a VLM region (crop) in output pixels (default 256)")
     g.add_argument("--vlm-batch-size", type=int, default=None, metavar="N", help="crops per forward pass (default 16)")
     g.add_argument("--vlm-gpu", type=float, default=None, metavar="UNITS", help="each restore task asks Dask for this much worker resource 'GPU' (workers started with --resources GPU=1)")
+
+
+def _prior_name(value: str) -> str:
+    """argparse type of --prior: a base prior and evidence sources joined by '+'."""
+    from pipeline.priors import DEFAULT_PRIOR, available_priors, available_sources
+
+    base, *sources = value.split("+")
+    if base in available_sources():
+        base, sources = "physics", [base, *sources]
+    unknown = [p for p in [base, *sources] if p not in (*available_priors(), *available_sources())]
+    if base not in available_priors() or unknown or base in sources:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a prior: use a base prior ({', '.join(available_priors())}) "
+            f"optionally joined by '+' with evidence sources ({', '.join(available_sources())}), "
+            f"e.g. {DEFAULT_PRIOR}"
+        )
+    return value
 
 
 def _prior_options(args: argparse.Namespace) -> dict:
@@ -161,12 +178,12 @@ def _prior_options(args: argparse.Namespace) -> dict:
         "gpu_resource": args.vlm_gpu,
     }
     given = {k: v for k, v in flags.items() if v is not None}
-    if args.prior != "vlm":
+    if args.prior.split("+")[0] != "vlm":
         if given:
             raise ValueError("the --vlm-* options need --prior vlm")
         return {}
     if not args.vlm_model:
-        raise ValueError("--prior vlm needs --vlm-model PATH_OR_ID (a Qwen VL checkpoint folder)")
+        raise ValueError(f"--prior {args.prior} needs --vlm-model PATH_OR_ID (a Qwen VL checkpoint folder)")
     return given
 
 
@@ -220,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--no-scl", action="store_true", help="do not load SCL as evidence")
     p_run.add_argument("--on-read-error", choices=("raise", "count"), default="raise", help="fail on a read error (default) or write nodata and count it")
     p_run.add_argument("--no-validation", action="store_true", help="skip the self-validation (held-out clear pixels under simulated cloud; recorded in the archive)")
-    p_run.add_argument("--validation-window", type=int, default=192, metavar="PX", help="side of the self-validation window (default 192)")
+    p_run.add_argument("--validation-window", type=int, default=64, metavar="PX", help="side of a self-validation window (default 64)")
+    p_run.add_argument("--validation-windows", type=int, default=8, metavar="N", help="self-validation windows over the whole run, spread over the area and its tiles (default 8)")
     _add_prior_args(p_run)
     _add_output_args(p_run)
     _add_tiling_args(p_run)
@@ -314,7 +332,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         prior_options=_prior_options(args),
         tiling=_tiling_config(args),
         tiled=True if args.tiled else None,
-        validation=ValidationConfig(enabled=not args.no_validation, window=args.validation_window),
+        validation=ValidationConfig(
+            enabled=not args.no_validation,
+            window=args.validation_window,
+            windows=args.validation_windows,
+        ),
         overviews=not args.no_overviews,
         stac=not args.no_stac,
         shard_by_tile=not args.no_shards,

@@ -24,12 +24,14 @@ from pipeline.validation import VALIDATION_ATTR
 
 from .config import Mode, RunConfig, RunSummary, TileSummary
 from .steps import (
+    error_layer_step,
     load_step,
     prior_of,
     provenance,
     restore_step,
     scene_sample_step,
     validation_step,
+    wants_error_layer,
 )
 from .tiled import run_tiled
 
@@ -84,6 +86,8 @@ def _run_one_grid(
         # scene parameters from the COGs' overviews, not from a second read of every chunk
         sample = scene_sample_step(items, config, cube)
         restored = restore_step(cube, config, sample)
+        if wants_error_layer(config):  # calibrated on the validation just run
+            restored = error_layer_step(restored, validation)
         attrs = provenance(config, items, restored)
         if validation is not None:
             attrs[VALIDATION_ATTR] = validation.to_json()

@@ -45,6 +45,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -87,11 +88,13 @@ from pipeline.validation import VALIDATION_ATTR
 
 from .config import RunConfig, RunSummary, TileSummary
 from .steps import (
+    error_layer_step,
     load_step,
     provenance,
     restore_step,
     scene_sample_step,
     validation_step,
+    wants_error_layer,
 )
 
 log = logging.getLogger(__name__)
@@ -232,6 +235,8 @@ def output_schema(config: RunConfig) -> OutputSchema:
     if config.cube.include_scl:
         data["SCL"] = (("time", "y", "x"), np.full(shape, 4, dtype="uint8"))
     probe = restore_step(xr.Dataset(data, coords=coords), dataclasses.replace(config, period=None))
+    if wants_error_layer(config):
+        probe = error_layer_step(probe, None)
     variables = {
         str(n): (v.dtype, dict(v.attrs))
         for n, v in probe.data_vars.items()
@@ -295,6 +300,8 @@ class TileWorker:
         self.index = index
         self.time_slice = time_slice
         self.client = client
+        #: the run's self-validation (its error model calibrates each tile's error layer)
+        self.validation: Any = None
 
     def cube(self, tile: Tile) -> xr.Dataset | None:
         """The tile's input cube, lazy, one step per solar day (None: no item covers it)."""
@@ -314,6 +321,8 @@ class TileWorker:
         restored = restore_step(
             cube, dataclasses.replace(self.config, mode="dates", period=None), sample
         )
+        if wants_error_layer(self.config):
+            restored = error_layer_step(restored, self.validation)
         return _fit_to_axis(restored, self.plan, self.schema, self.config)
 
     def __call__(self, tile: Tile) -> TileResult:
@@ -598,6 +607,7 @@ def run_tiled(
         if todo:
             configure_gdal(active)
             worker = TileWorker(config, plan, schema, index, state.time_slice, active)
+            worker.validation = validation = _validate_tiles(worker, config, todo)
             results, ledger = process_tiles(
                 worker,
                 todo,
@@ -608,7 +618,7 @@ def run_tiled(
             )
         else:
             results, ledger = [], _FailureLedger(active)
-        validation = _validate_first_tile(worker, config, results) if todo else None
+            validation = None
         dashboard = active.dashboard_link if active is not None else ""
 
     failed = {r.key: f"{r.error} (after {r.attempts} attempt(s))" for r in results if not r.ok}
@@ -653,24 +663,25 @@ def with_tile_shards(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, archive=shards)
 
 
-def _validate_first_tile(worker: TileWorker, config: RunConfig, results: list) -> Any:
-    """Self-validation on the first written tile that has items, recorded in the store.
-
-    One tile stands for the run (windows of ``config.validation.window`` px; a continental
-    run would otherwise pay it per tile); its result goes to the store's attributes.
-    """
-    if not config.validation.enabled:
+def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
+    """Self-validation on windows drawn from tiles spread over the area (up to one tile per
+    window, evenly through the plan), recorded in the store before any tile is written: its
+    error model calibrates every tile's error layer, and its per-tile table names the tiles."""
+    if not config.validation.enabled or not todo:
         return None
-    tiles = {t.key: t for t in worker.plan.tiles}
-    for result in results:
-        cube = worker.cube(tiles[result.key]) if result.ok and result.key in tiles else None
-        if cube is None:
-            continue
-        validation = validation_step(cube, config)
-        if validation is not None:
-            record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
-        return validation
-    return None
+    step = max(1, math.ceil(len(todo) / config.validation.windows))
+    cubes, labels = [], []
+    for tile in todo[::step]:
+        cube = worker.cube(tile)
+        if cube is not None:
+            cubes.append(cube)
+            labels.append(str(tile.key))
+    if not cubes:
+        return None
+    validation = validation_step(cubes, config, labels=labels)
+    if validation is not None:
+        record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
+    return validation
 
 
 def _mark_complete_if_done(config: RunConfig, plan: TilePlan) -> None:

@@ -103,7 +103,7 @@ def open_kwargs(store_format: int, group: str | None = None) -> dict[str, Any]:
 
 def config_fingerprint(attrs: Mapping[str, Any]) -> str:
     """The run's fingerprint (tiled stores record one), else a hash of its configuration."""
-    from .archive import FINGERPRINT_ATTR
+    from .tiled_archive import FINGERPRINT_ATTR
 
     if attrs.get(FINGERPRINT_ATTR):
         return str(attrs[FINGERPRINT_ATTR])
@@ -207,7 +207,7 @@ def _window_items(
     """One Item per written tile (tiled store), else one for the whole area."""
     from odc.geo.geobox import GeoBox
 
-    from .archive import GRID_ATTR, TILE_DONE_VAR
+    from .tiled_archive import GRID_ATTR, TILE_DONE_VAR
     from .tiling import GridSpec
 
     geobox: GeoBox = ds.odc.geobox

@@ -605,3 +605,56 @@ def _validate_window(win, bands, wl, tile, cfg, prior, options, rng, col, simula
         }
         col.add(est[:, held], data[target][:, held], cls, strata(data[target], bands)[held], tile, layers)
         log.debug("self-validation case: date %d, %d px", target, int(held.sum()))
+
+
+# --------------------------------------------------------------------------- against truth
+
+
+def compare_with_truth(result: ValidationResult, true_psnr: dict[str, float]) -> str:
+    """A table of the estimate beside the true restored PSNR per class (where truth exists:
+    the demo, the quality benchmark)."""
+    head = f"{'pixel set':<10}{'true':>9}{'estimate':>10}{'interval 5-95 %':>18}{'diff':>8}"
+    lines = [head, "-" * len(head)]
+    for c in ("all", *CLASSES):
+        est = (
+            {"psnr": result.psnr, "psnr_low": result.psnr_low, "psnr_high": result.psnr_high}
+            if c == "all"
+            else result.per_class.get(c)
+        )
+        true = true_psnr.get(c, float("nan"))
+        if not est:
+            continue
+        diff = est["psnr"] - true
+        interval = f"[{est['psnr_low']:.1f}, {est['psnr_high']:.1f}]"
+        lines.append(f"{c:<10}{true:>9.2f}{est['psnr']:>10.2f}{interval:>18}{diff:>+8.2f}")
+    return "\n".join(lines)
+
+
+def error_layer_calibration(
+    error_estimate: np.ndarray,
+    interval90: float,
+    estimate: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray | None = None,
+) -> dict[str, float]:
+    """How the error layer fares against true per-pixel errors.
+
+    ``error_estimate`` (..., Y, X), ``estimate`` / ``truth`` (B, ..., Y, X) reflectance; the
+    true error is the RMS over bands of the clipped difference. Returns the share of pixels
+    within the nominal 90 % interval (``coverage90``), the rank correlation of estimate and
+    error (``spearman``), and the RMS of error / estimate (``rms_ratio``, 1 = calibrated).
+    """
+    err = np.sqrt(np.mean((np.clip(estimate, 0, 1) - np.clip(truth, 0, 1)) ** 2, axis=0))
+    est = np.asarray(error_estimate, dtype=np.float64)
+    ok = np.isfinite(err) & np.isfinite(est) & (est > 0)
+    if mask is not None:
+        ok &= mask
+    if not ok.any():
+        return {"coverage90": float("nan"), "spearman": float("nan"), "rms_ratio": float("nan"), "pixels": 0}
+    e, s = err[ok], est[ok]
+    return {
+        "coverage90": float(np.mean(e <= interval90 * s)),
+        "spearman": _spearman(s, e),
+        "rms_ratio": float(np.sqrt(np.mean((e / s) ** 2))),
+        "pixels": int(ok.sum()),
+    }

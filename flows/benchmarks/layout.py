@@ -62,8 +62,9 @@ def measure(
     import pandas as pd
     import xarray as xr
 
-    from pipeline.archive import ArchiveConfig, tile_write
+    from pipeline.archive import ArchiveConfig
     from pipeline.store_objects import count_objects
+    from pipeline.tiled_archive import tile_write
 
     config = ArchiveConfig(zarr_format=zarr_format, chunk_size=chunk_size, shard_size=shard)  # type: ignore[arg-type]
     side = tiles * tile_size
