@@ -213,6 +213,7 @@ def test_picklable_tokenizable_and_loaded_once_per_process(scene) -> None:
     assert src.weight == 0.7
     assert tokenize(src) == tokenize(CSMaskSource(CSMaskConfig(scale=1, weight=0.7, batch_size=3)))
     assert tokenize(src) != tokenize(CSMaskSource(scale=1, weight=0.5, batch_size=3))
+    assert tokenize(CSMaskSource(scale=3.0)) == tokenize(CSMaskSource(scale=3))
     blob = pickle.dumps(src)
     assert len(blob) < 4096  # the config only: no session travels with tasks
     again = pickle.loads(blob)

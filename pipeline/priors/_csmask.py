@@ -140,6 +140,7 @@ class CSMaskConfig:
                 f"CSMaskConfig.scale must be an integer >= 1 (cube pixels per ~30 m model "
                 f"cell: 3 for a 10 m cube), got {self.scale!r}"
             )
+        object.__setattr__(self, "scale", int(self.scale))  # 3.0 -> 3: same token, int math
         if not 1 <= self.overlap <= 128:
             raise ValueError(f"CSMaskConfig.overlap must be 1..128 cells, got {self.overlap}")
         if self.batch_size < 1:
