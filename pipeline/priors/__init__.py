@@ -15,12 +15,22 @@ from ._combined import CombinedPrior
 from ._evidence import CloudEvidence, EvidenceSource, combine_evidence, physics_opinion
 from ._physics import PhysicsConfig, PhysicsPrior
 from ._stack import StackConfig, StackEvidence
+
+
+def _csmask_source():
+    """The learned cloud/shadow mask (``ukis-csmask``, an optional extra: imported on use)."""
+    from ._csmask import CSMaskSource
+
+    return CSMaskSource()
+
+
 from ._vlm import VLMConfig, VLMPrior, attach_stored_prior
 from ._vlm_mapping import LabelMapping
 
 register_prior("physics", PhysicsPrior)
 register_prior("vlm", VLMPrior)
 register_source("stack", StackEvidence)
+register_source("csmask", _csmask_source)
 
 #: The prior ``restore`` and the CLI use unless told otherwise (the quality benchmark's best).
 DEFAULT_PRIOR = "physics+stack"
