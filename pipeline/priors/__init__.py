@@ -15,6 +15,8 @@ from ._combined import CombinedPrior
 from ._evidence import CloudEvidence, EvidenceSource, combine_evidence, physics_opinion
 from ._physics import PhysicsConfig, PhysicsPrior
 from ._stack import StackConfig, StackEvidence
+from ._vlm import VLMConfig, VLMPrior, attach_stored_prior
+from ._vlm_mapping import LabelMapping
 
 
 def _csmask_source():
@@ -23,9 +25,6 @@ def _csmask_source():
 
     return CSMaskSource()
 
-
-from ._vlm import VLMConfig, VLMPrior, attach_stored_prior
-from ._vlm_mapping import LabelMapping
 
 register_prior("physics", PhysicsPrior)
 register_prior("vlm", VLMPrior)
