@@ -284,17 +284,21 @@ class LabelScorer:
         steps = answers.inputs.shape[1]
         after = torch.arange(1, steps + 1, device=dev)
         cont_pos = (positions[:, :, -1:] + after).repeat_interleave(nlab, dim=1)
-        cont = self.model(
+        hidden = self.model.model(
             input_ids=answers.inputs.repeat(n, 1),
             attention_mask=torch.ones(n * nlab, ids.shape[1] + steps, dtype=torch.long, device=dev),
             position_ids=cont_pos,
             cache=cache,
             use_cache=True,
-        )
-        logits = cont.logits.float().view(n, nlab, steps, -1)
-        target = answers.targets.expand(n, -1, -1)
-        picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-        rest = (picked * answers.valid).sum(dim=-1)
+        ).last_hidden_state
+        # The vocabulary projection and its log-normaliser dominate a small model's cost:
+        # only the real answer positions go through them, not the padding.
+        valid = answers.valid.repeat(n, 1)
+        logits = self.model.lm_head(hidden[valid]).float()
+        picked = logits.gather(-1, answers.targets.repeat(n, 1)[valid][:, None])[:, 0]
+        picked = picked - logits.logsumexp(dim=-1)
+        rows = torch.arange(n * nlab, device=dev)[:, None].expand(-1, steps)[valid]
+        rest = torch.zeros(n * nlab, device=dev).index_add_(0, rows, picked).view(n, nlab)
         self.forward_passes += 2
         return first + rest
 
@@ -307,7 +311,7 @@ class _AnswerTensors:
     inputs (L, K-1): each answer without its last token, right-padded: the continuation fed
         after the prompt (K = the longest answer's length).
     targets (L, K-1): the token each continuation position must predict (answer[1:]), padded.
-    valid (L, K-1): 1.0 where ``targets`` is a real answer token, 0.0 on padding.
+    valid (L, K-1): True where ``targets`` is a real answer token, False on padding.
     """
 
     first: Any
@@ -321,12 +325,12 @@ class _AnswerTensors:
         pad = sequences[0][-1]  # any real token: padded positions are never read
         inputs = [s[:-1] + [pad] * (steps - len(s) + 1) for s in sequences]
         targets = [s[1:] + [pad] * (steps - len(s) + 1) for s in sequences]
-        valid = [[1.0] * (len(s) - 1) + [0.0] * (steps - len(s) + 1) for s in sequences]
+        valid = [[True] * (len(s) - 1) + [False] * (steps - len(s) + 1) for s in sequences]
         return cls(
             first=torch.tensor([s[0] for s in sequences], dtype=torch.long, device=device),
             inputs=torch.tensor(inputs, dtype=torch.long, device=device),
             targets=torch.tensor(targets, dtype=torch.long, device=device),
-            valid=torch.tensor(valid, dtype=torch.float32, device=device),
+            valid=torch.tensor(valid, dtype=torch.bool, device=device),
         )
 
 
