@@ -19,6 +19,9 @@ length. Each batch of crops takes two forward passes:
 2. the label continuations of every (crop, label) pair as one batch on the prompt cache
    repeated per label: the distributions of the later answer tokens.
 
+Pass 2 holds the prompt's KV cache once per (crop, label) row, so its memory is the prompt
+cache times the number of labels; ``batch_size`` (crops per batch) bounds both passes.
+
 The M-RoPE position ids are computed once from the prompt (``get_rope_index``) and passed
 explicitly to both passes: answer tokens follow the prompt's last position, the same ids
 the model gives them when it runs the whole sequence at once, and the model's stored
