@@ -5,8 +5,8 @@ For each block the prior
 1. runs the physics prior (``PhysicsPrior.block``): t_phys, c_phys, J_phys;
 2. cuts true-colour quicklook crops of ``region_px`` pixels on the global crop grid
    (``_vlm_mapping``), resizes them to ``quicklook_px`` and scores the label set with the
-   checkpoint in batched forward passes (``_vlm_model``: next-token probabilities of the
-   labels' first tokens; no generation);
+   checkpoint in batched forward passes (``_vlm_model``: the probability of each label's
+   whole answer after the prompt, two forward passes per batch of crops; no generation);
 3. interpolates the region probabilities bilinearly to pixels and maps them, with the physics
    block, to transmission, per-pixel gamma, confidence and a new inversion (the table in
    ``_vlm_mapping``).
