@@ -303,12 +303,16 @@ class TileWorker:
         #: the run's self-validation (its error model calibrates each tile's error layer)
         self.validation: Any = None
 
-    def cube(self, tile: Tile) -> xr.Dataset | None:
-        """The tile's input cube, lazy, one step per solar day (None: no item covers it)."""
+    def cube(self, tile: Tile, purpose: str = "") -> xr.Dataset | None:
+        """The tile's input cube, lazy, one step per solar day (None: no item covers it).
+
+        Reads are tagged with the tile's key (``purpose`` prefixed: the self-validation's
+        reads are its own, so a failure there is never taken for the tile's)."""
         items = self.index.intersecting(tile)
         if not items:
             return None
-        return load_step(items, self.config, geobox=tile.geobox, read_context=tile.key)
+        context = f"{purpose}:{tile.key}" if purpose else tile.key
+        return load_step(items, self.config, geobox=tile.geobox, read_context=context)
 
     def output(self, tile: Tile) -> xr.Dataset:
         """The tile's output, lazy, on the run's time axis."""
@@ -607,7 +611,7 @@ def run_tiled(
         if todo:
             configure_gdal(active)
             worker = TileWorker(config, plan, schema, index, state.time_slice, active)
-            worker.validation = validation = _validate_tiles(worker, config, todo)
+            worker.validation = validation = _validate_tiles(worker, config, area_tiles)
             results, ledger = process_tiles(
                 worker,
                 todo,
@@ -663,22 +667,47 @@ def with_tile_shards(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, archive=shards)
 
 
+def _stored_validation(config: RunConfig) -> Any:
+    """The ``ValidationResult`` an earlier run recorded in the store (resume), or None."""
+    from pipeline.validation import ValidationResult
+
+    if config.archive.mode != "resume":
+        return None
+    try:
+        attrs, _ = store_record(config.output)
+    except Exception:  # noqa: BLE001 - no store yet: nothing to reuse
+        return None
+    raw = attrs.get(VALIDATION_ATTR)
+    return ValidationResult.from_json(raw) if raw else None
+
+
 def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
     """Self-validation on windows drawn from tiles spread over the area (up to one tile per
     window, evenly through the plan), recorded in the store before any tile is written: its
-    error model calibrates every tile's error layer, and its per-tile table names the tiles."""
+    error model calibrates every tile's error layer, and its per-tile table names the tiles.
+
+    A resumed run reuses the validation recorded by the run it continues, so every tile's
+    error layer comes from one calibration."""
     if not config.validation.enabled or not todo:
         return None
+    stored = _stored_validation(config)
+    if stored is not None:
+        log.info("self-validation: reusing the calibration recorded in %s", config.output)
+        return stored
     step = max(1, math.ceil(len(todo) / config.validation.windows))
     cubes, labels = [], []
     for tile in todo[::step]:
-        cube = worker.cube(tile)
+        cube = worker.cube(tile, purpose="validation")
         if cube is not None:
             cubes.append(cube)
             labels.append(str(tile.key))
     if not cubes:
         return None
     validation = validation_step(cubes, config, labels=labels)
+    # its read failures (a window it skipped) are not the tiles': drop them from the ledgers
+    from pipeline._reading import collect_read_failures
+
+    collect_read_failures(worker.client)
     if validation is not None:
         record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
     return validation

@@ -279,6 +279,21 @@ class ValidationResult:
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=_finite)
 
+    @classmethod
+    def from_json(cls, text: str) -> ValidationResult:
+        """The result ``to_json`` wrote (an archive's ``self_validation`` attribute)."""
+        raw = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: (float("nan") if v is None else v) for k, v in raw.items() if k in known}
+        model = raw.get("error_model")
+        if model:
+            model = {k: (float("nan") if v is None else v) for k, v in model.items()}
+            model["features"] = tuple(model.get("features", FEATURES))
+            values["error_model"] = ErrorModel(**model)
+        else:
+            values["error_model"] = None
+        return cls(**values)
+
     def line(self) -> str:
         if not self.pixels:
             return f"no clear pixel to hold out ({self.note})" if self.note else "no clear pixel to hold out"
@@ -548,7 +563,11 @@ def self_validate(
             continue
         size = min(cfg.window, ny, nx)
         for y0, x0 in window_origins(ny, nx, size, max(1, per_cube[k]), rng):
-            win = c.isel(y=slice(y0, y0 + size), x=slice(x0, x0 + size)).compute()
+            try:
+                win = c.isel(y=slice(y0, y0 + size), x=slice(x0, x0 + size)).compute()
+            except Exception as exc:  # noqa: BLE001 - a read failure costs a window, not the run
+                log.warning("self-validation skipped a window of %s at (%d, %d): %s", labels[k], y0, x0, exc)
+                continue
             _validate_window(win, bands, wl, k, cfg, prior, options, rng, col, simulate, restore)
     result = (
         _summarise(col, cfg, bands, labels, rng)

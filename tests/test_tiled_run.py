@@ -470,3 +470,23 @@ def test_tiled_store_has_overviews_per_tile_and_a_stac_item_per_tile(reference_s
     assert sorted(items) == ["r0c0", "r0c1", "r1c0", "r1c1"]
     assert items["r1c0"].properties["phyvlm:window"] == {"y": [64, 128], "x": [0, 64]}
     assert items["r1c0"].properties["proj:shape"] == [64, 64]
+
+
+def test_the_validation_draws_pixels_from_every_tile_and_calibrates_the_error_layer(
+    reference_store, reference
+):
+    """The self-validation of a tiled run holds out pixels in each of its 4 tiles (8 windows
+    spread over them), and its error model gives every tile's error layer."""
+    import json
+
+    from pipeline.validation import ERROR_LAYER
+
+    report = json.loads(reference.attrs["self_validation"])
+    assert len(report["per_tile"]) == 4
+    assert all(row["pixels"] > 0 for row in report["per_tile"].values())
+    layer = reference[ERROR_LAYER].values
+    valid = reference["no_valid_observation"].values == 0
+    assert np.isfinite(layer[valid]).all() and (layer[valid] > 0).all()
+    # one calibration for the whole store: the same layers give the same estimate in every tile
+    model = report["error_model"]
+    assert model["interval90"] > 0 and len(model["coefficients"]) == 5

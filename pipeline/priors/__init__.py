@@ -1,19 +1,16 @@
 """Cloud priors: the interface the restore step calls, the physics and VLM priors, the registry."""
 
-from ._base import (
-    BlockLocation,
-    Prior,
-    PriorBlock,
-    SceneParams,
+from ._base import BlockLocation, Prior, PriorBlock, SceneParams
+from ._combined import CombinedPrior
+from ._evidence import CloudEvidence, EvidenceSource, combine_evidence, physics_opinion
+from ._physics import PhysicsConfig, PhysicsPrior
+from ._registry import (
     available_priors,
     available_sources,
     get_prior,
     register_prior,
     register_source,
 )
-from ._combined import CombinedPrior
-from ._evidence import CloudEvidence, EvidenceSource, combine_evidence, physics_opinion
-from ._physics import PhysicsConfig, PhysicsPrior
 from ._stack import StackConfig, StackEvidence
 from ._vlm import VLMConfig, VLMPrior, attach_stored_prior
 from ._vlm_mapping import LabelMapping
