@@ -43,7 +43,10 @@ def test_demo_end_to_end_then_notebook(demo_run, capsys):
     assert ds.sizes["time"] == 6 and ds.sizes["y"] == 160 and ds.sizes["x"] == 160
     gate = ds["gate"].values
     assert np.nanmin(gate) >= 0 and np.nanmax(gate) <= 1
-    assert ds.attrs["prior"] == "physics"
+    assert ds.attrs["prior"] == "physics+stack"  # the default: physics + the stack's evidence
+    # The per-pixel error layer, and the estimate printed beside the truth.
+    assert "error_estimate" in ds and "Self-validation estimate" in printed
+    assert "within the nominal 90 % interval" in printed
 
     # Restoration beats the cloudy input on the whole stack (PSNR line of the 'all' row).
     tables = printed.split("Restored vs truth")
