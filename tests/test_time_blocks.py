@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib
 
 import dask
+import dask.core
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
+from pipeline.compositing import composite
 from pipeline.kernels import (
     FusionConfig,
     band_transmission,
@@ -151,3 +153,41 @@ def test_bad_time_settings_name_the_fix(series):
     shuffled = series.isel(time=[1, 0, *range(2, NT)])
     with pytest.raises(ValueError, match="sortby"):
         restore(shuffled, time_window_dates=2)
+
+
+# ----------------------------------------------------------------------------- composites
+
+
+def _restore_keys(graph) -> set:
+    return {k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("restore-")}
+
+
+def test_composites_stream_period_by_period_and_stay_exact():
+    """A monthly composite of a blocked restore: each period's task needs only the restore
+    tasks of the blocks holding its dates, and the values equal the composite of the
+    restored stack held whole in memory."""
+    series = make_series(nt=12, seed=2)  # 2024-04-01 .. 2024-06-28, 8 days apart
+    cfg = {"time_window_dates": 2, "time_block": 4}
+    with dask.config.set(scheduler="synchronous"):
+        lazy = restore(
+            series.chunk({"time": 1, "y": 17, "x": 19}), mode="composite", period="MS", **cfg
+        )
+        months = pd.DatetimeIndex(lazy.time.values)
+        assert list(months.month) == [4, 5, 6]
+        everything = _restore_keys(dict(lazy.B02.data.__dask_graph__()))
+        for k in range(len(months)):
+            culled = lazy.B02.data[k : k + 1]
+            keys = set(dask.core.flatten(culled.__dask_keys__()))
+            needed = _restore_keys(dict(culled.__dask_graph__().cull(keys)))
+            assert needed and needed < everything  # never the whole year
+        streamed = lazy.compute()
+    held = composite(restore(series, **cfg), period="MS")
+    for name in (*BANDS, "confidence", "observation_count", "no_valid_observation"):
+        np.testing.assert_allclose(
+            streamed[name].values.astype(np.float64),
+            held[name].values.astype(np.float64),
+            atol=1e-6,
+            rtol=0,
+            equal_nan=True,
+            err_msg=name,
+        )
