@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--no-scl", action="store_true", help="do not load SCL as evidence")
     p_run.add_argument("--on-read-error", choices=("raise", "count"), default="raise", help="fail on a read error (default) or write nodata and count it")
     p_run.add_argument("--no-validation", action="store_true", help="skip the self-validation (held-out clear pixels under simulated cloud; recorded in the archive)")
+    p_run.add_argument("--time-window-dates", type=int, default=None, metavar="N", help="references from at most N dates on each side; restores in time blocks, memory bounded (default: unbounded)")
+    p_run.add_argument("--time-block", type=int, default=None, metavar="N", help="target dates per time block (default: the most that fit the workers' memory limit)")
     p_run.add_argument("--validation-window", type=int, default=192, metavar="PX", help="side of the self-validation window (default 192)")
     _add_prior_args(p_run)
     _add_output_args(p_run)
@@ -291,6 +293,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tiling=_tiling_config(args),
         tiled=True if args.tiled else None,
         validation=ValidationConfig(enabled=not args.no_validation, window=args.validation_window),
+        time_window_dates=args.time_window_dates,
+        time_block=args.time_block,
     )
     summary = run(config, progress=not args.quiet)
     print("\n".join(summary.lines()))

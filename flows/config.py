@@ -42,8 +42,18 @@ class RunConfig:
     tiled: bool | None = None
     #: self-validation: held-out clear pixels under simulated cloud (pipeline.validation)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    #: a date's references come from at most this many dates on each side (None: unbounded);
+    #: with it the series is restored in time blocks, so memory does not grow with the search
+    time_window_dates: int | None = None
+    #: target dates per time block (None: the largest that fits the workers' memory limit)
+    time_block: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("time_window_dates", "time_block"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be at least 1, got {value}")
         if self.mode not in ("dates", "composite"):
             raise ValueError(f"mode must be 'dates' or 'composite', not {self.mode!r}")
         if self.period is not None and self.mode != "composite":
