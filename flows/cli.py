@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--no-validation", action="store_true", help="skip the self-validation (held-out clear pixels under simulated cloud; recorded in the archive)")
     p_run.add_argument("--validation-window", type=int, default=64, metavar="PX", help="side of a self-validation window (default 64)")
     p_run.add_argument("--validation-windows", type=int, default=8, metavar="N", help="self-validation windows over the whole run, spread over the area and its tiles (default 8)")
+    p_run.add_argument("--time-window-dates", type=int, default=None, metavar="N", help="references from at most N dates on each side; restores in time blocks, memory bounded (default: unbounded)")
+    p_run.add_argument("--time-block", type=int, default=None, metavar="N", help="target dates per time block (default: the most that fit the workers' memory limit)")
     _add_prior_args(p_run)
     _add_output_args(p_run)
     _add_tiling_args(p_run)
@@ -340,6 +342,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overviews=not args.no_overviews,
         stac=not args.no_stac,
         shard_by_tile=not args.no_shards,
+        time_window_dates=args.time_window_dates,
+        time_block=args.time_block,
     )
     summary = run(config, progress=not args.quiet)
     print("\n".join(summary.lines()))

@@ -51,8 +51,18 @@ class RunConfig:
     #: tiled runs in Zarr 3 without an explicit archive.shard_size: one shard per tile
     #: (``phyvlm-cr benchmark layout``: 3.5x fewer objects, the same write time)
     shard_by_tile: bool = True
+    #: a date's references come from at most this many dates on each side (None: unbounded);
+    #: with it the series is restored in time blocks, so memory does not grow with the search
+    time_window_dates: int | None = None
+    #: target dates per time block (None: the largest that fits the workers' memory limit)
+    time_block: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("time_window_dates", "time_block"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be at least 1, got {value}")
         if self.mode not in ("dates", "composite"):
             raise ValueError(f"mode must be 'dates' or 'composite', not {self.mode!r}")
         if self.period is not None and self.mode != "composite":

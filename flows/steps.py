@@ -127,13 +127,77 @@ def restore_step(cube: Any, config: RunConfig, scene_sample: Any = None) -> Any:
     ``scene_sample`` (``pipeline.cube.load_scene_sample``) spares the second read of the cube
     that a strided scene sample of a lazy cube costs.
     """
+    prior = prior_of(config)
     return pipeline.restore(
         cube,
-        prior=prior_of(config),
+        prior=prior,
         mode=config.mode,
         period=config.period,
         scene_sample=scene_sample,
+        **time_options(cube, config, prior),
     )
+
+
+def _workers_memory() -> tuple[int, int] | None:
+    """(smallest memory limit, most threads) over the connected cluster's workers, or None
+    without a distributed client (or without a limit)."""
+    try:
+        from distributed import get_client
+
+        workers = get_client().scheduler_info()["workers"].values()
+    except (ImportError, ValueError):
+        return None
+    limits = [int(w.get("memory_limit") or 0) for w in workers]
+    if not limits or min(limits) <= 0:
+        return None
+    return min(limits), max(int(w.get("nthreads") or 1) for w in workers)
+
+
+def time_options(cube: Any, config: RunConfig, prior: Any) -> dict[str, Any]:
+    """``restore``'s time window and block, sized from the memory calculator and the workers'
+    memory limit (``pipeline.memory.plan_time_block``); refuses what cannot fit, naming the
+    setting that would."""
+    import dask.array as da
+
+    from pipeline.kernels import FusionConfig
+    from pipeline.memory import block_dates, plan_time_block
+
+    window = config.time_window_dates
+    options: dict[str, Any] = {}
+    if window is not None:
+        options["time_window_dates"] = window
+    block = config.time_block
+    bands = [v for v in cube.data_vars if v != "SCL"]
+    workers = _workers_memory()
+    if workers is not None and bands and isinstance(cube[bands[0]].data, da.Array):
+        limit, threads = workers
+        chunks = cube[bands[0]].data.chunks
+        plan = plan_time_block(
+            max(max(chunks[1]), max(chunks[2])),
+            cube.sizes["time"],
+            len(bands),
+            halo=prior.halo + FusionConfig(time_window_dates=window).halo,
+            memory_limit=limit,
+            window_dates=window,
+            threads_per_worker=threads,
+            has_scl="SCL" in cube.data_vars,
+        )
+        log.info(
+            "memory plan: %s dates per task, about %.1f GiB per worker of %.1f GiB",
+            plan.block_dates,
+            plan.estimate.worker_bytes / 2**30,
+            limit / 2**30,
+        )
+        if block is None:
+            block = plan.time_block
+        elif block_dates(cube.sizes["time"], block, window) > plan.block_dates:
+            raise ValueError(
+                f"--time-block {block} does not fit the workers' memory limit "
+                f"({limit / 2**30:.1f} GiB); fix: --time-block {plan.time_block} or less"
+            )
+    if block is not None and window is not None:
+        options["time_block"] = block
+    return options
 
 
 def validation_step(

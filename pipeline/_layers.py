@@ -15,22 +15,25 @@ def spectral_bands(ds: xr.Dataset) -> tuple[str, ...]:
     return tuple(str(v) for v in ds.data_vars if v in WAVELENGTH_NM)
 
 
-def stack_layers(layers: list, ntime: int):
+def stack_layers(layers: list, ntime: int, *, whole_time: bool = True):
     """Stack (T, Y, X) layers into a (T, C, Y, X) float32 array, numpy or dask.
 
-    With any dask layer, all are aligned to its spatial chunks and time and channel are
-    one chunk each (the kernels need the whole series per chunk).
+    With any dask layer, all are aligned to its spatial chunks and channel is one chunk;
+    time is one chunk too (the kernels need the whole series per chunk) unless
+    ``whole_time`` is False: then the first dask layer's time chunks stay, so that a caller
+    working in time blocks (``restore``) never holds the whole series of a chunk.
     """
     if any(isinstance(x, da.Array) for x in layers):
         ref = next(x for x in layers if isinstance(x, da.Array))
-        chunks = ((ntime,), ref.chunks[1], ref.chunks[2])
+        chunks = ((ntime,) if whole_time else ref.chunks[0], ref.chunks[1], ref.chunks[2])
         layers = [
             (x if isinstance(x, da.Array) else da.from_array(x, chunks=chunks))
             .astype(np.float32)
             .rechunk(chunks)
             for x in layers
         ]
-        return da.stack(layers, axis=1).rechunk({0: -1, 1: -1})
+        stacked = da.stack(layers, axis=1)
+        return stacked.rechunk({0: -1, 1: -1} if whole_time else {1: -1})
     return np.stack([np.asarray(x, dtype=np.float32) for x in layers], axis=1)
 
 

@@ -4,6 +4,11 @@
 are left out); ``composite_periods`` composites explicit ``[start, end)`` windows, the way a
 tiled run fills the time axis shared by all its tiles. The per-pixel reduction is
 ``pipeline.kernels.composite_block``; per-date weights are confidence x gate.
+
+Composites stream: on a dask stack each period's task gathers only that period's dates (the
+restored stack keeps the time chunks of ``restore``'s time blocks), so a year is reduced
+period by period as its dates are restored, and no task holds the year. The reduction of a
+period is the same whichever way its dates arrive.
 """
 
 from __future__ import annotations
@@ -83,14 +88,17 @@ def composite(restored: xr.Dataset, *, period: str | None = None) -> xr.Dataset:
             layers.append(restored[name].data)
         else:
             layers.append(np.ones(restored[bands[0]].shape, dtype=np.float32))
-    stack = stack_layers(layers, restored.sizes["time"])
+    # time chunks kept: a period's task must not depend on the other periods' dates
+    stack = stack_layers(layers, restored.sizes["time"], whole_time=False)
     lazy = isinstance(stack, da.Array)
 
     times = pd.DatetimeIndex(restored["time"].values)
     groups = _period_groups(times, period)
     pieces = []
     for _, idx in groups:
-        sub = stack[idx]
+        # a contiguous run of dates is a slice (no fancy-index gather across chunks)
+        contiguous = len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx)))
+        sub = stack[int(idx[0]) : int(idx[0]) + len(idx)] if contiguous else stack[idx]
         if lazy:
             sub = sub.rechunk({0: -1, 1: -1})
             pieces.append(

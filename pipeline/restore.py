@@ -8,8 +8,22 @@ Order of work (DESIGN.md sections 2 and 4):
 
 1. scene parameters (airlight, gamma, clear-sky line, pair gain/offset) once, on a strided
    sample of GLOBAL pixel indices (every s-th row/column), so they do not depend on chunking;
-2. per chunk (whole time axis, halo = prior.halo + fusion.halo on y/x): transmission,
+2. per chunk and time block (halo = prior.halo + fusion.halo on y/x): transmission,
    confidence, J_phys, per-pixel reference, harmonisation, soft-gated fusion.
+
+Time blocks. With a bounded neighbourhood in time (``FusionConfig.time_window_dates`` /
+``time_window_days``: a target date draws its references only from it) the series is cut
+into blocks of ``time_block`` target dates (``time_blocks``); each block's task holds its
+dates plus the overlap that covers its targets' neighbourhoods, and writes its targets only.
+A task's memory then grows with the block and the chunk, not with the length of the search.
+What stays global over the series is estimated once and sliced per block: the scene
+parameters, the pair gain/offset matrix (T x T x B), each date's clearness. The per-pixel
+statistics over dates (the stack evidence's lower envelopes and clear median, the physics
+prior's temporal dark object, the spectral-consistency median) are taken over the dates the
+block holds: the block's dates plus overlap. So a blocked run equals the whole-series run
+exactly when every block's overlap spans the series; otherwise those statistics are local
+in time (a season's baseline rather than a year's), which the window asks for anyway.
+Without a window the series is one block (the whole time axis per task), as before.
 
 Numpy-backed input is processed in memory as one block; dask-backed input stays lazy (only
 the scene sample is computed) and gives the same values for any chunking, because every
@@ -17,8 +31,8 @@ spatial window treats out-of-array pixels as absent and the halo covers every wi
 
 Limitations
 -----------
-* Each task holds the whole time axis of its chunk (memory ~ T x (B + 5) x chunk x 4 bytes x
-  a few temporaries); long series should be split in time windows first.
+* Without a time window each task holds the whole time axis of its chunk (memory ~ T x
+  (B + 5) x chunk x 4 bytes x a few temporaries): set ``time_window_dates`` for long series.
 * Scene parameters travel inside every task (small: T x T x B floats for the pair fit).
 * The default strided scene sample touches every chunk, so for a remote (odc-stac) cube the
   data are read twice (sample, then restore); the flows pass ``scene_sample`` (the cube on a
@@ -34,7 +48,7 @@ import logging
 import math
 from dataclasses import fields, replace
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask
 import dask.array as da
@@ -52,6 +66,7 @@ from .kernels import (
     fuse_dates,
     pair_gain_offset,
     reference_quality,
+    time_context,
 )
 from .priors import (
     DEFAULT_PRIOR,
@@ -78,6 +93,8 @@ QUALITY_LAYERS = (
 )
 _MODES = ("dates", "composite")
 DEFAULT_SAMPLE_PIXELS = 250_000
+#: Target dates per time block when the fusion's time window is set and ``time_block`` is not.
+DEFAULT_TIME_BLOCK = 12
 
 
 # --------------------------------------------------------------------------- validation
@@ -147,15 +164,25 @@ def _days(cube: xr.Dataset) -> np.ndarray:
 
 def _split_options(
     prior: str | Prior, fusion: FusionConfig | dict | None, options: dict[str, Any]
-) -> tuple[Prior, FusionConfig, int]:
+) -> tuple[Prior, FusionConfig, int, int | None]:
     options = dict(options)
     sample_pixels = int(options.pop("sample_pixels", DEFAULT_SAMPLE_PIXELS))
+    time_block = options.pop("time_block", None)
+    if time_block is not None and (
+        isinstance(time_block, bool)
+        or not isinstance(time_block, int | np.integer)
+        or time_block < 1
+    ):
+        raise ValueError(
+            f"time_block must be a whole number of dates >= 1 (or None), got {time_block!r}; "
+            "fix: e.g. time_block=12"
+        )
     fusion_names = {f.name for f in fields(FusionConfig)}
     prior_names = {f.name for f in fields(PhysicsConfig)} if isinstance(prior, str) else set()
     fusion_kw = {k: options.pop(k) for k in list(options) if k in fusion_names}
     prior_kw = {k: options.pop(k) for k in list(options) if k in prior_names}
     if options:
-        valid = sorted(fusion_names | prior_names | {"sample_pixels", "period"})
+        valid = sorted(fusion_names | prior_names | {"sample_pixels", "period", "time_block"})
         raise TypeError(f"unknown restore option(s) {sorted(options)}; valid: {', '.join(valid)}")
     if fusion is None:
         cfg = FusionConfig()
@@ -169,16 +196,89 @@ def _split_options(
         )
     if fusion_kw:
         cfg = replace(cfg, **fusion_kw)
-    return get_prior(prior, **prior_kw), cfg, sample_pixels
+    return get_prior(prior, **prior_kw), cfg, sample_pixels, time_block
 
 
 # --------------------------------------------------------------------------- arrays
 
 
-def _stack(cube: xr.Dataset, bands: tuple[str, ...], scl: str | None, extra: tuple[str, ...] = ()):
-    """(T, B [+1 SCL] [+ extra], Y, X) float32 array, numpy or dask (time, band one chunk)."""
+def _stack(
+    cube: xr.Dataset,
+    bands: tuple[str, ...],
+    scl: str | None,
+    extra: tuple[str, ...] = (),
+    *,
+    whole_time: bool = True,
+):
+    """(T, B [+1 SCL] [+ extra], Y, X) float32 array, numpy or dask (band one chunk; time one
+    chunk unless ``whole_time`` is False)."""
     names = bands + ((scl,) if scl else ()) + extra
-    return _stack_layers([cube[n].data for n in names], cube.sizes["time"])
+    return _stack_layers([cube[n].data for n in names], cube.sizes["time"], whole_time=whole_time)
+
+
+class TimeBlock(NamedTuple):
+    """Target dates [start, stop) of one time block and the dates [c0, c1) it holds."""
+
+    start: int
+    stop: int
+    c0: int
+    c1: int
+
+
+def time_blocks(days: np.ndarray, cfg: FusionConfig, time_block: int | None) -> list[TimeBlock]:
+    """The series cut into blocks of ``time_block`` target dates, each with the overlap that
+    covers its targets' neighbourhoods in time (``FusionConfig.time_window_*``).
+
+    None: one block when the window is unbounded (the whole series), ``DEFAULT_TIME_BLOCK``
+    target dates per block when it is bounded.
+    """
+    nt = len(days)
+    if time_block is None:
+        time_block = DEFAULT_TIME_BLOCK if cfg.windowed else nt
+    size = max(1, min(int(time_block), nt))
+    blocks = []
+    for start in range(0, nt, size):
+        stop = min(start + size, nt)
+        c0, c1 = time_context(days, start, stop, cfg)
+        blocks.append(TimeBlock(start, stop, c0, c1))
+    return blocks
+
+
+def _scene_dates(scene: SceneParams, c0: int, c1: int, nt: int) -> SceneParams:
+    """``scene`` restricted to dates [c0, c1) (its per-date arrays and per-date extras)."""
+
+    def cut(a: Any) -> Any:
+        a = np.asarray(a)
+        return a[c0:c1] if a.ndim >= 1 and a.shape[0] == nt else a
+
+    return replace(
+        scene,
+        airlight=cut(scene.airlight),
+        gamma=cut(scene.gamma),
+        hot_slope=cut(scene.hot_slope),
+        hot_intercept=cut(scene.hot_intercept),
+        extras={k: cut(v) for k, v in scene.extras.items()},
+    )
+
+
+def _block_params(params: dict[str, Any], block: TimeBlock, nt: int) -> dict[str, Any]:
+    """The per-date entries of ``params`` for one time block (pair maps: its own T x T slice)."""
+    c0, c1 = block.c0, block.c1
+    out = dict(params)
+    out.update(
+        days=params["days"][c0:c1],
+        scene=_scene_dates(params["scene"], c0, c1, nt),
+        pair_gain=params["pair_gain"][c0:c1, c0:c1],
+        pair_offset=params["pair_offset"][c0:c1, c0:c1],
+        date_clearness=params["date_clearness"][c0:c1],
+        targets=np.arange(block.start - c0, block.stop - c0, dtype=np.intp),
+    )
+    forced = params.get("forced_reference")
+    if forced is not None:
+        local = forced[block.start : block.stop] - c0
+        inside = (forced[block.start : block.stop] >= c0) & (local < c1 - c0)
+        out["forced_reference"] = np.where(inside, local, -1)
+    return out
 
 
 def sample_stride(shape: tuple[int, int], sample_pixels: int = DEFAULT_SAMPLE_PIXELS) -> int:
@@ -226,7 +326,10 @@ def _coarse_sample(
 
 
 def estimate_scene(
-    cube: xr.Dataset, *, prior: str | Prior = DEFAULT_PRIOR, sample_pixels: int = DEFAULT_SAMPLE_PIXELS
+    cube: xr.Dataset,
+    *,
+    prior: str | Prior = DEFAULT_PRIOR,
+    sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
 ) -> SceneParams:
     """Scene parameters of ``cube`` as ``restore`` estimates them (computes only the sample)."""
     cube, bands, scl = _validate(cube)
@@ -241,16 +344,20 @@ def _restore_block(
     params: dict[str, Any],
     origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
-    """Block kernel: (T, B [+1 SCL] [+L stored], y, x) float32 -> (T, B + 5 + L, y, x) float32.
+    """Block kernel: (T, B [+1 SCL] [+L stored], y, x) float32 -> (N, B + 5 + L, y, x) float32.
 
-    Output: bands, quality layers, then the prior's L extra ``layers``. ``origin`` is the
+    Output: bands, quality layers, then the prior's L extra ``layers``, for the N dates
+    ``params["targets"]`` (all T by default) of the T the block holds. ``origin`` is the
     block's first pixel in the whole array (the prior's ``BlockLocation``).
     """
     bands = params["bands"]
     nb = len(bands)
     nl = len(params["prior"].layers)
     data = np.ascontiguousarray(block[:, :nb], dtype=np.float32)
-    out = np.empty((data.shape[0], nb + len(QUALITY_LAYERS) + nl) + data.shape[2:], np.float32)
+    targets = params.get("targets")
+    if targets is None:
+        targets = np.arange(data.shape[0], dtype=np.intp)
+    out = np.empty((targets.size, nb + len(QUALITY_LAYERS) + nl) + data.shape[2:], np.float32)
     if nl:
         out[:, nb + len(QUALITY_LAYERS) :] = np.nan
     if np.isnan(data).all():
@@ -266,7 +373,7 @@ def _restore_block(
     location = BlockLocation(origin, params["shape"], stored)
     pb, layers = prior.block_at(data, bands, params["scene"], scl, location)
     if nl and layers is not None:
-        out[:, nb + len(QUALITY_LAYERS) :] = layers
+        out[:, nb + len(QUALITY_LAYERS) :] = np.asarray(layers)[targets]
     evidence = pb.evidence if pb.evidence is not None else own_evidence(prior, pb, layers)
     forced = params.get("forced_reference")
     fr = fuse_dates(
@@ -284,6 +391,7 @@ def _restore_block(
         evidence=(evidence.cloud, evidence.shadow),
         date_clearness=params["date_clearness"],
         forced_reference=forced,
+        targets=targets,
     )
     out[:, :nb] = fr.output
     out[:, nb] = fr.confidence
@@ -369,7 +477,9 @@ def restore(
         what the reference choice costs; a production run leaves it None.
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
-        ``sample_pixels`` (size of the scene-parameter sample), ``period`` (composite mode).
+        ``sample_pixels`` (size of the scene-parameter sample), ``period`` (composite mode),
+        ``time_block`` (target dates per time block, see the module docstring; default the
+        whole series without a time window, ``DEFAULT_TIME_BLOCK`` with one).
 
     Returns
     -------
@@ -385,12 +495,19 @@ def restore(
     period = options.pop("period", None)
     if period is not None and mode != "composite":
         raise TypeError("period= is only used with mode='composite'")
-    prior_obj, cfg, sample_pixels = _split_options(prior, fusion, options)
+    prior_obj, cfg, sample_pixels, time_block = _split_options(prior, fusion, options)
     cube, bands, scl = _validate(cube)
     days = _days(cube)
+    if (cfg.windowed or time_block is not None) and np.any(np.diff(days) < 0):
+        raise ValueError(
+            "a time window or time blocks need the dates in time order; "
+            "fix: cube = cube.sortby('time')"
+        )
+    blocks = time_blocks(days, cfg, time_block)
     # A prior's own layers from an earlier run (attach_stored_prior) are reused, not recomputed.
     stored = prior_obj.layers if all(n in cube.data_vars for n in prior_obj.layers) else ()
-    arr = _stack(cube, bands, scl, stored)
+    # time blocks: keep the input's time chunks so no task holds the whole series
+    arr = _stack(cube, bands, scl, stored, whole_time=len(blocks) == 1)
     nb = len(bands)
 
     if scene_sample is not None:
@@ -446,40 +563,68 @@ def restore(
             )
         params["forced_reference"] = forced.astype(np.intp)
     nout = nb + len(QUALITY_LAYERS) + len(prior_obj.layers)
+    nt = len(days)
     if isinstance(arr, da.Array):
-        depth = prior_obj.halo + cfg.halo
-        # A halo wider than the array is the whole array (dask refuses depth > size).
-        dy, dx = min(depth, arr.shape[2]), min(depth, arr.shape[3])
-        axes = {0: 0, 1: 0, 2: dy, 3: dx}
-        padded = da.overlap.overlap(arr, depth=axes, boundary="none") if depth else arr
-        params.update(
-            depth=(dy, dx), chunks=(_core_chunks(padded, 2, dy), _core_chunks(padded, 3, dx))
-        )
-        token = tokenize(
-            arr.name, bands, days, scene, pair_gain, pair_offset, date_clearness, prior_obj, cfg
-        )
-        resources = prior_obj.resources  # e.g. {"GPU": 1} for a VLM prior on GPU workers
-        if resources:
-            _keep_annotations()
-        with dask.annotate(**({"resources": resources} if resources else {})):
-            result = da.map_blocks(
-                partial(_block_call, params=params),
-                padded,
-                dtype=np.float32,
-                meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-                chunks=(padded.chunks[0], (nout,), padded.chunks[2], padded.chunks[3]),
-                name=f"restore-{token}",
-            )
-        if depth:
-            result = da.overlap.trim_internal(result, axes, boundary="none")
-    else:
+        pieces = [_restore_lazy(arr, _block_params(params, b, nt), b, cfg, nout) for b in blocks]
+        result = pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=0)
+    elif len(blocks) == 1:
         result = _restore_block(arr, params)
+    else:
+        result = np.empty((nt, nout) + arr.shape[2:], np.float32)
+        for b in blocks:
+            result[b.start : b.stop] = _restore_block(
+                arr[b.c0 : b.c1], _block_params(params, b, nt)
+            )
 
     out = _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride)
     out.attrs["scene_sample"] = "coarse grid" if scene_sample is not None else "strided"
+    out.attrs["time_block"] = int(blocks[0].stop - blocks[0].start)
     if mode == "composite":
         return composite(out, period=period)
     return out
+
+
+def _restore_lazy(
+    arr: da.Array, params: dict[str, Any], block: TimeBlock, cfg: FusionConfig, nout: int
+) -> da.Array:
+    """One time block of a dask cube: dates [c0, c1) in one time chunk, halo on y/x, the
+    block's targets out."""
+    prior_obj: Prior = params["prior"]
+    sub = arr[block.c0 : block.c1].rechunk({0: -1})
+    depth = prior_obj.halo + cfg.halo
+    # A halo wider than the array is the whole array (dask refuses depth > size).
+    dy, dx = min(depth, sub.shape[2]), min(depth, sub.shape[3])
+    axes = {0: 0, 1: 0, 2: dy, 3: dx}
+    padded = da.overlap.overlap(sub, depth=axes, boundary="none") if depth else sub
+    params = dict(params)
+    params.update(depth=(dy, dx), chunks=(_core_chunks(padded, 2, dy), _core_chunks(padded, 3, dx)))
+    token = tokenize(
+        sub.name,
+        params["bands"],
+        params["days"],
+        params["scene"],
+        params["pair_gain"],
+        params["pair_offset"],
+        params["date_clearness"],
+        params["targets"],
+        prior_obj,
+        cfg,
+    )
+    resources = prior_obj.resources  # e.g. {"GPU": 1} for a VLM prior on GPU workers
+    if resources:
+        _keep_annotations()
+    with dask.annotate(**({"resources": resources} if resources else {})):
+        result = da.map_blocks(
+            partial(_block_call, params=params),
+            padded,
+            dtype=np.float32,
+            meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+            chunks=((block.stop - block.start,), (nout,), padded.chunks[2], padded.chunks[3]),
+            name=f"restore-{token}",
+        )
+    if depth:
+        result = da.overlap.trim_internal(result, axes, boundary="none")
+    return result
 
 
 def _clear_share(evidence: Any) -> np.ndarray:
@@ -542,5 +687,3 @@ def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dat
         }
     )
     return out
-
-

@@ -7,7 +7,14 @@ halo of at least ``halo`` pixels gives the same interior as the whole array.
 
 from ._common import box_mean_nan, min_filter_nan, smoothstep, wavelengths_of
 from ._composite import CompositeResult, composite_block
-from ._fusion import FusionConfig, FusionResult, fuse_dates, gate
+from ._fusion import (
+    FusionConfig,
+    FusionResult,
+    fuse_dates,
+    gate,
+    time_context,
+    time_neighbourhood,
+)
 from ._physics import (
     band_transmission,
     dark_channel_haze,
@@ -58,6 +65,8 @@ __all__ = [
     "snow_score",
     "spectral_consistency",
     "temporal_dark_object",
+    "time_context",
+    "time_neighbourhood",
     "transmission",
     "wavelengths_of",
 ]

@@ -65,8 +65,22 @@ def lower_envelope(values: np.ndarray, quantile: float) -> np.ndarray:
 def hot_index(data: np.ndarray, blue: int, red: int, slope: float = CHANGE_SLOPE) -> np.ndarray:
     """HOT = (s B02 - B04) / sqrt(1 + s^2), (T, Y, X)."""
     s = float(slope)
-    d = np.asarray(data, dtype=np.float64)
-    return (s * d[:, blue] - d[:, red]) / np.sqrt(1.0 + s * s)
+    d = np.asarray(data)
+    return (s * d[:, blue].astype(np.float64) - d[:, red]) / np.sqrt(1.0 + s * s)
+
+
+def _observed(data: np.ndarray) -> np.ndarray:
+    """(T, Y, X) bool: every band finite. Band by band: no (T, B, Y, X) temporary."""
+    d = np.asarray(data)
+    out = np.isfinite(d[:, 0])
+    for k in range(1, d.shape[1]):
+        out &= np.isfinite(d[:, k])
+    return out
+
+
+def _band(data: np.ndarray, k: int, observed: np.ndarray) -> np.ndarray:
+    """Band k of (T, B, Y, X) as float64 (T, Y, X), NaN where the pixel is not observed."""
+    return np.where(observed, np.asarray(data)[:, k], np.nan)
 
 
 def haze_excess(
@@ -80,10 +94,11 @@ def haze_excess(
             f"stack evidence needs the blue (B02) and red (B04) bands, the cube has {list(bands)}; "
             "fix: load B02 and B04, or use a prior without the stack source (--prior physics)"
         )
-    d = np.asarray(data, dtype=np.float64)
-    observed = np.isfinite(d).all(axis=1)
-    b = np.where(observed, d[:, blue], np.nan)
-    h = np.where(observed, hot_index(d, blue, red), np.nan)
+    # the evidence works on single-band (T, Y, X) layers: a float64 copy of the whole
+    # (T, B, Y, X) block would be the largest array of the restore task
+    observed = _observed(data)
+    b = _band(data, blue, observed)
+    h = np.where(observed, hot_index(data, blue, red), np.nan)
     e = np.minimum(b - lower_envelope(b, quantile), 2.0 * (h - lower_envelope(h, quantile)))
     if radius > 0:
         e = np.where(observed, box_mean_nan(e, radius), np.nan)
@@ -113,24 +128,34 @@ def shadow_probability(
     without a median. The median's own snow score (with ``bands``, where SWIR exists) vetoes
     the test: melting snow over water or dark rock darkens the visible bands alike.
     """
-    d = np.asarray(data, dtype=np.float64)
-    clear = np.isfinite(d).all(axis=1) & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
-    masked = np.where(clear[:, None], d, np.nan)
-    # median of the clear dates per band and pixel (lower median: a real observation)
-    median = np.stack([lower_envelope(masked[:, k], 0.5) for k in range(d.shape[1])])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ok = (median[None] > min_reflectance) & (d > min_reflectance)
-        logr = np.where(ok, np.log(np.where(ok, d, 1.0) / np.where(ok, median[None], 1.0)), np.nan)
-        n = np.isfinite(logr).sum(axis=1)
-        mean = np.nansum(logr, axis=1) / np.maximum(n, 1)
-        var = np.nansum((logr - mean[:, None]) ** 2, axis=1) / np.maximum(n, 1)
+    observed = _observed(data)
+    clear = observed & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
+    # band by band (single-band layers only): log r_b, then its mean and spread over bands
+    nb = np.shape(data)[1]
+    n = np.zeros(observed.shape, np.int32)
+    total = np.zeros(observed.shape)
+    squares = np.zeros(observed.shape)
+    median = np.empty((nb,) + observed.shape[1:])
+    for k in range(nb):
+        band = _band(data, k, observed)
+        # median of the clear dates per band and pixel (lower median: a real observation)
+        median[k] = lower_envelope(np.where(clear, band, np.nan), 0.5)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = (median[k][None] > min_reflectance) & (band > min_reflectance)
+            logr = np.log(np.where(ok, band, 1.0) / np.where(ok, median[k][None], 1.0))
+        n += ok
+        total += logr  # 0 where not ok
+        squares += logr * logr
+        del band, ok, logr
+    mean = total / np.maximum(n, 1)
+    var = np.maximum(squares / np.maximum(n, 1) - mean * mean, 0.0)
     dark = smoothstep(-mean, *darkening) * (1.0 - smoothstep(np.sqrt(var), *spread))
     p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
     if bands is not None:
         snowy = snow_score(median[None], bands)
         if snowy is not None:
             p = p * (1.0 - snowy)
-    return np.where(np.isfinite(d).all(axis=1), p, np.nan)
+    return np.where(observed, p, np.nan)
 
 
 def stack_evidence(
@@ -155,7 +180,7 @@ def stack_evidence(
     belief in haze: a scene without dark-object excess can still hold local cloud).
     """
     e = haze_excess(data, bands, quantile, radius)
-    n = np.isfinite(np.asarray(data, np.float64)).all(axis=1).sum(axis=0)
+    n = _observed(data).sum(axis=0)
     # A lower envelope of few dates is a noisy view of the clear sky: the date-to-date
     # variation of a clear surface (and of the atmospheric correction) is read as excess.
     # The excess needed for haze grows as 1 + 1 / (n - 1): x2 with 2 dates, x1.1 with 10.
@@ -195,13 +220,13 @@ def snow_change(data: np.ndarray, bands: tuple[str, ...], quantile: float) -> np
     blue = band_index(bands, "B02")
     nir = band_index(bands, "B08", "B8A")
     swir = band_index(bands, "B11", "B12")
-    d = np.asarray(data, dtype=np.float64)
+    shape = np.shape(data)
     if blue is None or nir is None or swir is None:
-        return np.zeros((d.shape[0],) + d.shape[2:])
-    observed = np.isfinite(d).all(axis=1)
+        return np.zeros((shape[0],) + tuple(shape[2:]))
+    observed = _observed(data)
 
     def excess(k: int) -> np.ndarray:
-        v = np.where(observed, d[:, k], np.nan)
+        v = _band(data, k, observed)
         return v - lower_envelope(v, quantile)
 
     db, dn, ds = excess(blue), excess(nir), excess(swir)
@@ -215,7 +240,9 @@ def snow_change(data: np.ndarray, bands: tuple[str, ...], quantile: float) -> np
     return np.where(np.isfinite(score), score, 0.0)
 
 
-def scene_haze_excess(sample: np.ndarray, bands: tuple[str, ...], percentile: float = 1.0) -> np.ndarray:
+def scene_haze_excess(
+    sample: np.ndarray, bands: tuple[str, ...], percentile: float = 1.0
+) -> np.ndarray:
     """Per-date dark-object excess in the blue over the series' lowest, (T,) float64.
 
     ``sample`` (T, B, N): the scene sample. D_t = ``percentile`` of B02 over the date's valid
@@ -226,7 +253,10 @@ def scene_haze_excess(sample: np.ndarray, bands: tuple[str, ...], percentile: fl
         return np.full(sample.shape[0], np.nan)
     b = np.asarray(sample[:, blue], dtype=np.float64)
     levels = np.array(
-        [np.percentile(row[np.isfinite(row)], percentile) if np.isfinite(row).any() else np.nan for row in b]
+        [
+            np.percentile(row[np.isfinite(row)], percentile) if np.isfinite(row).any() else np.nan
+            for row in b
+        ]
     )
     if not np.isfinite(levels).any():
         return levels

@@ -70,6 +70,10 @@ class FusionConfig:
         over which the observation itself passes through (w = S(p_clear; low, high)).
     evidence_floor: least weight of the evidence's clearness in a candidate's score (a
         cloudy date remains a reference of last resort, never the choice over a clear one).
+    time_window_dates, time_window_days: the neighbourhood in time a target date draws its
+        references from: dates at most this many positions away in the series and/or at
+        most this many days away (both must hold when both are set; None: unbounded). It
+        also bounds what a time block of ``restore`` holds (``time_neighbourhood``).
     """
 
     gate_low: float = 0.2
@@ -106,6 +110,8 @@ class FusionConfig:
     pass_low: float = 0.0
     pass_high: float = 1.0
     evidence_floor: float = 0.02
+    time_window_dates: int | None = None
+    time_window_days: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gate_low < self.gate_high <= 1.0:
@@ -135,6 +141,16 @@ class FusionConfig:
             )
         if not 0.0 < self.evidence_floor <= 1.0:
             raise ValueError("FusionConfig.evidence_floor must be in (0, 1]")
+        if self.time_window_dates is not None and self.time_window_dates < 1:
+            raise ValueError(
+                f"FusionConfig.time_window_dates must be >= 1 (or None: unbounded), got "
+                f"{self.time_window_dates}"
+            )
+        if self.time_window_days is not None and not self.time_window_days > 0:
+            raise ValueError(
+                f"FusionConfig.time_window_days must be > 0 (or None: unbounded), got "
+                f"{self.time_window_days}"
+            )
         if not 0.0 <= self.temporal_weight <= 1.0:
             raise ValueError(
                 f"FusionConfig.temporal_weight must be in [0, 1], got {self.temporal_weight}"
@@ -146,8 +162,38 @@ class FusionConfig:
         temporal = self.harmonise_radius + self.temporal_radius if self.temporal_weight > 0 else 0
         return max(self.reference_smooth_radius, self.harmonise_radius, temporal)
 
+    @property
+    def windowed(self) -> bool:
+        """Whether a target date's references are bounded in time."""
+        return self.time_window_dates is not None or self.time_window_days is not None
+
     def params(self) -> dict:
         return asdict(self)
+
+
+def time_neighbourhood(days: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+    """(T, T) bool: date j may serve as a reference of date i (FusionConfig's time window).
+
+    Positions count in the order of ``days`` (the series' order); a date is its own neighbour.
+    """
+    d = np.asarray(days, dtype=np.float64)
+    idx = np.arange(d.size)
+    near = np.ones((d.size, d.size), dtype=bool)
+    if cfg.time_window_dates is not None:
+        near &= np.abs(idx[:, None] - idx[None, :]) <= cfg.time_window_dates
+    if cfg.time_window_days is not None:
+        near &= np.abs(d[:, None] - d[None, :]) <= cfg.time_window_days
+    return near
+
+
+def time_context(days: np.ndarray, start: int, stop: int, cfg: FusionConfig) -> tuple[int, int]:
+    """[c0, c1): the dates that targets ``start..stop-1`` may draw on (their neighbourhoods' union).
+
+    Contiguous because each neighbourhood is an interval of a sorted series.
+    """
+    near = time_neighbourhood(days, cfg)[start:stop].any(axis=0)
+    hit = np.flatnonzero(near)
+    return int(hit[0]), int(hit[-1]) + 1
 
 
 class FusionResult(NamedTuple):
@@ -398,6 +444,7 @@ def fuse_dates(
     evidence: tuple[np.ndarray, np.ndarray | None] | None = None,
     date_clearness: np.ndarray | None = None,
     forced_reference: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
 ) -> FusionResult:
     """Per-pixel temporal reference, harmonisation and soft-gated fusion for one block.
 
@@ -439,8 +486,15 @@ def fuse_dates(
     ``date_clearness`` (T,): each date's clear share over the scene; candidates are the
     ``max_candidates`` dates with the highest exp(-|dt| / time_scale) max(clearness, 0.05)
     rather than the nearest (a date clouded over the whole scene is no candidate while a
-    clear one exists). ``forced_reference`` (T, Y, X) int: the reference date per target
+    clear one exists). ``forced_reference`` (N, Y, X) int: the reference date per target
     date and pixel (-1 = choose as above), for the benchmark's oracle.
+
+    ``targets`` (N,) int: the dates to restore (default: all); every date of the block still
+    serves as a candidate and enters the per-pixel statistics (the spectral-consistency
+    median), so a time block of ``restore`` passes its dates plus the overlap that covers the
+    targets' neighbourhoods and restores its own dates only. Candidates are limited to the
+    target's neighbourhood in time (``FusionConfig.time_window_dates`` / ``_days``). The
+    result's per-date arrays hold the N targets.
     """
     obs = np.asarray(observed)
     nt, nb = obs.shape[:2]
@@ -482,13 +536,18 @@ def fuse_dates(
         passthrough = np.zeros(valid.shape)
         shadow_ev = np.ones(valid.shape)
     rank = np.ones(nt) if date_clearness is None else np.maximum(np.asarray(date_clearness), 0.05)
+    targets = np.arange(nt) if targets is None else np.asarray(targets, dtype=np.intp)
+    if targets.ndim != 1 or (targets.size and not 0 <= targets.min() <= targets.max() < nt):
+        raise ValueError(f"fuse_dates: targets must be indices into the {nt} dates, got {targets}")
+    near = time_neighbourhood(days, cfg) if cfg.windowed else None
+    nout = targets.size
 
-    out = np.full(obs.shape, np.nan, dtype=F32)
-    conf_out = np.zeros((nt,) + obs.shape[2:], dtype=F32)
+    out = np.full((nout,) + obs.shape[1:], np.nan, dtype=F32)
+    conf_out = np.zeros((nout,) + obs.shape[2:], dtype=F32)
     gate_out = np.zeros_like(conf_out)
     ref_days = np.full_like(conf_out, np.nan)
     flag = np.zeros(conf_out.shape, dtype=np.uint8)
-    t_out = np.asarray(t_ref, dtype=F32).copy()
+    t_out = np.asarray(t_ref, dtype=F32)[targets]  # fancy indexing: a copy
     use_temporal = (
         cfg.temporal_weight > 0 and band_transmission is not None and airlight is not None
     )
@@ -501,13 +560,17 @@ def fuse_dates(
     npix = int(np.prod(obs.shape[2:]))
     base2 = base.reshape(nt, npix)
     gate_params = _gate_params(cfg)
-    for i in range(nt):
+    for n, i in enumerate(targets.tolist()):
         dt = days - days[i]
         # nearest in time, clear dates first: exp(-|dt| / scale) x the date's clearness
         closeness = np.exp(-np.abs(dt) / cfg.time_scale_days) * rank
-        order = [j for j in np.lexsort((np.abs(dt), -closeness)) if j != i]
+        order = [
+            j
+            for j in np.lexsort((np.abs(dt), -closeness))
+            if j != i and (near is None or near[i, j])
+        ]
         cand = np.asarray(order[: cfg.max_candidates], dtype=np.intp)
-        forced = None if forced_reference is None else np.asarray(forced_reference[i]).reshape(-1)
+        forced = None if forced_reference is None else np.asarray(forced_reference[n]).reshape(-1)
         if forced is not None:
             extra = sorted(set(np.unique(forced[forced >= 0]).tolist()) - set(cand.tolist()) - {i})
             cand = np.concatenate([cand, np.asarray(extra, dtype=np.intp)])
@@ -536,7 +599,7 @@ def fuse_dates(
                 _force_reference(forced, cand, weights, best)
             space = obs.shape[2:]
             has = (best >= 0).reshape(space)
-            ref_days[i] = np.where(has, dt[cand[np.maximum(best, 0)]].reshape(space), np.nan)
+            ref_days[n] = np.where(has, dt[cand[np.maximum(best, 0)]].reshape(space), np.nan)
             weights = weights.reshape((cand.size,) + space)
             acc = np.zeros((nb,) + space)
             acc_w = np.zeros(space)
@@ -574,7 +637,7 @@ def fuse_dates(
             ji, ti = _temporal_refinement(
                 obs[i], reference, a_scene[i], tb_prior[i], ji, ti, q_ref, tuple(bands or ()), cfg
             )
-        t_out[i] = ti
+        t_out[n] = ti
         if p_clear is not None:
             ji = _shrink_correction(obs[i], ji, ti, cfg)
         # with a reference, faith in the inversion is relative to it (inverse variance)
@@ -602,13 +665,15 @@ def fuse_dates(
             np.ascontiguousarray(shadow_ev[i]).reshape(-1),
             np.ascontiguousarray(passthrough[i]).reshape(-1),
             gate_params,
-            out[i].reshape(nb, -1),
-            conf_out[i].reshape(-1),
-            gate_out[i].reshape(-1),
-            flag[i].reshape(-1),
+            out[n].reshape(nb, -1),
+            conf_out[n].reshape(-1),
+            gate_out[n].reshape(-1),
+            flag[n].reshape(-1),
         )
         del reference, ji  # before the next date allocates its own
-    cloud = np.full(conf_out.shape, np.nan, dtype=F32) if p_clear is None else (1.0 - p_clear)
+    cloud = (
+        np.full(conf_out.shape, np.nan, dtype=F32) if p_clear is None else 1.0 - p_clear[targets]
+    )
     return FusionResult(out, conf_out, gate_out, ref_days, flag, t_out, cloud.astype(F32))
 
 
