@@ -480,8 +480,9 @@ def fuse_dates(
     ``evidence_floor``) (a date the evidence calls cloudy or hazy is not a reference while a
     clearer one exists), the local harmonisation is fitted only where both dates read clear
     (scene-wide haze, an affine map per band, would otherwise be absorbed by the fit), and
-    step 7. Its shadow probability also makes the darkening cue of step 5 specific (snow
-    melt or a harvest darkens a pixel against its reference without being shadow). Without
+    step 7. With evidence the darkening cue of step 5 is also made specific
+    (``_shadow_specificity``: snow melt or a harvest darkens a pixel against its reference
+    without being shadow; shadow dims every band alike). Without
     evidence, p_clear = 1 in the scores and harmonisation, and step 7 is skipped.
     ``date_clearness`` (T,): each date's clear share over the scene; candidates are the
     ``max_candidates`` dates with the highest exp(-|dt| / time_scale) max(clearness, 0.05)
@@ -527,14 +528,8 @@ def fuse_dates(
     if p_clear is not None:
         clear *= p_clear
         passthrough = smoothstep(p_clear, cfg.pass_low, cfg.pass_high)
-        shadow_ev = (
-            np.nan_to_num(np.asarray(evidence[1], np.float64), nan=0.0)
-            if evidence is not None and evidence[1] is not None
-            else np.ones(valid.shape)
-        )
     else:
         passthrough = np.zeros(valid.shape)
-        shadow_ev = np.ones(valid.shape)
     rank = np.ones(nt) if date_clearness is None else np.maximum(np.asarray(date_clearness), 0.05)
     targets = np.arange(nt) if targets is None else np.asarray(targets, dtype=np.intp)
     if targets.ndim != 1 or (targets.size and not 0 <= targets.min() <= targets.max() < nt):
@@ -662,7 +657,11 @@ def fuse_dates(
             light.reshape(-1),
             factor,
             relative,
-            np.ascontiguousarray(shadow_ev[i]).reshape(-1),
+            (
+                _shadow_specificity(ji, reference, bands).reshape(-1)
+                if p_clear is not None
+                else np.ones(npix)
+            ),
             np.ascontiguousarray(passthrough[i]).reshape(-1),
             gate_params,
             out[n].reshape(nb, -1),
@@ -675,6 +674,33 @@ def fuse_dates(
         np.full(conf_out.shape, np.nan, dtype=F32) if p_clear is None else 1.0 - p_clear[targets]
     )
     return FusionResult(out, conf_out, gate_out, ref_days, flag, t_out, cloud.astype(F32))
+
+
+def _shadow_specificity(
+    target: np.ndarray, reference: np.ndarray, bands: tuple[str, ...] | None
+) -> np.ndarray:
+    """How much a darkening of ``target`` (B, Y, X) against ``reference`` looks like shadow,
+    (Y, X) in [0, 1]: 1 - S(spread; 0.3, 0.6) x (1 - snow score of the reference).
+
+    Cloud shadow dims every band by a similar factor (the spread over bands of log(J / R)
+    is small); snow melt, harvest and burn change the spectrum's shape (a large spread), and
+    a snow-covered reference is no yardstick of brightness at all. Bands below 0.01 on either
+    date are left out (their ratio is noise); 1 where fewer than two bands remain.
+    """
+    j = np.asarray(target, np.float64)
+    r = np.asarray(reference, np.float64)
+    ok = (j > 0.01) & (r > 0.01)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logr = np.where(ok, np.log(np.where(ok, j, 1.0) / np.where(ok, r, 1.0)), 0.0)
+        n = ok.sum(axis=0)
+        mean = logr.sum(axis=0) / np.maximum(n, 1)
+        spread = np.sqrt((np.where(ok, logr - mean, 0.0) ** 2).sum(axis=0) / np.maximum(n, 1))
+    spec = np.where(n >= 2, 1.0 - smoothstep(spread, 0.3, 0.6), 1.0)
+    if bands is not None:
+        snowy = snow_score(np.nan_to_num(r)[None], tuple(bands))
+        if snowy is not None:
+            spec = spec * (1.0 - snowy[0])
+    return np.where(np.isfinite(spec), spec, 1.0)
 
 
 def _shrink_correction(

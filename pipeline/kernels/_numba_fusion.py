@@ -166,8 +166,8 @@ def gate_fit(
     confidence of a pixel with a reference is the inverse-variance share of the inversion
     (``_physics_weight``) x plausibility x S(t; t_low, t_high) x the prior's own factor.
     c = confidence (1 - min(darkening(J, R), shadow_evidence) q_ref), 0 where unobserved
-    (``shadow_evidence`` (N,): the evidence's shadow probability, 1 = the darkening cue
-    alone); g = S(c; gate_low, gate_high) (0 unobserved, 1 without a reference); J_out =
+    (``shadow_evidence`` (N,): how much the darkening looks like shadow, ``_fusion.
+    _shadow_specificity``; 1 = the darkening cue alone); g = S(c; gate_low, gate_high) (0 unobserved, 1 without a reference); J_out =
     g J + (1 - g) R per band (the finite one where the other is NaN); flagged, NaN and g = 0
     where there is no reference and the pixel is unobserved or c < ``min_confidence``.
     Clear pass-through: with w = ``passthrough`` (N,) on an observed pixel, J_out <- w I +
