@@ -78,7 +78,14 @@ from .priors import (
 )
 from .priors._combined import own_evidence
 
-__all__ = ["FusionConfig", "QUALITY_LAYERS", "composite", "estimate_scene", "restore"]
+__all__ = [
+    "FusionConfig",
+    "QUALITY_LAYERS",
+    "cloud_evidence",
+    "composite",
+    "estimate_scene",
+    "restore",
+]
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +330,34 @@ def _coarse_sample(
         1, round(math.sqrt(cube.sizes["y"] * cube.sizes["x"] / (arr.shape[2] * arr.shape[3])))
     )
     return arr.reshape(arr.shape[0], arr.shape[1], -1), stride
+
+
+def cloud_evidence(
+    cube: xr.Dataset, *, prior: str | Prior = DEFAULT_PRIOR, **prior_options: Any
+) -> xr.Dataset:
+    """The prior's fused cloud evidence for an in-memory cube, without the fusion step:
+    ``cloud_probability`` (1 - p_clear, as ``restore`` writes it) and the prior's
+    ``transmission``, (time, y, x). A fraction of a restore's cost (the self-validation uses
+    it to choose its hold-out)."""
+    cube, bands, scl = _validate(cube)
+    prior_obj = get_prior(prior, **prior_options)
+    arr = np.asarray(_stack(cube, bands, scl))
+    nb = len(bands)
+    sample, _ = _sample(arr, DEFAULT_SAMPLE_PIXELS)
+    scene = prior_obj.estimate_scene(sample[:, :nb], bands, sample[:, nb] if scl else None)
+    data = np.ascontiguousarray(arr[:, :nb], dtype=np.float32)
+    location = BlockLocation((0, 0), (int(arr.shape[2]), int(arr.shape[3])))
+    pb, layers = prior_obj.block_at(data, bands, scene, arr[:, nb] if scl else None, location)
+    ev = pb.evidence if pb.evidence is not None else own_evidence(prior_obj, pb, layers)
+    dims = ("time", "y", "x")
+    coords = {k: v for k, v in cube.coords.items() if set(v.dims) <= set(dims)}
+    return xr.Dataset(
+        {
+            "cloud_probability": (dims, (1.0 - _clear_share(ev)).astype(np.float32)),
+            "transmission": (dims, np.asarray(pb.transmission, np.float32)),
+        },
+        coords=coords,
+    )
 
 
 def estimate_scene(

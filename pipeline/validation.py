@@ -81,6 +81,8 @@ class ValidationConfig:
         thick and shadow pixels in one trial).
     cover: simulated cloud cover of a clouded date.
     clear_probability: largest fused cloud probability of a pixel held out as clear truth.
+    context: px of context restored around a window (-1: the restoration's own halo, as a
+        run's chunk has it; only the inner window is scored).
     bootstrap: resamples of the cases behind the intervals.
     seed: the only randomness (window places, dates, cloud fields, bootstrap).
     """
@@ -92,6 +94,7 @@ class ValidationConfig:
     kind: str = "mixed"
     cover: float = 0.4
     clear_probability: float = 0.1
+    context: int = -1
     bootstrap: int = 200
     seed: int = 0
 
@@ -429,13 +432,16 @@ def _class_mse(rows, weights, mask) -> float:
 
 
 def _estimates(rows, weights, shares, classes) -> dict[str, float]:
-    """MSE per class and the shares-weighted 'all' (classes without pixels drop out)."""
+    """MSE per class, and 'all': the clear pixels' MSE and the cloudy pixels' (every cloudy
+    class together, already weighted to the run's transmission mix) at the run's shares of
+    clear and cloudy pixels."""
     mse = {c: _class_mse(rows, weights, rows["cls"] == k) for k, c in enumerate(classes)}
-    mix = {c: shares.get(c, 0.0) for c in ("clear", "thin", "thick") if math.isfinite(mse[c])}
-    total = sum(mix.values())
-    mse["all"] = (
-        sum(mix[c] * mse[c] for c in mix) / total if total > 0 else float("nan")
-    )
+    cloudy = _class_mse(rows, weights, rows["cls"] > 0)
+    clear_share = shares.get("clear", 0.0)
+    parts = [(clear_share, mse["clear"]), (1.0 - clear_share, cloudy)]
+    parts = [(w, v) for w, v in parts if math.isfinite(v) and w > 0]
+    total = sum(w for w, _ in parts)
+    mse["all"] = sum(w * v for w, v in parts) / total if total > 0 else float("nan")
     return mse
 
 
@@ -557,18 +563,26 @@ def self_validate(
     rng = np.random.default_rng(cfg.seed)
     col = _Collector(len(bands))
     per_cube = [cfg.windows // len(cubes) + (k < cfg.windows % len(cubes)) for k in range(len(cubes))]
+    context = cfg.context if cfg.context >= 0 else _restore_halo(prior, options)
     for k, c in enumerate(cubes):
         ny, nx, nt = c.sizes["y"], c.sizes["x"], c.sizes["time"]
         if nt < 2:
             continue
         size = min(cfg.window, ny, nx)
         for y0, x0 in window_origins(ny, nx, size, max(1, per_cube[k]), rng):
+            # the window is restored with its context (the restoration's own halo), as the
+            # run restores it inside its chunk; only the inner window is scored
+            cy0, cx0 = max(0, y0 - context), max(0, x0 - context)
+            cy1, cx1 = min(ny, y0 + size + context), min(nx, x0 + size + context)
+            inner = (slice(y0 - cy0, y0 - cy0 + size), slice(x0 - cx0, x0 - cx0 + size))
             try:
-                win = c.isel(y=slice(y0, y0 + size), x=slice(x0, x0 + size)).compute()
+                win = c.isel(y=slice(cy0, cy1), x=slice(cx0, cx1)).compute()
             except Exception as exc:  # noqa: BLE001 - a read failure costs a window, not the run
                 log.warning("self-validation skipped a window of %s at (%d, %d): %s", labels[k], y0, x0, exc)
                 continue
-            _validate_window(win, bands, wl, k, cfg, prior, options, rng, col, simulate, restore)
+            _validate_window(
+                win, inner, bands, wl, k, cfg, prior, options, rng, col, simulate, restore
+            )
     result = (
         _summarise(col, cfg, bands, labels, rng)
         if col.cases
@@ -580,15 +594,42 @@ def self_validate(
     return result
 
 
-def _validate_window(win, bands, wl, tile, cfg, prior, options, rng, col, simulate, restore) -> None:
+def _restore_halo(prior: Any, options: dict[str, Any]) -> int:
+    """The spatial radius the run's restoration reads around a pixel (prior + fusion)."""
+    from dataclasses import fields as dc_fields
+
+    from .kernels import FusionConfig
+    from .priors import get_prior
+
+    fusion_names = {f.name for f in dc_fields(FusionConfig)}
+    fusion = FusionConfig(**{k: v for k, v in options.items() if k in fusion_names})
+    prior_kw = {k: v for k, v in options.items() if k not in fusion_names and k != "sample_pixels"}
+    prior_obj = get_prior(prior, **prior_kw) if isinstance(prior, str) else prior
+    return int(prior_obj.halo + fusion.halo)
+
+
+def _validate_window(
+    win, inner, bands, wl, tile, cfg, prior, options, rng, col, simulate, restore
+) -> None:
+    from dataclasses import fields as dc_fields
+
+    from .kernels import FusionConfig
+    from .restore import cloud_evidence
+
     data = _as_array(win, bands)
     if not np.isfinite(data).any():
         return
-    base = restore(win, prior=prior, **options)
+    fusion_names = {f.name for f in dc_fields(FusionConfig)}
+    base = cloud_evidence(
+        win, prior=prior, **{k: v for k, v in options.items() if k not in fusion_names}
+    )
     observed = np.isfinite(data).all(axis=1)
     clear = observed & (np.nan_to_num(base["cloud_probability"].values, nan=1.0) <= cfg.clear_probability)
-    col.add_run_shares(base, data, bands, clear)
-    candidates = [t for t in range(data.shape[0]) if clear[t].mean() > 0.2]
+    scored = np.zeros(clear.shape[1:], dtype=bool)
+    scored[inner] = True
+    clear &= scored[None]
+    col.add_run_shares(base.isel(y=inner[0], x=inner[1]), data[:, :, inner[0], inner[1]], bands, clear[:, inner[0], inner[1]])
+    candidates = [t for t in range(data.shape[0]) if clear[t][inner].mean() > 0.2]
     if not candidates:
         return
     targets = [int(t) for t in rng.permutation(candidates)[: cfg.dates_per_window]]
