@@ -152,8 +152,19 @@ def test_cloud_evidence_shares_from_a_hand_made_probability():
 
 def test_summary_counts_an_exact_result_as_the_psnr_cap():
     def row(psnr, key):
-        sets = {ps: {"psnr": psnr, "ssim": 1.0, "sam": 0.0, "rmse": 0.0} for ps in ("all", "clear", "thin", "thick", "shadow")}
-        return {**sets, "stack": "s", "key": key, "method": "input", "seam": 0.0, "missing": 0, "invented": 0}
+        sets = {
+            ps: {"psnr": psnr, "ssim": 1.0, "sam": 0.0, "rmse": 0.0}
+            for ps in ("all", "clear", "thin", "thick", "shadow")
+        }
+        return {
+            **sets,
+            "stack": "s",
+            "key": key,
+            "method": "input",
+            "seam": 0.0,
+            "missing": 0,
+            "invented": 0,
+        }
 
     summary = summarise([row(math.inf, "s"), row(40.0, "s"), row(float("nan"), "s/harvest")])
     assert summary["s"]["input"]["clear_psnr"] == pytest.approx((PSNR_CAP + 40.0) / 2)
@@ -179,7 +190,9 @@ def _fig(**kw):
 def test_issue_11_targets_from_a_hand_made_summary():
     summary = {
         "austria-x/hazy_neighbours": {
-            "ours": _fig(clear_psnr=40.0, thick_psnr=21.0, scene_wide_not_clear=0.96, scene_wide_dates=1.0),
+            "ours": _fig(
+                clear_psnr=40.0, thick_psnr=21.0, scene_wide_not_clear=0.96, scene_wide_dates=1.0
+            ),
             "ours_physics": _fig(all_psnr=24.5, all_sam=3.2),
             "oracle_reference": _fig(thick_psnr=21.6),
             "input": _fig(clear_psnr=40.05),
@@ -207,4 +220,24 @@ def test_issue_11_targets_from_a_hand_made_summary():
     assert "all_psnr_above_physics_prior" not in s  # the prior comparison is on Austria
     # without a cloud_probability layer the share is missing: the target says n/a
     summary["austria-x/hazy_neighbours"]["ours"]["scene_wide_not_clear"] = float("nan")
-    assert check_targets(summary)["austria-x/hazy_neighbours"]["scene_wide_dates_95pct_not_clear"]["met"] is None
+    assert (
+        check_targets(summary)["austria-x/hazy_neighbours"]["scene_wide_dates_95pct_not_clear"][
+            "met"
+        ]
+        is None
+    )
+
+
+def test_synthetic_stack_carries_the_generators_clouds_snow_and_scl():
+    from pipeline.bench._stacks import synthetic_stack
+    from pipeline.synthetic import make_stack
+
+    st = synthetic_stack(48, 4, 7)
+    gen = make_stack((4, 48, 48), seed=7)
+    truth_cloud = (gen.thin | gen.thick | gen.shadow).values
+    assert not st.cloud[st.target].any()  # the target is its clear truth
+    others = [d for d in range(4) if d != st.target]
+    np.testing.assert_array_equal(st.cloud[others], truth_cloud[others])
+    np.testing.assert_array_equal(st.scl, gen.observed["SCL"].values)
+    usable = st.usable_reference()
+    assert not (usable & st.cloud).any()
