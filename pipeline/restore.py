@@ -52,14 +52,29 @@ from .kernels import (
     pair_gain_offset,
     reference_quality,
 )
-from .priors import BlockLocation, PhysicsConfig, Prior, SceneParams, get_prior
+from .priors import (
+    DEFAULT_PRIOR,
+    BlockLocation,
+    PhysicsConfig,
+    Prior,
+    SceneParams,
+    get_prior,
+    physics_opinion,
+)
 
 __all__ = ["FusionConfig", "QUALITY_LAYERS", "composite", "estimate_scene", "restore"]
 
 log = logging.getLogger(__name__)
 
 #: Per-date quality layers written beside the restored bands.
-QUALITY_LAYERS = ("confidence", "gate", "transmission", "reference_days", "no_valid_observation")
+QUALITY_LAYERS = (
+    "confidence",
+    "gate",
+    "transmission",
+    "reference_days",
+    "no_valid_observation",
+    "cloud_probability",
+)
 _MODES = ("dates", "composite")
 DEFAULT_SAMPLE_PIXELS = 250_000
 
@@ -233,7 +248,7 @@ def _coarse_sample(
 
 
 def estimate_scene(
-    cube: xr.Dataset, *, prior: str | Prior = "physics", sample_pixels: int = DEFAULT_SAMPLE_PIXELS
+    cube: xr.Dataset, *, prior: str | Prior = DEFAULT_PRIOR, sample_pixels: int = DEFAULT_SAMPLE_PIXELS
 ) -> SceneParams:
     """Scene parameters of ``cube`` as ``restore`` estimates them (computes only the sample)."""
     cube, bands, scl = _validate(cube)
@@ -262,7 +277,7 @@ def _restore_block(
         out[:, nb + len(QUALITY_LAYERS) :] = np.nan
     if np.isnan(data).all():
         # Outside every footprint (a search area larger than the data): nothing to restore.
-        out[:, : nb + 4] = np.nan
+        out[:, : nb + len(QUALITY_LAYERS)] = np.nan
         out[:, nb : nb + 2] = 0.0  # confidence, gate (as the kernels leave never-seen pixels)
         out[:, nb + 4] = 1.0  # no_valid_observation
         return out
@@ -274,6 +289,8 @@ def _restore_block(
     pb, layers = prior.block_at(data, bands, params["scene"], scl, location)
     if nl and layers is not None:
         out[:, nb + len(QUALITY_LAYERS) :] = layers
+    evidence = pb.evidence if pb.evidence is not None else physics_opinion(pb.transmission)
+    forced = params.get("forced_reference")
     fr = fuse_dates(
         data,
         pb.surface,
@@ -286,6 +303,9 @@ def _restore_block(
         band_transmission=pb.band_transmission,
         airlight=params["scene"].airlight,
         bands=bands,
+        evidence=(evidence.cloud, evidence.shadow),
+        date_clearness=params["date_clearness"],
+        forced_reference=forced,
     )
     out[:, :nb] = fr.output
     out[:, nb] = fr.confidence
@@ -293,6 +313,7 @@ def _restore_block(
     out[:, nb + 2] = fr.transmission
     out[:, nb + 3] = fr.reference_days
     out[:, nb + 4] = fr.no_valid_observation
+    out[:, nb + 5] = fr.cloud_probability
     return out
 
 
@@ -335,10 +356,11 @@ def _core_chunks(padded: da.Array, axis: int, depth: int) -> tuple[int, ...]:
 def restore(
     cube: xr.Dataset,
     *,
-    prior: str | Prior = "physics",
+    prior: str | Prior = DEFAULT_PRIOR,
     mode: str = "dates",
     fusion: FusionConfig | dict | None = None,
     scene_sample: xr.Dataset | None = None,
+    forced_reference: np.ndarray | None = None,
     **options: Any,
 ) -> xr.Dataset:
     """Remove clouds from a (time, y, x) Sentinel-2 L2A reflectance cube.
@@ -350,7 +372,9 @@ def restore(
         subset of the L2A bands), NaN nodata, optional ``SCL`` (0 = nodata), coordinates
         time / y / x (and ``spatial_ref``, kept). numpy- or dask-backed.
     prior
-        A registry name (``"physics"``) or a ``pipeline.priors.Prior``.
+        A registry name (``"physics"``), a base prior joined with cloud-evidence sources
+        (``"physics+stack"``, the default; ``"physics+stack+csmask"``), or a
+        ``pipeline.priors.Prior``.
     mode
         ``"dates"``: one restored image per input date. ``"composite"``: restore, then
         ``composite(..., period=options["period"])``.
@@ -361,6 +385,10 @@ def restore(
         from the COGs' overviews) to estimate the scene parameters from, instead of a strided
         sample of ``cube``: a strided sample of a lazy cube reads every chunk, so the data
         would be read twice. Default: the strided sample (right for in-memory cubes).
+    forced_reference
+        (T, Y, X) int: the reference date index per target date and pixel (-1: chosen as
+        usual), for in-memory cubes only. The quality benchmark's oracle row uses it to show
+        what the reference choice costs; a production run leaves it None.
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
         ``sample_pixels`` (size of the scene-parameter sample), ``period`` (composite mode).
@@ -370,7 +398,8 @@ def restore(
     Dataset with dims (time, y, x): the bands (float32, same names), ``confidence``,
     ``gate``, ``transmission`` (float32 0..1, t at 490 nm), ``reference_days`` (float32,
     reference date minus target date in days, NaN where none was used),
-    ``no_valid_observation`` (uint8); ``gamma`` (time) and ``airlight`` (time, band); attrs
+    ``no_valid_observation`` (uint8), ``cloud_probability`` (float32 0..1, the fused cloud
+    evidence: probability the observation is cloud-, haze- or shadow-contaminated); ``gamma`` (time) and ``airlight`` (time, band); attrs
     ``prior``, ``prior_params`` and ``fusion_params`` (JSON). Lazy for dask input.
     """
     if mode not in _MODES:
@@ -395,15 +424,24 @@ def restore(
     scene = prior_obj.estimate_scene(sample_bands, bands, sample_scl)
     sb = prior_obj.sample_block(sample_bands, bands, scene, sample_scl)
     quality = reference_quality(sb.transmission, sb.confidence)
+    # the evidence on the sample: the global pair map is fitted on pixels clear on both
+    # dates (scene-wide haze would be absorbed by it), and each date's clear share ranks it
+    # as a reference candidate
+    sample_ev = sb.evidence if sb.evidence is not None else physics_opinion(sb.transmission)
+    p_clear = _clear_share(sample_ev)
+    observed = np.isfinite(sample_bands).all(axis=1)
+    date_clearness = np.array(
+        [p_clear[t][observed[t]].mean() if observed[t].any() else 0.0 for t in range(len(days))]
+    )
     pair_gain, pair_offset = pair_gain_offset(
         sb.surface,
-        quality**2,
+        (quality * p_clear) ** 2,
         ridge=cfg.harmonise_ridge,
         shrink_pixels=cfg.harmonise_shrink_pixels,
     )
     # the sample's prior layers are done with: an in-memory cube is sampled whole, and they
     # would sit beside the block's own layers through the whole restoration
-    del sample, sample_bands, sample_scl, sb, quality
+    del sample, sample_bands, sample_scl, sb, quality, sample_ev, p_clear, observed
     params = {
         "bands": bands,
         "has_scl": scl is not None,
@@ -415,7 +453,20 @@ def restore(
         "fusion": cfg,
         "shape": (int(arr.shape[2]), int(arr.shape[3])),
         "stored_layers": bool(stored),
+        "date_clearness": date_clearness,
     }
+    if forced_reference is not None:
+        if isinstance(arr, da.Array):
+            raise ValueError(
+                "forced_reference works on in-memory cubes only; fix: cube.load() first"
+            )
+        forced = np.asarray(forced_reference)
+        if forced.shape != (arr.shape[0],) + arr.shape[2:]:
+            raise ValueError(
+                f"forced_reference must be (time, y, x) = {(arr.shape[0],) + arr.shape[2:]}, "
+                f"got {forced.shape}"
+            )
+        params["forced_reference"] = forced.astype(np.intp)
     nout = nb + len(QUALITY_LAYERS) + len(prior_obj.layers)
     if isinstance(arr, da.Array):
         depth = prior_obj.halo + cfg.halo
@@ -426,7 +477,9 @@ def restore(
         params.update(
             depth=(dy, dx), chunks=(_core_chunks(padded, 2, dy), _core_chunks(padded, 3, dx))
         )
-        token = tokenize(arr.name, bands, days, scene, pair_gain, pair_offset, prior_obj, cfg)
+        token = tokenize(
+            arr.name, bands, days, scene, pair_gain, pair_offset, date_clearness, prior_obj, cfg
+        )
         resources = prior_obj.resources  # e.g. {"GPU": 1} for a VLM prior on GPU workers
         if resources:
             _keep_annotations()
@@ -449,6 +502,14 @@ def restore(
     if mode == "composite":
         return composite(out, period=period)
     return out
+
+
+def _clear_share(evidence: Any) -> np.ndarray:
+    """(1 - p_cloud)(1 - p_shadow) of a ``CloudEvidence``; no opinion (NaN) counts 0.5."""
+    p = 1.0 - np.nan_to_num(np.asarray(evidence.cloud, np.float64), nan=0.5)
+    if evidence.shadow is not None:
+        p = p * (1.0 - np.nan_to_num(np.asarray(evidence.shadow, np.float64), nan=0.0))
+    return np.clip(p, 0.0, 1.0)
 
 
 def _spatial_attrs(cube: xr.Dataset, bands: tuple[str, ...]) -> tuple[dict, dict]:
@@ -475,6 +536,8 @@ def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dat
         "transmission": "atmospheric/cloud transmission at 490 nm (B02), 0..1",
         "reference_days": "reference date minus target date (days); NaN: no reference used",
         "no_valid_observation": "1 where no valid observation supports the output (NaN output)",
+        "cloud_probability": "probability (0..1) that the observation is cloud-, haze- or "
+        "shadow-contaminated (the priors' fused evidence); below 0.1 it passed through",
     }
     for k, name in enumerate(QUALITY_LAYERS):
         layer = result[:, nb + k]

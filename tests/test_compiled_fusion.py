@@ -174,8 +174,10 @@ def test_candidate_weights_match_the_array_formula():
     assert (best[:20] == -1).all() and (best[20:40] == 0).all()
 
 
-def reference_gate(j, ref, has, valid, conf, t, q_ref, ref_var, a, factor, relative, cfg):
-    """Steps 5-6 of ``fuse_dates`` with whole-array numpy (the formulas of its docstring)."""
+def reference_gate(
+    obs, j, ref, has, valid, conf, t, q_ref, ref_var, a, factor, relative, shadow, passing, cfg
+):
+    """Steps 5-7 of ``fuse_dates`` with whole-array numpy (the formulas of its docstring)."""
     fin = np.isfinite(j) & np.isfinite(ref)
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(fin, j, 0).sum(0) / np.where(fin, ref, 0).sum(0)
@@ -183,6 +185,7 @@ def reference_gate(j, ref, has, valid, conf, t, q_ref, ref_var, a, factor, relat
             fin.any(0), 1 - smooth(rho, cfg.shadow_ratio_low, cfg.shadow_ratio_high), 0.0
         )
         dark = np.where(np.isfinite(dark), dark, 0.0)
+        dark = np.minimum(dark, shadow)  # the evidence makes the darkening cue specific
         # inverse-variance share of the inversion
         dev = a[:, None] - ref
         ok = np.isfinite(dev)
@@ -209,9 +212,15 @@ def reference_gate(j, ref, has, valid, conf, t, q_ref, ref_var, a, factor, relat
     c = np.where(valid, c * (1 - dark * q_ref), 0.0)
     g = np.where(has, np.where(valid, smooth(c, cfg.gate_low, cfg.gate_high), 0.0), 1.0)
     out = np.where(np.isnan(j), ref, np.where(np.isnan(ref), j, g * j + (1 - g) * ref))
-    bad = ~has & (~valid | (c < cfg.min_confidence_without_reference))
+    w = np.where(valid, passing, 0.0)
+    bad = ~has & (~valid | (c < cfg.min_confidence_without_reference)) & (w < 0.5)
+    w = np.where(bad, 0.0, w)
+    g = np.where(bad, 0.0, g)
     out[:, bad] = np.nan
-    return out, c, np.where(bad, 0.0, g), bad
+    # clear pass-through: the observation itself where the evidence calls the pixel clear
+    blend = np.where(np.isnan(out), obs, w * obs + (1 - w) * out)
+    out = np.where((w > 0) & np.isfinite(obs), blend, out)
+    return out, c, w + (1 - w) * g, bad
 
 
 @pytest.mark.parametrize("relative", [True, False])
@@ -232,10 +241,15 @@ def test_gate_matches_the_array_formula(relative):
     ref_var = np.where(rng.random(n) > 0.3, rng.random(n) * 0.01, np.nan)
     a = np.full(nb, 0.8)
     factor = rng.random(n)
+    obs = ref * rng.uniform(0.5, 1.5, (nb, n)) + 0.05
+    obs[:, ~valid] = np.nan
+    shadow = rng.random(n)
+    passing = np.where(rng.random(n) > 0.5, rng.random(n), 0.0)  # half the pixels pass partly
     out = np.empty((nb, n), np.float32)
     c_out, g_out = np.empty(n, np.float32), np.empty(n, np.float32)
     flag = np.empty(n, np.uint8)
     gate_fit(
+        obs,
         j,
         ref,
         has,
@@ -247,6 +261,8 @@ def test_gate_matches_the_array_formula(relative):
         a,
         factor,
         relative,
+        shadow,
+        passing,
         _gate_params(cfg),
         out,
         c_out,
@@ -254,7 +270,8 @@ def test_gate_matches_the_array_formula(relative):
         flag,
     )
     want, want_c, want_g, want_bad = reference_gate(
-        j, ref, has, valid, conf.astype(float), t, q_ref, ref_var, a, factor, relative, cfg
+        obs, j, ref, has, valid, conf.astype(float), t, q_ref, ref_var, a, factor, relative,
+        shadow, passing, cfg,
     )
     np.testing.assert_array_equal(flag.astype(bool), want_bad)
     assert 0 < want_bad.sum() < n  # both flagged and restored pixels are exercised

@@ -81,8 +81,9 @@ def test_physics_prior_scene_and_block_shapes_and_quality():
     assert scene.airlight.shape == (3, 6) and scene.gamma.shape == (3,)
     res = prior.block(obs, BANDS6, scene)
     assert isinstance(res, PriorBlock)
-    for arr in res:
+    for arr in res[:4]:
         assert arr.dtype == np.float32
+    assert res.evidence is None  # the physics prior alone has no evidence sources
     assert res.transmission.shape == (3, 48, 48) and res.surface.shape == obs.shape
     # clear date: t ~ 1, the inversion is the identity, full confidence
     assert res.transmission[0].min() > 0.97

@@ -78,8 +78,9 @@ def test_output_variables_dtypes_and_attrs(restored):
     assert restored.gamma.dims == ("time",) and restored.gamma.dtype == np.float32
     assert restored.airlight.dims == ("time", "band")
     assert list(restored.band.values) == list(BANDS)
-    assert restored.attrs["prior"] == "physics"
-    assert json.loads(restored.attrs["prior_params"])["t_min"] == 0.1
+    assert restored.attrs["prior"] == "physics+stack"
+    assert json.loads(restored.attrs["prior_params"])["base"]["t_min"] == 0.1
+    assert "stack" in json.loads(restored.attrs["prior_params"])["sources"]
     assert "gate_low" in json.loads(restored.attrs["fusion_params"])
     for name in ("confidence", "gate"):
         v = restored[name].values
@@ -273,7 +274,7 @@ def test_clear_errors_for_bad_input():
 def test_options_are_routed_to_prior_and_fusion(cube_and_truth):
     cube = cube_and_truth[0].isel(time=[0, 2])
     out = restore(cube, t_min=0.2, gate_low=0.3, fusion={"gate_high": 0.8})
-    assert json.loads(out.attrs["prior_params"])["t_min"] == 0.2
+    assert json.loads(out.attrs["prior_params"])["base"]["t_min"] == 0.2
     fusion = json.loads(out.attrs["fusion_params"])
     assert fusion["gate_low"] == 0.3 and fusion["gate_high"] == 0.8
 

@@ -138,6 +138,7 @@ def _plausible_at(surface, p):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def gate_fit(
+    observed,
     surface,
     reference,
     has,
@@ -149,23 +150,29 @@ def gate_fit(
     airlight,
     prior_factor,
     relative,
+    shadow_evidence,
+    passthrough,
     prm,
     out,
     conf_out,
     gate_out,
     flag_out,
 ):
-    """Steps 5 and 6 of ``fuse_dates`` for one target date, per pixel.
+    """Steps 5 to 7 of ``fuse_dates`` for one target date, per pixel.
 
-    ``surface`` J_phys and ``reference`` R (B, N) float64; ``has`` (N,) a reference exists;
+    ``observed`` I, ``surface`` J_phys and ``reference`` R (B, N) float64; ``has`` (N,) a reference exists;
     ``valid`` (N,) the target is observed; ``confidence``, ``t_ref``, ``q_ref``,
     ``reference_var``, ``prior_factor`` (N,); ``airlight`` (B,). With ``relative`` the
     confidence of a pixel with a reference is the inverse-variance share of the inversion
     (``_physics_weight``) x plausibility x S(t; t_low, t_high) x the prior's own factor.
-    c = confidence (1 - darkening(J, R) q_ref), 0 where unobserved; g = S(c; gate_low,
-    gate_high) (0 unobserved, 1 without a reference); J_out = g J + (1 - g) R per band
-    (the finite one where the other is NaN); flagged, NaN and g = 0 where there is no
-    reference and the pixel is unobserved or c < ``min_confidence``.
+    c = confidence (1 - min(darkening(J, R), shadow_evidence) q_ref), 0 where unobserved
+    (``shadow_evidence`` (N,): the evidence's shadow probability, 1 = the darkening cue
+    alone); g = S(c; gate_low, gate_high) (0 unobserved, 1 without a reference); J_out =
+    g J + (1 - g) R per band (the finite one where the other is NaN); flagged, NaN and g = 0
+    where there is no reference and the pixel is unobserved or c < ``min_confidence``.
+    Clear pass-through: with w = ``passthrough`` (N,) on an observed pixel, J_out <- w I +
+    (1 - w) J_out and g <- w + (1 - w) g; a pixel the evidence calls clear (w >= 0.5) is
+    never flagged for want of a reference (it is its own observation).
     Writes ``out`` (B, N), ``conf_out``, ``gate_out`` (N,) and ``flag_out`` (N,) uint8.
     """
     nb, n = surface.shape
@@ -181,6 +188,8 @@ def gate_fit(
                 sr += r
                 any_both = True
         dark = _darkening_at(st, sr, any_both, prm.shadow_low, prm.shadow_high)
+        if shadow_evidence[p] < dark:
+            dark = shadow_evidence[p]
         t = np.float64(t_ref[p])
         c = np.float64(confidence[p])
         if relative and has[p]:
@@ -197,9 +206,13 @@ def gate_fit(
             g = _smoothstep(c, prm.gate_low, prm.gate_high)
         else:
             g = 0.0
-        bad = not has[p] and (not valid[p] or c < prm.min_confidence)
+        w = passthrough[p] if valid[p] else 0.0
+        if not w == w:
+            w = 0.0
+        bad = not has[p] and (not valid[p] or c < prm.min_confidence) and w < 0.5
         if bad:
             g = 0.0
+            w = 0.0
         for b in range(nb):
             j = surface[b, p]
             r = reference[b, p]
@@ -211,7 +224,11 @@ def gate_fit(
                 v = j
             else:
                 v = g * j + (1.0 - g) * r
+            i_b = observed[b, p]
+            if w > 0.0 and i_b == i_b:
+                v = w * i_b + (1.0 - w) * v if v == v else i_b
             out[b, p] = v
+        g = w + (1.0 - w) * g
         conf_out[p] = c
         gate_out[p] = g
         flag_out[p] = 1 if bad else 0

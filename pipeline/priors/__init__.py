@@ -6,18 +6,37 @@ from ._base import (
     PriorBlock,
     SceneParams,
     available_priors,
+    available_sources,
     get_prior,
     register_prior,
+    register_source,
 )
+from ._combined import CombinedPrior
+from ._evidence import CloudEvidence, EvidenceSource, combine_evidence, physics_opinion
 from ._physics import PhysicsConfig, PhysicsPrior
 from ._vlm import VLMConfig, VLMPrior, attach_stored_prior
+from ._stack import StackConfig, StackEvidence
 from ._vlm_mapping import LabelMapping
 
 register_prior("physics", PhysicsPrior)
 register_prior("vlm", VLMPrior)
+register_source("stack", StackEvidence)
+
+#: The prior ``restore`` and the CLI use unless told otherwise (the quality benchmark's best).
+DEFAULT_PRIOR = "physics+stack"
 
 __all__ = [
+    "DEFAULT_PRIOR",
     "BlockLocation",
+    "CloudEvidence",
+    "CombinedPrior",
+    "EvidenceSource",
+    "StackConfig",
+    "StackEvidence",
+    "available_sources",
+    "combine_evidence",
+    "physics_opinion",
+    "register_source",
     "LabelMapping",
     "PhysicsConfig",
     "PhysicsPrior",

@@ -69,6 +69,17 @@ class PriorBlock(NamedTuple):
     band_transmission: np.ndarray  # (T, B, Y, X) t_b
     confidence: np.ndarray  # (T, Y, X) 0..1, faith in the physical inversion
     surface: np.ndarray  # (T, B, Y, X) physical inversion J_phys
+    #: fused cloud evidence (``pipeline.priors.CloudEvidence``: p_cloud, p_shadow (T, Y, X)),
+    #: or None: the restore step then takes the transmission's own reading
+    #: (``physics_opinion``)
+    evidence: Any = None
+
+    def drop_x(self) -> PriorBlock:
+        """Fields of a block laid out as an (N, 1) image, without the trailing x axis."""
+        ev = self.evidence
+        if ev is not None:
+            ev = type(ev)(*(None if f is None else np.asarray(f)[..., 0] for f in ev))
+        return PriorBlock(*(np.asarray(f)[..., 0] for f in self[:4]), evidence=ev)
 
 
 class BlockLocation(NamedTuple):
@@ -158,7 +169,7 @@ class Prior(ABC):
         window-less version (sample neighbours are not image neighbours).
         """
         res = self.block(sample[..., None], bands, scene, None if scl is None else scl[..., None])
-        return PriorBlock(*(np.asarray(f)[..., 0] for f in res))
+        return res.drop_x()
 
     def __dask_tokenize__(self) -> tuple:
         return (type(self).__module__, type(self).__qualname__, self.name, _json(self.params()))
@@ -172,6 +183,16 @@ def _json(obj: Any) -> str:
 
 
 _REGISTRY: dict[str, Callable[..., Prior]] = {}
+_SOURCES: dict[str, Callable[[], Any]] = {}
+
+
+def register_source(name: str, factory: Callable[[], Any]) -> None:
+    """Make ``get_prior("physics+NAME")`` add the evidence source ``factory()``."""
+    _SOURCES[name] = factory
+
+
+def available_sources() -> tuple[str, ...]:
+    return tuple(sorted(_SOURCES))
 
 
 def register_prior(name: str, factory: Callable[..., Prior]) -> None:
@@ -196,9 +217,30 @@ def get_prior(name: str | Prior, **kw: Any) -> Prior:
                 "pass either a configured Prior or a name with keywords"
             )
         return name
+    if isinstance(name, str) and "+" in name:
+        return _combination(name, kw)
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(
-            f"unknown prior {name!r}; valid names: {', '.join(available_priors())} "
-            "(or pass a pipeline.priors.Prior instance)"
+            f"unknown prior {name!r}; valid names: {', '.join(available_priors())}, or a base "
+            f"prior joined by '+' with evidence sources ({', '.join(available_sources())}), "
+            "e.g. 'physics+stack' (or pass a pipeline.priors.Prior instance)"
         )
     return _REGISTRY[name](**kw)
+
+
+def _combination(name: str, kw: dict[str, Any]) -> Prior:
+    """'base+source+...' -> CombinedPrior(base(**kw), [sources])."""
+    from ._combined import CombinedPrior
+
+    base, *rest = [p.strip() for p in name.split("+")]
+    if base in _SOURCES:  # 'stack+csmask': the physics prior is the implied base
+        base, rest = "physics", [base, *rest]
+    unknown = [p for p in rest if p not in _SOURCES]
+    if base not in _REGISTRY or unknown or not rest:
+        raise ValueError(
+            f"unknown prior combination {name!r}: it must be a base prior "
+            f"({', '.join(available_priors())}) followed by evidence sources "
+            f"({', '.join(available_sources())}) joined by '+', e.g. 'physics+stack'"
+            + (f"; unknown: {unknown}" if unknown else "")
+        )
+    return CombinedPrior(_REGISTRY[base](**kw), [_SOURCES[s]() for s in rest])

@@ -81,11 +81,44 @@ class EvidenceSource(ABC):
         sources with a global layout (model tiles) give the same values for any chunking.
         """
 
+    def scene_extras(self, sample: np.ndarray, bands: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Scene-level quantities from the (T, B, N) scene sample, merged into
+        ``SceneParams.extras`` (global, so they do not depend on the chunking). Default none."""
+        return {}
+
+    def sample_evidence(
+        self, sample: np.ndarray, bands: tuple[str, ...], scene: SceneParams
+    ) -> CloudEvidence | None:
+        """Evidence on the (T, B, N) scene sample (no image: no spatial windows), or None
+        when the source needs an image (a model). Feeds the scene-level harmonisation fit and
+        each date's clear share, which ranks the reference candidates."""
+        return None
+
     def __dask_tokenize__(self) -> tuple:
         return (type(self).__module__, type(self).__qualname__, self.name, _json(self.params()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({_json(self.params())})"
+
+
+#: How much of a probability the transmission's own reading may claim: the physics prior
+#: reads bright surfaces as haze and scene-wide haze as clear, so its opinion is bounded.
+PHYSICS_OPINION_RANGE = (0.1, 0.9)
+#: 1 - t over which the physics opinion rises from its least to its largest value.
+PHYSICS_OPINION_HAZE = (0.05, 0.4)
+
+
+def physics_opinion(transmission: np.ndarray) -> CloudEvidence:
+    """The physics prior's transmission read as a (bounded) cloud probability, no shadow view.
+
+    p = lo + (hi - lo) S(1 - t; 0.05, 0.4) with (lo, hi) = ``PHYSICS_OPINION_RANGE``.
+    """
+    from ..kernels import smoothstep
+
+    lo, hi = PHYSICS_OPINION_RANGE
+    t = np.asarray(transmission, dtype=np.float64)
+    p = lo + (hi - lo) * smoothstep(1.0 - t, *PHYSICS_OPINION_HAZE)
+    return CloudEvidence(np.where(np.isfinite(t), p, np.nan).astype(np.float32), None)
 
 
 def logit(p: np.ndarray) -> np.ndarray:

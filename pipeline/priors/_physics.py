@@ -196,4 +196,4 @@ class PhysicsPrior(Prior):
         res = self._block(
             sample[..., None], bands, scene, None if scl is None else scl[..., None], 0
         )
-        return PriorBlock(*(np.asarray(f)[..., 0] for f in res))
+        return res.drop_x()

@@ -1,0 +1,226 @@
+"""Cloud, haze and shadow evidence from the time series itself (pure numpy block kernels).
+
+What one date cannot show, the stack can. Haze spread evenly over a scene is, per band, an
+affine map of the surface: a single-date dark-object test reads a uniformly hazy scene as a
+brighter but clear one, and a per-band gain/offset harmonisation with another date absorbs it
+entirely (DESIGN.md section 2). A per-pixel *clear-sky baseline* over many dates does see it,
+as in the multi-temporal masks MAJA and Tmask: a surface is rarely brighter in the blue than
+its own lower envelope, so a date's blue excess over that envelope is haze or cloud.
+
+Per date t and pixel:
+
+* blue excess   dB = B02_t - Q(B02), Q the per-pixel low quantile over the valid dates;
+* HOT excess    dH = HOT_t - Q(HOT), HOT = (s B02 - B04) / sqrt(1 + s^2) with s = 1.5: the
+  direction of the *change* matters, not the scene's clear line: a surface change (soil
+  after harvest, vegetation green-up) moves red at least 1.5x as much as blue, haze moves
+  blue more than red and a grey cloud moves both alike, so only cloud and haze raise HOT
+  (with the scene's fitted slope, often near 1, a grey cloud would not move HOT at all);
+* haze index    e = min(dB, 2 dH), box-mean smoothed: both must rise, so a brighter soil
+  (blue up, HOT down) and a greener field (blue down) are not haze; haze and cloud raise both;
+* p_cloud = logistic((e / (1 + 1 / (n - 1)) - haze_mid) / haze_scale) x (1 - snow score)
+  for a pixel with n valid dates (a lower envelope of few dates is a noisier view of the
+  clear sky: the excess needed grows, x2 with two dates) (fresh snow is white
+  like cloud but dark in SWIR; without SWIR bands snow cannot be told from cloud here),
+  at least 0.3 / (n - 1) for a pixel with n valid dates (a baseline of few dates may itself
+  be cloudy) and no opinion (NaN) with a single date;
+* shadow: the band ratios to the per-pixel median of the dates that read clear, r_b = I_b /
+  M_b. Cloud shadow darkens every band by a similar factor (mean log ratio well below 0 and a
+  small spread across bands); snow melt and harvest change the spectrum's shape (a large
+  spread), so they do not read as shadow: p_shadow = S(-mean log r) (1 - S(spread)) (1 - p_cloud).
+
+Scene level (``scene_haze_excess``): a date's dark-object level in the blue (a low percentile
+over the scene sample) against the lowest such level of the series. A date hazy or clouded
+over the whole scene has no dark pixel left: its excess is the haze's path radiance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import band_index, box_mean_nan, smoothstep
+from ._physics import snow_score
+
+#: Slope s of the HOT used for changes between dates (see the module docstring).
+CHANGE_SLOPE = 1.5
+#: Least p_cloud of a pixel with n valid dates is FEW_DATES_FLOOR / (n - 1): the chance that
+#: the lower envelope itself is contaminated shrinks as the dates add up.
+FEW_DATES_FLOOR = 0.3
+
+
+def lower_envelope(values: np.ndarray, quantile: float) -> np.ndarray:
+    """Per-pixel low quantile over axis 0 of (T, ...) values, ignoring NaN (lower method).
+
+    The k-th smallest valid value with k = floor(quantile (n - 1)), n the pixel's valid dates;
+    NaN where a pixel has none. A sort along time, not ``np.nanquantile`` (which falls back
+    to a Python loop per pixel when NaNs are present).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    n = np.isfinite(v).sum(axis=0)
+    ordered = np.sort(np.where(np.isfinite(v), v, np.inf), axis=0)  # invalid last
+    k = np.floor(quantile * np.maximum(n - 1, 0)).astype(np.intp)
+    out = np.take_along_axis(ordered, k[None], axis=0)[0]
+    return np.where(n > 0, out, np.nan)
+
+
+def hot_index(data: np.ndarray, blue: int, red: int, slope: float = CHANGE_SLOPE) -> np.ndarray:
+    """HOT = (s B02 - B04) / sqrt(1 + s^2), (T, Y, X)."""
+    s = float(slope)
+    d = np.asarray(data, dtype=np.float64)
+    return (s * d[:, blue] - d[:, red]) / np.sqrt(1.0 + s * s)
+
+
+def haze_excess(
+    data: np.ndarray, bands: tuple[str, ...], quantile: float, radius: int
+) -> np.ndarray:
+    """e = box-mean of min(dB, 2 dH) over the (2r+1)^2 window, (T, Y, X) float64, NaN unobserved."""
+    blue = band_index(bands, "B02")
+    red = band_index(bands, "B04")
+    if blue is None or red is None:
+        raise ValueError(
+            f"stack evidence needs the blue (B02) and red (B04) bands, the cube has {list(bands)}; "
+            "fix: load B02 and B04, or use a prior without the stack source (--prior physics)"
+        )
+    d = np.asarray(data, dtype=np.float64)
+    observed = np.isfinite(d).all(axis=1)
+    b = np.where(observed, d[:, blue], np.nan)
+    h = np.where(observed, hot_index(d, blue, red), np.nan)
+    e = np.minimum(b - lower_envelope(b, quantile), 2.0 * (h - lower_envelope(h, quantile)))
+    if radius > 0:
+        e = np.where(observed, box_mean_nan(e, radius), np.nan)
+    return e
+
+
+def cloud_probability_from_excess(e: np.ndarray, mid: float, scale: float) -> np.ndarray:
+    """logistic((e - mid) / scale); NaN stays NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return 1.0 / (1.0 + np.exp(-(np.asarray(e, np.float64) - mid) / scale))
+
+
+def shadow_probability(
+    data: np.ndarray,
+    p_cloud: np.ndarray,
+    *,
+    darkening: tuple[float, float],
+    spread: tuple[float, float],
+    min_reflectance: float = 0.01,
+) -> np.ndarray:
+    """Cloud-shadow probability (T, Y, X): a uniform darkening against the clear median.
+
+    M_b = per-pixel median of the dates that read clear (p_cloud < 0.5); log r_b = log(I_b /
+    M_b) over bands with M_b and I_b above ``min_reflectance``; p = S(-mean; darkening)
+    (1 - S(std; spread)) (1 - p_cloud). NaN where the pixel is unobserved; 0 without a median.
+    """
+    d = np.asarray(data, dtype=np.float64)
+    clear = np.isfinite(d).all(axis=1) & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
+    masked = np.where(clear[:, None], d, np.nan)
+    # median of the clear dates per band and pixel (lower median: a real observation)
+    median = np.stack([lower_envelope(masked[:, k], 0.5) for k in range(d.shape[1])])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = (median[None] > min_reflectance) & (d > min_reflectance)
+        logr = np.where(ok, np.log(np.where(ok, d, 1.0) / np.where(ok, median[None], 1.0)), np.nan)
+        n = np.isfinite(logr).sum(axis=1)
+        mean = np.nansum(logr, axis=1) / np.maximum(n, 1)
+        var = np.nansum((logr - mean[:, None]) ** 2, axis=1) / np.maximum(n, 1)
+    dark = smoothstep(-mean, *darkening) * (1.0 - smoothstep(np.sqrt(var), *spread))
+    p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
+    return np.where(np.isfinite(d).all(axis=1), p, np.nan)
+
+
+def stack_evidence(
+    data: np.ndarray,
+    bands: tuple[str, ...],
+    *,
+    scene_excess: np.ndarray | None = None,
+    quantile: float = 0.25,
+    radius: int = 1,
+    haze_mid: float = 0.015,
+    haze_scale: float = 0.005,
+    scene_mid: float = 0.02,
+    scene_scale: float = 0.005,
+    darkening: tuple[float, float] = (0.2, 0.5),
+    spread: tuple[float, float] = (0.3, 0.6),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(p_cloud, p_shadow), each (T, Y, X) float32, from a (T, B, Y, X) reflectance block.
+
+    See the module docstring. ``scene_excess`` (T,) is each date's dark-object excess
+    (``scene_haze_excess``): where it is large the whole date is hazy, and its log-odds
+    logistic((x - scene_mid) / scene_scale) is added where positive (it can only raise the
+    belief in haze: a scene without dark-object excess can still hold local cloud).
+    """
+    e = haze_excess(data, bands, quantile, radius)
+    n = np.isfinite(np.asarray(data, np.float64)).all(axis=1).sum(axis=0)
+    # A lower envelope of few dates is a noisy view of the clear sky: the date-to-date
+    # variation of a clear surface (and of the atmospheric correction) is read as excess.
+    # The excess needed for haze grows as 1 + 1 / (n - 1): x2 with 2 dates, x1.1 with 10.
+    few_dates = 1.0 + 1.0 / np.maximum(n - 1, 1)
+    p = cloud_probability_from_excess(e / few_dates[None], haze_mid, haze_scale)
+    # A baseline from few dates may itself be cloudy: its "clear" reading is worth less.
+    # n = 1 gives no opinion at all (NaN); n = 2 at most p_cloud >= 0.3; n = 10 >= 0.033.
+    with np.errstate(divide="ignore"):
+        floor = np.where(n >= 2, FEW_DATES_FLOOR / np.maximum(n - 1, 1), np.nan)
+    p = np.where(n >= 2, np.maximum(p, floor[None]), np.nan)
+    if scene_excess is not None:
+        x = np.asarray(scene_excess, dtype=np.float64)
+        boost = np.maximum((x - scene_mid) / scene_scale, 0.0)  # log-odds, >= 0
+        boost = np.where(np.isfinite(boost), boost, 0.0)
+        with np.errstate(divide="ignore"):
+            lo = np.log(p) - np.log1p(-np.minimum(p, 1.0 - 1e-12))
+        p = 1.0 / (1.0 + np.exp(-(lo + boost[:, None, None])))
+    snow = snow_score(data, bands)
+    if snow is not None:
+        p = p * (1.0 - np.maximum(snow, snow_change(data, bands, quantile)))
+    shadow = shadow_probability(data, p, darkening=darkening, spread=spread)
+    return p.astype(np.float32), shadow.astype(np.float32)
+
+
+def snow_change(data: np.ndarray, bands: tuple[str, ...], quantile: float) -> np.ndarray:
+    """Likelihood (T, Y, X) that a date's brightening over the lower envelope is snow.
+
+    The change's spectral shape, against the same per-pixel envelope as the haze index:
+    snow brightens the visible and the NIR alike but not the SWIR (ice absorbs there); haze
+    brightens the blue far more than the NIR, and water cloud brightens the SWIR too (about
+    half as much as the blue). score = S(dB; 0.03, 0.06) S(dN / dB; 0.5, 0.8)
+    (1 - S(dS / dB; 0.1, 0.25)), d the excess over the envelope of B02, NIR (B08/B8A) and
+    SWIR (B11/B12). Ice cloud (cirrus) also darkens in the SWIR; it is thin, and stays
+    partly cloud here. 0 without NIR or SWIR bands. It catches old and wet snow, whose NDSI
+    (green against SWIR) is too low for ``snow_score``.
+    """
+    blue = band_index(bands, "B02")
+    nir = band_index(bands, "B08", "B8A")
+    swir = band_index(bands, "B11", "B12")
+    d = np.asarray(data, dtype=np.float64)
+    if blue is None or nir is None or swir is None:
+        return np.zeros((d.shape[0],) + d.shape[2:])
+    observed = np.isfinite(d).all(axis=1)
+
+    def excess(k: int) -> np.ndarray:
+        v = np.where(observed, d[:, k], np.nan)
+        return v - lower_envelope(v, quantile)
+
+    db, dn, ds = excess(blue), excess(nir), excess(swir)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        safe = np.where(db > 1e-6, db, np.nan)
+        score = (
+            smoothstep(db, 0.03, 0.06)
+            * smoothstep(dn / safe, 0.5, 0.8)
+            * (1.0 - smoothstep(ds / safe, 0.1, 0.25))
+        )
+    return np.where(np.isfinite(score), score, 0.0)
+
+
+def scene_haze_excess(sample: np.ndarray, bands: tuple[str, ...], percentile: float = 1.0) -> np.ndarray:
+    """Per-date dark-object excess in the blue over the series' lowest, (T,) float64.
+
+    ``sample`` (T, B, N): the scene sample. D_t = ``percentile`` of B02 over the date's valid
+    pixels; excess_t = D_t - min_t D_t (NaN for a date without valid pixels).
+    """
+    blue = band_index(bands, "B02")
+    if blue is None:
+        return np.full(sample.shape[0], np.nan)
+    b = np.asarray(sample[:, blue], dtype=np.float64)
+    levels = np.array(
+        [np.percentile(row[np.isfinite(row)], percentile) if np.isfinite(row).any() else np.nan for row in b]
+    )
+    if not np.isfinite(levels).any():
+        return levels
+    return levels - np.nanmin(levels)
