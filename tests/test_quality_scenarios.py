@@ -241,3 +241,24 @@ def test_synthetic_stack_carries_the_generators_clouds_snow_and_scl():
     np.testing.assert_array_equal(st.scl, gen.observed["SCL"].values)
     usable = st.usable_reference()
     assert not (usable & st.cloud).any()
+
+
+def test_opaque_target_pixels_are_unrecoverable_where_every_other_date_is_hidden():
+    from pipeline.bench.quality import unrecoverable
+
+    two = _stack(days=(0, 10), target=1, shape=(8, 8))
+    thick = np.zeros((8, 8), bool)
+    thick[:4] = True
+    # two dates, the other one under cloud everywhere: every opaque target pixel is lost
+    cloudy = sc.apply_scenario(two, "cloudy_neighbours")
+    np.testing.assert_array_equal(unrecoverable(cloudy.data, 1, thick, cloudy.hidden_mask()), thick)
+    assert not unrecoverable(two.data, 1, thick, two.hidden_mask()).any()
+    # four dates: the far date (35) still sees the surface
+    four = sc.apply_scenario(_stack(shape=(8, 8)), "cloudy_neighbours")
+    assert not unrecoverable(four.data, 1, thick, four.hidden_mask()).any()
+    # snow on the only other date hides the target's surface in the snow region
+    snowy = sc.apply_scenario(_stack(days=(0, 10), target=1, shape=(32, 32)), "snow_melt")
+    thick = np.ones((32, 32), bool)
+    np.testing.assert_array_equal(
+        unrecoverable(snowy.data, 1, thick, snowy.hidden_mask()), snowy.scenario_mask
+    )

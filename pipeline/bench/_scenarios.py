@@ -20,7 +20,10 @@ what is clear. Each scenario is a deterministic transformation of a :class:`Benc
 ``cloudy_neighbours``
     The ``CLOUD_NEIGHBOURS`` nearest dates are under thick cloud over the whole scene: t
     about ``CLOUD_T`` (grey, gamma 0), airlight ``CLOUD_AIRLIGHT`` with a slight texture;
-    SCL 9 (cloud, high probability). On a two-date stack no clear reference remains.
+    SCL 9 (cloud, high probability). On a two-date stack (the real Austria crop) no
+    clear reference remains: the target's opaque-cloud pixels then have no observation of
+    their surface, count as unrecoverable (as no-data does: not scored, and a method must
+    flag them or they count as invented), and the thick-cloud figures are absent (n/a).
 ``snow_melt``
     The ``SNOW_NEIGHBOURS`` nearest dates carry snow over a smooth region of about
     ``SNOW_COVER`` of the scene (partial cover at its edge), with the snow spectrum
@@ -220,10 +223,13 @@ def cloudy_neighbours(stack: BenchStack) -> BenchStack:
         airlight = np.full(wl.shape, CLOUD_AIRLIGHT)[:, None, None] * texture[None]
         data[d] = _airlight_model(data[d], t_ref, wl, 0.0, airlight)
     cloud, scl = _with_cloud(stack, dates, SCL_CLOUD_HIGH)
+    opaque = np.zeros_like(cloud) if stack.opaque is None else stack.opaque.copy()
+    opaque[dates] = cloud[dates]
     return replace(
         stack,
         data=data,
         cloud=cloud,
+        opaque=opaque,
         scl=scl,
         scenario="cloudy_neighbours",
         scene_wide=tuple(dates),
@@ -239,7 +245,9 @@ def snow_fraction(shape: tuple[int, int]) -> np.ndarray:
 
 def snow_melt(stack: BenchStack) -> BenchStack:
     """Snow on the nearest dates (mixed into the observation by its fraction; under a
-    generator cloud the pixel becomes a cloud/snow mix, not a reference anyway)."""
+    generator cloud the pixel becomes a cloud/snow mix, not a reference anyway). Snow the
+    target lacks hides its surface: on a two-date stack the target's opaque pixels under
+    the snow region are unrecoverable."""
     dates = nearest_dates(stack.days, stack.target, SNOW_NEIGHBOURS)
     ny, nx = stack.data.shape[2:]
     frac = snow_fraction((ny, nx))

@@ -50,6 +50,8 @@ class BenchStack:
     #: (T, Y, X) bool: cloud, haze or shadow over the date (the generator's and the
     #: scenario's); None = none known (the real crop's dates are essentially cloud-free)
     cloud: np.ndarray | None = None
+    #: (T, Y, X) bool: opaque cloud over the date (a subset of ``cloud``); None = none known
+    opaque: np.ndarray | None = None
     #: (T, Y, X) bool: snow on the date's surface (truth, not cloud); None = none known
     snow: np.ndarray | None = None
     #: (T, Y, X) uint8 Sen2Cor-like SCL where the stack has one (never given to a method)
@@ -87,6 +89,14 @@ class BenchStack:
         """(T, Y, X) bool snow truth (all False where none is known)."""
         shape = (self.data.shape[0], *self.data.shape[2:])
         return np.zeros(shape, bool) if self.snow is None else self.snow
+
+    def hidden_mask(self) -> np.ndarray:
+        """(T, Y, X) bool: the date does not see the target's surface at all: opaque cloud,
+        or snow the target lacks (or snow gone that the target has)."""
+        shape = (self.data.shape[0], *self.data.shape[2:])
+        opaque = np.zeros(shape, bool) if self.opaque is None else self.opaque
+        snow = self.snow_mask()
+        return opaque | (snow != snow[self.target][None])
 
     def usable_reference(self) -> np.ndarray:
         """(T, Y, X) bool: the date shows the target's surface faithfully at the pixel:
@@ -161,6 +171,8 @@ def synthetic_stack(size: int, dates: int, seed: int) -> BenchStack:
     times = stack.truth["time"].values.astype("datetime64[ns]")
     cloud = (stack.thin | stack.thick | stack.shadow).values.copy()
     cloud[target] = False  # the target's observation is replaced by its truth
+    opaque = stack.thick.values.copy()
+    opaque[target] = False
     return BenchStack(
         f"synthetic-{dates}x{size}",
         obs,
@@ -168,6 +180,7 @@ def synthetic_stack(size: int, dates: int, seed: int) -> BenchStack:
         times,
         bands,
         cloud=cloud,
+        opaque=opaque,
         snow=stack.snow.values.astype(bool),
         scl=stack.observed["SCL"].values.astype("uint8"),
     )

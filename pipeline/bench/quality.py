@@ -17,7 +17,9 @@
    (scenario ``none`` over ``kinds`` x ``covers``, the others over ``scenario_kinds`` x
    ``scenario_covers``, to bound the run time);
 5. scores all / clear / thin / thick / shadow pixels (``pipeline.metrics.score``), the seam
-   error on a 2-px band around every cloud and shadow edge, and counts invented pixels;
+   error on a 2-px band around every cloud and shadow edge, and counts invented pixels
+   (reported valid where no date observes the surface: no-data, or opaque cloud on the
+   target and no-data, opaque cloud or snow the target lacks on every other date);
    where the method reports a per-date ``cloud_probability``, also how much of the
    scene-wide hazy/cloudy dates it reads as not clear (p >= 0.5) and how far it agrees
    with the truth and with SCL on the other dates;
@@ -195,11 +197,15 @@ _RUNNERS: dict[str, Callable[[BenchStack, np.ndarray], MethodOutput]] = {
 # --------------------------------------------------------------------------- scoring
 
 
-def unrecoverable(cloudy: np.ndarray, target: int, thick: np.ndarray) -> np.ndarray:
+def unrecoverable(
+    cloudy: np.ndarray, target: int, thick: np.ndarray, hidden: np.ndarray | None = None
+) -> np.ndarray:
     """Pixels (Y, X) with no valid observation of the target's surface: NaN on every date,
-    or opaque cloud on the target and NaN on every other date."""
+    or opaque cloud on the target and, on every other date, NaN or a surface ``hidden``
+    (T, Y, X; ``BenchStack.hidden_mask``: opaque cloud, or snow the target lacks)."""
     finite = np.isfinite(cloudy).all(axis=1)  # (T, Y, X)
-    others = np.delete(finite, target, axis=0).any(axis=0)
+    seen = finite if hidden is None else finite & ~hidden
+    others = np.delete(seen, target, axis=0).any(axis=0)
     return ~finite.any(axis=0) | (thick & ~others)
 
 
@@ -364,7 +370,7 @@ def run_quality_benchmark(
                 )
                 cloudy = stack.with_target(sim.cloudy[stack.target])
                 truth = stack.clear[stack.target]
-                invalid = unrecoverable(cloudy, stack.target, sim.thick)
+                invalid = unrecoverable(cloudy, stack.target, sim.thick, stack.hidden_mask())
                 outputs = {}
                 for method in config.methods:
                     bar.set_postfix_str(f"{stack.key} {kind} {cover:.0%} {method}")
