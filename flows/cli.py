@@ -44,7 +44,7 @@ def _bands(text: str) -> tuple[str, ...]:
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    from pipeline._search import DEFAULT_COLLECTION, PLANETARY_COMPUTER_STAC
+    from pipeline.catalog import DEFAULT_COLLECTION, PLANETARY_COMPUTER_STAC
 
     area = p.add_mutually_exclusive_group(required=True)
     area.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="area in degrees (lon/lat); write --bbox=-10,35,5,44 when west is negative")
@@ -62,7 +62,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def _search_params(args: argparse.Namespace):
-    from pipeline._search import SearchParams, read_geometry
+    from pipeline.catalog import SearchParams, read_geometry
 
     return SearchParams(
         bbox=args.bbox,
@@ -252,7 +252,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from pipeline._search import items_table, search
+    from pipeline.catalog import items_table, search
 
     items = search(_search_params(args))
     if args.json:
@@ -340,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
-    from pipeline._search import CatalogUnreachable, NoItemsFound, SearchError
     from pipeline.archive import ArchiveExistsError, ArchiveMismatchError
+    from pipeline.catalog import CatalogUnreachable, NoItemsFound, SearchError
 
     handlers = {"search": _cmd_search, "run": _cmd_run, "demo": _cmd_demo, "benchmark": _cmd_benchmark}
     try:

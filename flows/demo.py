@@ -19,8 +19,8 @@ import numpy as np
 import odc.geo.xr  # noqa: F401  (the .odc accessor)
 import xarray as xr
 
-from pipeline._search import SearchParams, search
 from pipeline.archive import ArchiveConfig, ArchiveExistsError, open_archive
+from pipeline.catalog import SearchParams, search
 from pipeline.cluster import ClusterConfig
 from pipeline.cube import CubeConfig, load_cube
 from pipeline.metrics import format_table, score

@@ -1,206 +1,51 @@
 """The main job: search -> lazy cube -> restore on Dask -> Zarr archive.
 
-A flow names its steps and owns no science; every step is a library call. Areas larger
-than one tile (``RunConfig.tiling``) go to ``flows.tiled``: the same steps, tile by tile,
-into one resumable store.
+``run(config)`` is the one entry point of a run (the CLI, the demo and the scheduled jobs
+call it). It decides how the area is cut: an area that fits one tile (or an exact ``geobox``)
+is one grid written region by region into one store (``pipeline.archive``); a larger one goes
+tile by tile into one resumable store (``flows.tiled``, ``pipeline.tiled_archive``). Both
+load, stamp dates, restore and validate through the same steps (``flows.steps``), so a small
+area gives the same data whichever way it goes. A flow names its steps and owns no science.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-import pipeline
-from pipeline._search import SearchParams, is_planetary_computer, search
-from pipeline.archive import ArchiveConfig, check_destination, open_archive, write_archive
-from pipeline.cluster import ClusterConfig, dask_client
-from pipeline.cube import CubeConfig, load_cube, load_scene_sample
-from pipeline.tiling import TilingConfig, area_fits_one_tile, area_geometry
-from pipeline.validation import VALIDATION_ATTR, ValidationConfig, ValidationResult
+from pipeline.archive import check_destination, open_archive, write_archive
+from pipeline.catalog import search
+from pipeline.cluster import dask_client
+from pipeline.validation import VALIDATION_ATTR
+
+from .config import Mode, RunConfig, RunSummary, TileSummary
+from .steps import (
+    load_step,
+    prior_of,
+    provenance,
+    restore_step,
+    scene_sample_step,
+    validation_step,
+)
+from .tiled import run_tiled
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["dates", "composite"]
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs, resolved in one place (the CLI builds it from flags)."""
-
-    search: SearchParams
-    output: str
-    cube: CubeConfig = field(default_factory=CubeConfig)
-    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    mode: Mode = "dates"
-    period: str | None = None
-    prior: str = "physics"
-    #: keywords of the prior (e.g. {"model": "/models/Qwen2.5-VL-3B-Instruct"} for "vlm")
-    prior_options: Mapping[str, Any] = field(default_factory=dict)
-    tiling: TilingConfig = field(default_factory=TilingConfig)
-    #: None: tiled when the area is larger than one tile; True/False forces either way.
-    tiled: bool | None = None
-    #: self-validation: held-out clear pixels under simulated cloud (pipeline.validation)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("dates", "composite"):
-            raise ValueError(f"mode must be 'dates' or 'composite', not {self.mode!r}")
-        if self.period is not None and self.mode != "composite":
-            raise ValueError("--period is for --mode composite (one composite per period)")
-
-    def use_tiles(self) -> bool:
-        """Whether this run goes tile by tile (``flows.tiled``)."""
-        if self.tiled is not None:
-            return self.tiled
-        s = self.search
-        if s.bbox is None and s.intersects is None:
-            return False
-        tiling = self.grid_tiling()
-        return not area_fits_one_tile(
-            area_geometry(s.bbox, s.intersects), tiling, self.cube.resolution
-        )
-
-    def grid_tiling(self) -> TilingConfig:
-        """The tiling with the grid CRS resolved: tiling.crs, else cube.crs, else automatic."""
-        return dataclasses.replace(self.tiling, crs=self.tiling.crs or self.cube.crs)
-
-
-@dataclass
-class TileSummary:
-    """What a tiled run did, tile by tile."""
-
-    total: int
-    written: int
-    skipped: int
-    failed: dict[str, str]  # tile key -> last error
-    read_failures: dict[str, list[str]]  # tile key -> failures (describe())
-    appended_steps: int = 0
-    nothing_to_do: bool = False
-
-    def lines(self) -> list[str]:
-        out = [
-            f"tiles            {self.total} in the area: {self.written} written, "
-            f"{self.skipped} skipped (already done), {len(self.failed)} failed",
-        ]
-        if self.appended_steps:
-            out.append(f"appended         {self.appended_steps} time step(s)")
-        if self.nothing_to_do:
-            out.append("nothing to do    every tile of these time steps is already in the store")
-        for key, error in sorted(self.failed.items()):
-            out.append(f"  failed {key}: {error}")
-        for key, failures in sorted(self.read_failures.items()):
-            out.append(f"  read failures {key}: {len(failures)}")
-        if self.failed:
-            out.append("rerun the same command with --resume to finish the failed tiles")
-        return out
-
-
-@dataclass
-class RunSummary:
-    store: str
-    items: int
-    dates: int
-    shape: tuple[int, int]
-    regions_written: int
-    regions_skipped: int
-    read_failures: list[str]
-    no_valid_pixels: int
-    seconds: float
-    dashboard: str = ""
-    tiles: TileSummary | None = None
-    validation: ValidationResult | None = None
-
-    @property
-    def failed_tiles(self) -> int:
-        return len(self.tiles.failed) if self.tiles is not None else 0
-
-    def lines(self) -> list[str]:
-        progress = (
-            self.tiles.lines()
-            if self.tiles is not None
-            else [
-                f"regions          {self.regions_written} written, {self.regions_skipped} skipped (resume)"
-            ]
-        )
-        return [
-            f"store            {self.store}",
-            f"items / dates    {self.items} / {self.dates}",
-            f"grid             {self.shape[0]} x {self.shape[1]} px",
-            *progress,
-            f"read failures    {len(self.read_failures)}",
-            f"no valid obs.    {self.no_valid_pixels} pixel-dates",
-            *([f"self-validation  {self.validation.line()}"] if self.validation else []),
-            f"time             {self.seconds:.1f} s",
-            *(
-                [f"dask dashboard   {self.dashboard} (closed with the run)"]
-                if self.dashboard
-                else []
-            ),
-        ]
-
-
-def provenance(config: RunConfig, items: list, restored: Any) -> dict[str, Any]:
-    """Archive attributes: software, search, items, prior and its parameters."""
-    s = config.search
-    return {
-        "software": "phyvlm-cr",
-        "software_version": pipeline.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "catalog": s.catalog,
-        "collection": s.collection,
-        "search_bbox": list(s.bbox) if s.bbox else "",
-        "search_intersects": json.dumps(s.intersects) if s.intersects else "",
-        "search_datetime": s.datetime,
-        "search_max_cloud_cover": s.max_cloud_cover if s.max_cloud_cover is not None else "",
-        "search_mgrs_tile": s.mgrs_tile or "",
-        "item_ids": [it.id for it in items],
-        "mode": config.mode,
-        "period": config.period or "",
-        "cube_config": json.dumps(asdict(config.cube)),
-        "prior": restored.attrs.get("prior", config.prior),
-        "prior_params": restored.attrs.get("prior_params", "{}"),
-        "fusion_params": restored.attrs.get("fusion_params", "{}"),
-        "Conventions": "CF-1.8",
-    }
-
-
-def prior_of(config: RunConfig) -> Any:
-    """The configured prior (a small, picklable object; models load on the workers)."""
-    return pipeline.priors.get_prior(config.prior, **dict(config.prior_options))
-
-
-def restore_step(cube: Any, config: RunConfig, scene_sample: Any = None) -> Any:
-    """Restore (and composite) a cube as ``config`` asks: the one place both flows call.
-
-    ``scene_sample`` (``pipeline.cube.load_scene_sample``) spares the second read of the cube
-    that a strided scene sample of a lazy cube costs.
-    """
-    return pipeline.restore(
-        cube,
-        prior=prior_of(config),
-        mode=config.mode,
-        period=config.period,
-        scene_sample=scene_sample,
-    )
-
-
-def validation_step(cube: Any, config: RunConfig) -> ValidationResult | None:
-    """Self-validation of ``cube`` with the run's prior and options (None when disabled)."""
-    if not config.validation.enabled:
-        return None
-    from pipeline.validation import self_validate
-
-    prior = prior_of(config)
-    log.info("self-validation on held-out clear pixels (%s)", config.validation)
-    return self_validate(cube, prior=prior, config=config.validation)
+__all__ = [
+    "Mode",
+    "RunConfig",
+    "RunSummary",
+    "TileSummary",
+    "prior_of",
+    "provenance",
+    "restore_step",
+    "run",
+    "validation_step",
+]
 
 
 def run(
@@ -212,33 +57,30 @@ def run(
     exactly instead of deriving it from the search area, CRS and resolution. Areas larger
     than one tile (and ``config.tiled=True``) run tile by tile (``flows.tiled.run_tiled``).
     """
-    from pipeline._reading import collect_read_failures, configure_gdal, planetary_computer_signer
-
     if geobox is None and config.use_tiles():
-        from .tiled import run_tiled
-
         return run_tiled(config, progress=progress, items=items)
+    return _run_one_grid(config, progress=progress, items=items, geobox=geobox)
+
+
+def _run_one_grid(
+    config: RunConfig, *, progress: bool, items: list | None, geobox: Any
+) -> RunSummary:
+    """One grid, one store, written region by region (resumable per region)."""
+    from pipeline._reading import collect_read_failures, configure_gdal
+
     started = time.perf_counter()
     check_destination(config.output, config.archive)  # refuse before any work, not after
     if items is None:
         # step 1: catalog search + item hygiene. Hrefs stay unsigned in the graph: the
         # reader signs each one at read time on the worker (tokens expire after ~45 min).
         items = search(dataclasses.replace(config.search, sign=False))
-    signer = planetary_computer_signer if is_planetary_computer(config.search.catalog) else None
     with dask_client(config.cluster) as client:
         configure_gdal(client)
         collect_read_failures(client)  # drop stale events from an earlier run on this cluster
-        cube = load_cube(  # step 2: lazy datacube
-            items,
-            config.cube,
-            bbox=config.search.bbox,
-            geopolygon=config.search.intersects,
-            geobox=geobox,
-            signer=signer,
-        )
+        cube = load_step(items, config, geobox=geobox)  # step 2: lazy datacube
         validation = validation_step(cube, config)  # step 2b: how good will it be?
         # scene parameters from the COGs' overviews, not from a second read of every chunk
-        sample = load_scene_sample(items, config.cube, cube.odc.geobox, signer=signer)
+        sample = scene_sample_step(items, config, cube)
         restored = restore_step(cube, config, sample)
         attrs = provenance(config, items, restored)
         if validation is not None:

@@ -48,7 +48,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dask
 import dask.array as da
@@ -56,16 +56,16 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-import pipeline
-from pipeline._search import is_planetary_computer, search
-from pipeline.archive import (
+from pipeline.archive import ArchiveMismatchError, check_destination
+from pipeline.catalog import search
+from pipeline.cluster import dask_client
+from pipeline.compositing import composite_periods
+from pipeline.tiled_archive import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
     GRID_ATTR,
     RUN_CONFIG_ATTR,
-    ArchiveMismatchError,
     append_time_steps,
-    check_destination,
     mark_tile_done,
     record_attrs,
     store_record,
@@ -73,8 +73,6 @@ from pipeline.archive import (
     tiles_done,
     write_tiled_template,
 )
-from pipeline.cluster import dask_client
-from pipeline.cube import load_cube, load_scene_sample
 from pipeline.tiling import (
     GridSpec,
     ItemIndex,
@@ -84,11 +82,17 @@ from pipeline.tiling import (
     item_hrefs,
     make_grid,
     period_axis,
-    solar_day,
 )
+from pipeline.validation import VALIDATION_ATTR
 
-if TYPE_CHECKING:
-    from .run import RunConfig, RunSummary
+from .config import RunConfig, RunSummary, TileSummary
+from .steps import (
+    load_step,
+    provenance,
+    restore_step,
+    scene_sample_step,
+    validation_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +218,6 @@ class OutputSchema:
 
 def output_schema(config: RunConfig) -> OutputSchema:
     """Restore a 2-date, 16 x 16 px cube in memory and read the output's structure."""
-    from .run import restore_step
-
     rng = np.random.default_rng(0)
     shape = (2, 16, 16)
     coords = {
@@ -250,16 +252,10 @@ def _fit_to_axis(
     if config.mode == "dates":
         return restored[names].reindex(time=plan.axis, fill_value=fills)
     assert plan.edges is not None
-    times = pd.DatetimeIndex(restored["time"].values)
-    steps = []
-    for label, start, end in zip(plan.axis, plan.edges[:-1], plan.edges[1:], strict=True):
-        inside = np.flatnonzero((times >= start) & (times < end))
-        if len(inside):
-            step = pipeline.composite(restored.isel(time=inside), period=None)[names]
-            steps.append(step.assign_coords(time=[label]))
-    if not steps:
+    periods = composite_periods(restored, plan.axis, plan.edges)
+    if periods is None:
         return _empty_tile(plan, schema, restored.sizes["y"])
-    return xr.concat(steps, dim="time").reindex(time=plan.axis, fill_value=fills)
+    return periods[names].reindex(time=plan.axis, fill_value=fills)
 
 
 def _empty_tile(plan: TilePlan, schema: OutputSchema, size: int) -> xr.Dataset:
@@ -293,48 +289,28 @@ class TileWorker:
         time_slice: slice,
         client: Any,
     ) -> None:
-        from pipeline._reading import planetary_computer_signer
-
         self.config = config
         self.plan = plan
         self.schema = schema
         self.index = index
         self.time_slice = time_slice
         self.client = client
-        self.signer = (
-            planetary_computer_signer if is_planetary_computer(config.search.catalog) else None
-        )
 
     def cube(self, tile: Tile) -> xr.Dataset | None:
         """The tile's input cube, lazy, one step per solar day (None: no item covers it)."""
         items = self.index.intersecting(tile)
         if not items:
             return None
-        cube = load_cube(
-            items, self.config.cube, geobox=tile.geobox, signer=self.signer, read_context=tile.key
-        )
-        days = pd.DatetimeIndex(sorted({solar_day(it) for it in items})).as_unit("ns")
-        if cube.sizes["time"] != len(days):
-            raise RuntimeError(
-                f"tile {tile.key}: the cube has {cube.sizes['time']} dates but its items span "
-                f"{len(days)} solar days; load_cube grouped them differently, please report it"
-            )
-        return cube.assign_coords(time=days)
+        return load_step(items, self.config, geobox=tile.geobox, read_context=tile.key)
 
     def output(self, tile: Tile) -> xr.Dataset:
         """The tile's output, lazy, on the run's time axis."""
-        from .run import restore_step
-
         cube = self.cube(tile)
         if cube is None:
             return _empty_tile(self.plan, self.schema, self.plan.grid.tile_size)
-        sample = load_scene_sample(
-            self.index.intersecting(tile),
-            self.config.cube,
-            tile.geobox,
-            signer=self.signer,
-            read_context=tile.key,
-        ).assign_coords(time=cube["time"])  # the tile's solar days, as self.cube gives them
+        sample = scene_sample_step(
+            self.index.intersecting(tile), self.config, cube, read_context=tile.key
+        )
         restored = restore_step(
             cube, dataclasses.replace(self.config, mode="dates", period=None), sample
         )
@@ -580,8 +556,6 @@ def run_tiled(
     """
     from pipeline._reading import configure_gdal
 
-    from .run import RunSummary, TileSummary, provenance
-
     started = time.perf_counter()
     check_destination(config.output, config.archive)  # refuse before any work, not after
     grid, area_tiles = plan_grid(config)  # step 1
@@ -656,10 +630,6 @@ def _validate_first_tile(worker: TileWorker, config: RunConfig, results: list) -
     One tile stands for the run (windows of ``config.validation.window`` px; a continental
     run would otherwise pay it per tile); its result goes to the store's attributes.
     """
-    from pipeline.validation import VALIDATION_ATTR
-
-    from .run import validation_step
-
     if not config.validation.enabled:
         return None
     tiles = {t.key: t for t in worker.plan.tiles}

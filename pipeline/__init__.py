@@ -20,17 +20,18 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 from ._bands import DEFAULT_BANDS, SCL, WAVELENGTH_NM
-from ._search import (
+from .archive import ArchiveConfig, ArchiveExistsError, open_archive, write_archive
+from .catalog import (
     CatalogUnreachable,
     NoItemsFound,
     SearchError,
     SearchParams,
     search,
 )
-from .archive import ArchiveConfig, ArchiveExistsError, open_archive, write_archive
 from .cluster import ClusterConfig, dask_client
+from .compositing import composite
 from .cube import CubeConfig, load_cube
-from .restore import composite, restore
+from .restore import restore
 from .tiling import TilingConfig, make_grid
 from .validation import ValidationConfig, self_validate
 

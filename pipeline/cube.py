@@ -84,7 +84,7 @@ def _group_key(item: pystac.Item) -> tuple[dt.date, float]:
 
 
 def _choose_crs(items: Sequence[pystac.Item]) -> str:
-    from ._search import item_epsg
+    from .catalog import item_epsg
 
     codes = [item_epsg(it) for it in items]
     values, counts = np.unique(codes, return_counts=True)

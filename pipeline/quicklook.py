@@ -1,4 +1,5 @@
-"""Quicklook PNGs: cloudy input, restored output and confidence side by side."""
+"""Quicklook PNGs: cloudy input, restored output, truth, confidence and gate side by side; the
+VLM prior's labels."""
 
 from __future__ import annotations
 
@@ -28,10 +29,7 @@ def save_quicklook(
     title: str = "",
 ) -> Path:
     """Save cloudy / restored / (truth) / confidence / gate panels of ONE date to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     panels: list[tuple[str, np.ndarray, str | None]] = [
         ("cloudy input", rgb_image(cloudy), None),
@@ -51,13 +49,7 @@ def save_quicklook(
             fig.colorbar(im, ax=ax, shrink=0.7)
         ax.set_title(name, fontsize=10)
         ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 #: Colours of the VLM prior's label roles in ``save_prior_labels`` (RGB 0..1).
@@ -85,10 +77,7 @@ def save_prior_labels(
     shows as a patch of its label with soft borders between regions. Pixels without a
     judgement are black.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.patches import Patch
 
     names = prior_label_layers(restored)
@@ -121,13 +110,7 @@ def save_prior_labels(
     fig.colorbar(im, ax=axes[2], shrink=0.7)
     for ax in axes:
         ax.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def _label_roles(ds: xr.Dataset, names: list[str]) -> list[str]:
@@ -140,3 +123,24 @@ def _label_roles(ds: xr.Dataset, names: list[str]) -> list[str]:
         labels = []
     by_layer = {"prior_p_" + "_".join(str(w).lower().split()): str(r) for w, r in labels}
     return [by_layer.get(n, "") for n in names]
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only: no display needed on a worker)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path, title: str) -> Path:
+    """Title, write ``fig`` to ``path`` (folders created) and free it."""
+    if title:
+        fig.suptitle(title, fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
+    return path

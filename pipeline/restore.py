@@ -2,7 +2,7 @@
 
 ``restore`` maps the pure block kernels of ``pipeline.kernels`` (through a ``Prior``) over
 spatial chunks and rebuilds a labelled Dataset with the restored bands and quality layers;
-``composite`` reduces restored dates to one value per pixel and period.
+``mode="composite"`` hands the restored dates to ``pipeline.compositing.composite`` (re-exported here).
 
 Order of work (DESIGN.md sections 2 and 4):
 
@@ -25,7 +25,6 @@ Limitations
   coarse grid, read from the COGs' overviews) instead.
 * Gamma is fitted against the clearest other date, so radiometric drift between dates biases
   it slightly (toward grey); fitting it after the pair harmonisation would remove that.
-* ``composite`` with a period keeps only periods that hold at least one date.
 """
 
 from __future__ import annotations
@@ -40,14 +39,16 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-import pandas as pd
 import xarray as xr
 from dask.base import tokenize
 
 from ._bands import SCL_BAND, WAVELENGTH_NM
+from ._layers import spatial_attrs as _spatial_attrs
+from ._layers import spectral_bands as _spectral_bands
+from ._layers import stack_layers as _stack_layers
+from .compositing import composite
 from .kernels import (
     FusionConfig,
-    composite_block,
     fuse_dates,
     pair_gain_offset,
     reference_quality,
@@ -80,10 +81,6 @@ DEFAULT_SAMPLE_PIXELS = 250_000
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _spectral_bands(ds: xr.Dataset) -> tuple[str, ...]:
-    return tuple(str(v) for v in ds.data_vars if v in WAVELENGTH_NM)
 
 
 def _validate(cube: Any) -> tuple[xr.Dataset, tuple[str, ...], str | None]:
@@ -176,25 +173,6 @@ def _split_options(
 
 
 # --------------------------------------------------------------------------- arrays
-
-
-def _stack_layers(layers: list, ntime: int):
-    """Stack (T, Y, X) layers into a (T, C, Y, X) float32 array, numpy or dask.
-
-    With any dask layer, all are aligned to its spatial chunks and time and channel are
-    one chunk each (the kernels need the whole series per chunk).
-    """
-    if any(isinstance(x, da.Array) for x in layers):
-        ref = next(x for x in layers if isinstance(x, da.Array))
-        chunks = ((ntime,), ref.chunks[1], ref.chunks[2])
-        layers = [
-            (x if isinstance(x, da.Array) else da.from_array(x, chunks=chunks))
-            .astype(np.float32)
-            .rechunk(chunks)
-            for x in layers
-        ]
-        return da.stack(layers, axis=1).rechunk({0: -1, 1: -1})
-    return np.stack([np.asarray(x, dtype=np.float32) for x in layers], axis=1)
 
 
 def _stack(cube: xr.Dataset, bands: tuple[str, ...], scl: str | None, extra: tuple[str, ...] = ()):
@@ -512,14 +490,6 @@ def _clear_share(evidence: Any) -> np.ndarray:
     return np.clip(p, 0.0, 1.0)
 
 
-def _spatial_attrs(cube: xr.Dataset, bands: tuple[str, ...]) -> tuple[dict, dict]:
-    """attrs / encoding entries that tie a variable to its CRS (grid_mapping)."""
-    src = cube[bands[0]]
-    attrs = {k: v for k, v in src.attrs.items() if k == "grid_mapping"}
-    enc = {k: v for k, v in src.encoding.items() if k == "grid_mapping"}
-    return attrs, enc
-
-
 def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dataset:
     nb = len(bands)
     dims = ("time", "y", "x")
@@ -574,119 +544,3 @@ def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dat
     return out
 
 
-# --------------------------------------------------------------------------- composite
-
-
-def _composite_call(block: np.ndarray, nb: int) -> np.ndarray:
-    res = composite_block(block[:, :nb], block[:, nb], block[:, nb + 1])
-    out = np.empty((1, nb + 4) + block.shape[2:], dtype=np.float32)
-    out[0, :nb] = res.values
-    out[0, nb] = res.confidence
-    out[0, nb + 1] = res.observation_count
-    out[0, nb + 2] = res.direct_count
-    out[0, nb + 3] = res.no_valid_observation
-    return out
-
-
-def _period_groups(times: pd.DatetimeIndex, period: str | None) -> list[tuple[Any, np.ndarray]]:
-    order = np.argsort(times.values, kind="stable")
-    if period is None:
-        return [(times[order[0]], order)]
-    series = pd.Series(order, index=times[order])
-    try:
-        grouped = list(series.resample(period))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"period {period!r} is not a pandas offset alias; use e.g. 'MS' (month start), "
-            "'QS' (quarter start), 'YS' (year start) or None for the whole stack"
-        ) from exc
-    return [(label, grp.to_numpy()) for label, grp in grouped if len(grp)]
-
-
-def composite(restored: xr.Dataset, *, period: str | None = None) -> xr.Dataset:
-    """One quality-weighted, outlier-robust composite per period of a restored stack.
-
-    ``period`` None composites the whole stack into one time step labelled by its first
-    date; otherwise a pandas offset alias ("MS", "QS", ...) gives one step per non-empty
-    period labelled by the period start. Per-date weights are confidence x gate (plus a small
-    floor so dates filled from references count only when nothing better exists), see
-    ``pipeline.kernels.composite_block``.
-
-    Returns bands (float32), ``confidence`` (float32), ``observation_count`` and
-    ``direct_observation_count`` (uint16: dates with a restored value / mostly from their
-    own observation) and ``no_valid_observation`` (uint8).
-    """
-    if not isinstance(restored, xr.Dataset):
-        raise TypeError(f"composite expects an xarray.Dataset, got {type(restored).__name__}")
-    bands = _spectral_bands(restored)
-    if not bands:
-        raise ValueError(
-            f"nothing to composite: no spectral band among {list(restored.data_vars)}; "
-            "pass the output of restore()"
-        )
-    if "time" not in restored.dims:
-        raise ValueError("composite needs a 'time' dimension; pass the output of restore()")
-    restored = restored.transpose("time", "y", "x", ...)
-    nb = len(bands)
-    layers = []
-    for b in bands:
-        layers.append(restored[b].data)
-    for name in ("confidence", "gate"):
-        if name in restored:
-            layers.append(restored[name].data)
-        else:
-            layers.append(np.ones(restored[bands[0]].shape, dtype=np.float32))
-    stack = _stack_layers(layers, restored.sizes["time"])
-    lazy = isinstance(stack, da.Array)
-
-    times = pd.DatetimeIndex(restored["time"].values)
-    groups = _period_groups(times, period)
-    pieces = []
-    for _, idx in groups:
-        sub = stack[idx]
-        if lazy:
-            sub = sub.rechunk({0: -1, 1: -1})
-            pieces.append(
-                sub.map_blocks(
-                    partial(_composite_call, nb=nb),
-                    dtype=np.float32,
-                    meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-                    chunks=((1,), (nb + 4,), sub.chunks[2], sub.chunks[3]),
-                    name=f"composite-{tokenize(sub.name, nb)}",
-                )
-            )
-        else:
-            pieces.append(_composite_call(sub, nb))
-    result = da.concatenate(pieces, axis=0) if lazy else np.concatenate(pieces, axis=0)
-
-    dims = ("time", "y", "x")
-    coords = {
-        k: v
-        for k, v in restored.coords.items()
-        if "time" not in v.dims and set(v.dims) <= set(dims)
-    }
-    coords["time"] = pd.DatetimeIndex([label for label, _ in groups])
-    gm_attrs, gm_enc = _spatial_attrs(restored, bands)
-    data_vars = {}
-    for k, b in enumerate(bands):
-        data_vars[b] = xr.DataArray(result[:, k], dims=dims, attrs=dict(restored[b].attrs))
-    extra = {
-        "confidence": (np.float32, "quality-weighted mean per-date confidence"),
-        "observation_count": (np.uint16, "dates in the period with a restored value"),
-        "direct_observation_count": (
-            np.uint16,
-            "dates whose output is mostly their own (gate >= 0.5)",
-        ),
-        "no_valid_observation": (np.uint8, "1 where no date of the period has a value"),
-    }
-    for k, (name, (dtype, desc)) in enumerate(extra.items()):
-        data_vars[name] = xr.DataArray(
-            result[:, nb + k].astype(dtype), dims=dims, attrs={"long_name": desc, **gm_attrs}
-        )
-    for v in data_vars.values():
-        v.attrs.update(gm_attrs)
-        v.encoding.update(gm_enc)
-    out = xr.Dataset(data_vars, coords=coords)
-    out.attrs.update(restored.attrs)
-    out.attrs["composite_period"] = "all" if period is None else str(period)
-    return out

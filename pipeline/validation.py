@@ -134,7 +134,7 @@ def self_validate(
     ``prior`` and ``options`` are what the run passes to ``pipeline.restore`` (same
     settings); ``cube`` may be lazy: only the windows are loaded.
     """
-    from .bench import simulate
+    from .cloud_simulator import simulate
     from .restore import restore
 
     cfg = config or ValidationConfig()

@@ -116,7 +116,7 @@ def test_run_on_real_data_writes_an_archive_and_refuses_to_overwrite(austria_cat
     assert np.nanmin(conf) >= 0 and np.nanmax(conf) <= 1
     assert len(ds.attrs["item_ids"]) == 2 and ds.attrs["search_datetime"] == AUSTRIA_DATES
     # Both dates are clear: restoration must keep the real reflectance nearly unchanged.
-    from pipeline._search import SearchParams, search
+    from pipeline.catalog import SearchParams, search
     from pipeline.cube import CubeConfig, load_cube
 
     items = search(SearchParams(bbox=(13.1, 48.274, 13.18, 48.31), datetime=AUSTRIA_DATES, catalog=str(austria_catalog)))

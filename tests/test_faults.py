@@ -33,7 +33,7 @@ from pipeline._reading import (
     configure_gdal,
     diagnose,
 )
-from pipeline._search import SearchParams, search
+from pipeline.catalog import SearchParams, search
 from pipeline.cube import CubeConfig, load_cube
 
 from .asset_server import AssetServer, Fault, TokenSigner

@@ -1,4 +1,4 @@
-"""pipeline._search against real Planetary Computer metadata and a real STAC API on 127.0.0.1."""
+"""pipeline.catalog against real Planetary Computer metadata and a real STAC API on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import planetary_computer
 import pystac
 import pytest
 
-from pipeline._search import (
+from pipeline.catalog import (
     PLANETARY_COMPUTER_STAC,
     CatalogUnreachable,
     InvalidSearch,

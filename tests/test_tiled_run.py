@@ -27,11 +27,12 @@ from pyproj import Transformer
 from flows.cli import EXIT_FAILED, EXIT_OK, main
 from flows.run import RunConfig
 from flows.tiled import TilePlan, output_schema, plan_grid, prepare_store, run_tiled, time_axis
-from pipeline._search import SearchParams
-from pipeline.archive import TILE_DONE_VAR, ArchiveConfig, ArchiveMismatchError
+from pipeline.archive import ArchiveConfig, ArchiveMismatchError
+from pipeline.catalog import SearchParams
 from pipeline.cluster import ClusterConfig
 from pipeline.cube import CubeConfig
 from pipeline.synthetic import make_stack, write_stac_items
+from pipeline.tiled_archive import TILE_DONE_VAR
 from pipeline.tiling import EQUAL_AREA_EUROPE, TilingConfig
 
 ENTRY_POINT = Path(sys.executable).with_name("phyvlm-cr")
@@ -153,6 +154,23 @@ def test_cluster_run_equals_single_process_run(catalog, reference, client, tmp_p
     assert (summary.tiles.written, summary.tiles.skipped, summary.tiles.failed) == (4, 0, {})
     assert summary.no_valid_pixels == int(reference["no_valid_observation"].sum())
     xr.testing.assert_equal(_open(store), reference)
+
+
+def test_one_grid_and_tiles_stamp_the_same_dates(catalog, reference, client, tmp_path):
+    # The two ways through an area stamp a date with its solar day, so a store written as one
+    # grid and one written tile by tile share their time axis (and restore with the same
+    # reference_days): the items' acquisition times are 10:05:59, the stamps midnight.
+    from flows.run import run
+
+    store = tmp_path / "one-grid.zarr"
+    config = dataclasses.replace(
+        _config(catalog, store), tiled=False, cluster=ClusterConfig(kind="address", address=client.scheduler.address)
+    )
+    summary = run(config, progress=False)
+    assert summary.tiles is None and summary.regions_written > 0
+    one_grid = xr.open_zarr(store)
+    np.testing.assert_array_equal(one_grid["time"].values, reference["time"].values)
+    assert (one_grid["time"].values == one_grid["time"].values.astype("datetime64[D]")).all()
 
 
 def test_killed_worker_mid_run_gives_the_same_result(catalog, reference, client, tmp_path):
@@ -327,7 +345,7 @@ def test_area_across_two_utm_zones_lands_on_one_grid(two_zone_catalog, tmp_path)
     import shapely
     from odc.geo.geom import box
 
-    from pipeline._search import search
+    from pipeline.catalog import search
     from pipeline.cube import load_cube
 
     catalog, stacks = two_zone_catalog

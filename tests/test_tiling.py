@@ -10,7 +10,7 @@ import pystac
 import pytest
 from pyproj import Transformer
 
-from pipeline._search import parse_datetime_range
+from pipeline.catalog import parse_datetime_range
 from pipeline.tiling import (
     EQUAL_AREA_EUROPE,
     EQUAL_AREA_GLOBAL,

@@ -98,8 +98,8 @@ def _measure(
     """One tiled run over n x n tiles; its wall time and peak RSS per worker and driver."""
     from flows.run import RunConfig
     from flows.tiled import run_tiled
-    from pipeline._search import SearchParams
     from pipeline.archive import ArchiveConfig
+    from pipeline.catalog import SearchParams
     from pipeline.cube import CubeConfig
     from pipeline.tiling import TilingConfig
 

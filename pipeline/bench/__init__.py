@@ -1,6 +1,8 @@
-"""Quality-benchmark groundwork (DESIGN.md section 5): an independent cloud simulator,
-the peer baselines and extra metrics. Independent of ``pipeline.synthetic`` on purpose."""
+"""Benchmarks (a leaf: nothing in a run imports it): quality against the peer baselines,
+speed, memory and the prior's cost. The cloud simulator they share with self-validation is
+``pipeline.cloud_simulator`` (re-exported here)."""
 
+from ..cloud_simulator import Simulation, band_transmission, boundary_mask, fractal_field, simulate
 from ._baselines import (
     clear_test,
     dark_channel_dehaze,
@@ -9,7 +11,6 @@ from ._baselines import (
     two_stage,
 )
 from ._metrics_extra import seam_error
-from ._simulate import Simulation, band_transmission, boundary_mask, fractal_field, simulate
 from .memory import MemoryEstimate, estimate_memory
 from .speed import SpeedConfig, SpeedReport, run_speed_benchmark
 

@@ -1,8 +1,8 @@
 """Scenarios of the quality benchmark: what a stack's OTHER dates look like (issue 11).
 
-The cloud simulator (:mod:`._simulate`) degrades the target date; a scenario changes the
-rest of the stack, where the method finds its temporal references and its evidence of
-what is clear. Each scenario is a deterministic transformation of a :class:`BenchStack`
+The cloud simulator (:mod:`pipeline.cloud_simulator`) degrades the target date; a scenario
+changes the rest of the stack, where the method finds its temporal references and its
+evidence of what is clear. Each scenario is a deterministic transformation of a :class:`BenchStack`
 (fixed module constants, recorded in the JSON; randomness only from
 ``numpy.random.default_rng([SCENARIO_SEED, stream])``):
 
@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ._simulate import REF_NM, band_transmission, fractal_field
+from ..cloud_simulator import REF_NM, band_transmission, fractal_field
 from ._stacks import BenchStack
 
 log = logging.getLogger(__name__)

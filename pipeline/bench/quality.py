@@ -12,7 +12,7 @@
    ``none`` (as is), ``hazy_neighbours``, ``cloudy_neighbours``, ``snow_melt``, ``harvest``
    (the last changes the target's truth: harvested fields are bare soil on it);
 4. for each (stack, scenario, kind, cover, seed) simulates clouds on the target date with
-   :func:`pipeline.bench.simulate` (parameters fixed in that module, independent of the
+   :func:`pipeline.cloud_simulator.simulate` (parameters fixed in that module, independent of the
    method and of the demo generator) and runs every method on the identical input
    (scenario ``none`` over ``kinds`` x ``covers``, the others over ``scenario_kinds`` x
    ``scenario_covers``, to bound the run time);
@@ -51,12 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics
-from . import _scenarios, _simulate
+from .. import cloud_simulator, metrics
+from ..cloud_simulator import boundary_mask, simulate
+from . import _scenarios
 from ._baselines import dark_channel_dehaze, masked_median, nearest_clear_date, two_stage
 from ._metrics_extra import seam_error
 from ._scenarios import SCENARIOS, apply_scenario, oracle_reference
-from ._simulate import boundary_mask, simulate
 from ._stacks import BenchStack, add_nodata_wedges, load_stacks
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,11 @@ SCL_CLEAR = (4, 5, 6, 7, 11)
 @dataclass(frozen=True)
 class QualityConfig:
     """What the benchmark runs. The simulator's own parameters are constants of
-    ``pipeline.bench._simulate`` (recorded in the JSON), not settings: they were fixed before
+    ``pipeline.cloud_simulator`` (recorded in the JSON), not settings: they were fixed before
     any tuning of the method and are not changed to suit it."""
 
     inputs: tuple[str, ...] = ("austria", "synthetic")
-    kinds: tuple[str, ...] = _simulate.KINDS
+    kinds: tuple[str, ...] = cloud_simulator.KINDS
     covers: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     seeds: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = METHODS
@@ -103,9 +103,11 @@ class QualityConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
-        bad = sorted((set(self.kinds) | set(self.scenario_kinds)) - set(_simulate.KINDS))
+        bad = sorted((set(self.kinds) | set(self.scenario_kinds)) - set(cloud_simulator.KINDS))
         if bad:
-            raise ValueError(f"unknown cloud kind(s) {bad}; valid: {', '.join(_simulate.KINDS)}")
+            raise ValueError(
+                f"unknown cloud kind(s) {bad}; valid: {', '.join(cloud_simulator.KINDS)}"
+            )
         for name, covers in (("covers", self.covers), ("scenario_covers", self.scenario_covers)):
             if not covers or any(not 0.1 <= c <= 0.9 for c in covers):
                 raise ValueError(f"{name} must be in [0.1, 0.9], got {covers}")
@@ -309,8 +311,8 @@ class QualityReport:
 
 def simulator_parameters() -> dict[str, Any]:
     """The simulator's fixed constants, for the record."""
-    names = [n for n in dir(_simulate) if n.isupper() and not n.startswith("_")]
-    return {n: _jsonable(getattr(_simulate, n)) for n in names}
+    names = [n for n in dir(cloud_simulator) if n.isupper() and not n.startswith("_")]
+    return {n: _jsonable(getattr(cloud_simulator, n)) for n in names}
 
 
 def _jsonable(v: Any) -> Any:
@@ -589,7 +591,7 @@ def format_report(report: QualityReport) -> str:
         f"scenario none: kinds {','.join(c.kinds)}; covers {','.join(f'{v:g}' for v in c.covers)}; "
         f"other scenarios: kinds {','.join(c.scenario_kinds)}; covers "
         f"{','.join(f'{v:g}' for v in c.scenario_covers)}; seeds {','.join(map(str, c.seeds))}",
-        "simulator constants in pipeline/bench/_simulate.py, scenario constants in "
+        "simulator constants in pipeline/cloud_simulator.py, scenario constants in "
         "pipeline/bench/_scenarios.py (both in the JSON)",
         f"wide!clr: share of the scene-wide hazy/cloudy dates read as not clear (cloud_probability >= "
         f"{NOT_CLEAR_P:g}); truth agr / SCL agr: agreement of that reading with the truth / with SCL "

@@ -102,13 +102,16 @@ def shadow_probability(
     *,
     darkening: tuple[float, float],
     spread: tuple[float, float],
+    bands: tuple[str, ...] | None = None,
     min_reflectance: float = 0.01,
 ) -> np.ndarray:
     """Cloud-shadow probability (T, Y, X): a uniform darkening against the clear median.
 
     M_b = per-pixel median of the dates that read clear (p_cloud < 0.5); log r_b = log(I_b /
     M_b) over bands with M_b and I_b above ``min_reflectance``; p = S(-mean; darkening)
-    (1 - S(std; spread)) (1 - p_cloud). NaN where the pixel is unobserved; 0 without a median.
+    (1 - S(std; spread)) (1 - p_cloud) (1 - snow(M)). NaN where the pixel is unobserved; 0
+    without a median. The median's own snow score (with ``bands``, where SWIR exists) vetoes
+    the test: melting snow over water or dark rock darkens the visible bands alike.
     """
     d = np.asarray(data, dtype=np.float64)
     clear = np.isfinite(d).all(axis=1) & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
@@ -123,6 +126,10 @@ def shadow_probability(
         var = np.nansum((logr - mean[:, None]) ** 2, axis=1) / np.maximum(n, 1)
     dark = smoothstep(-mean, *darkening) * (1.0 - smoothstep(np.sqrt(var), *spread))
     p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
+    if bands is not None:
+        snowy = snow_score(median[None], bands)
+        if snowy is not None:
+            p = p * (1.0 - snowy)
     return np.where(np.isfinite(d).all(axis=1), p, np.nan)
 
 
@@ -169,7 +176,7 @@ def stack_evidence(
     snow = snow_score(data, bands)
     if snow is not None:
         p = p * (1.0 - np.maximum(snow, snow_change(data, bands, quantile)))
-    shadow = shadow_probability(data, p, darkening=darkening, spread=spread)
+    shadow = shadow_probability(data, p, darkening=darkening, spread=spread, bands=bands)
     return p.astype(np.float32), shadow.astype(np.float32)
 
 

@@ -14,8 +14,8 @@ from ._base import (
 from ._combined import CombinedPrior
 from ._evidence import CloudEvidence, EvidenceSource, combine_evidence, physics_opinion
 from ._physics import PhysicsConfig, PhysicsPrior
-from ._vlm import VLMConfig, VLMPrior, attach_stored_prior
 from ._stack import StackConfig, StackEvidence
+from ._vlm import VLMConfig, VLMPrior, attach_stored_prior
 from ._vlm_mapping import LabelMapping
 
 register_prior("physics", PhysicsPrior)

@@ -217,7 +217,7 @@ def get_prior(name: str | Prior, **kw: Any) -> Prior:
                 "pass either a configured Prior or a name with keywords"
             )
         return name
-    if isinstance(name, str) and "+" in name:
+    if isinstance(name, str) and ("+" in name or name in _SOURCES):
         return _combination(name, kw)
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(

@@ -8,6 +8,7 @@ and plugs it into the prior combination.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,6 +17,20 @@ import numpy as np
 from ..kernels._evidence import scene_haze_excess, stack_evidence
 from ._base import BlockLocation, SceneParams
 from ._evidence import CloudEvidence, EvidenceSource
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def _warn_once(bands: tuple[str, ...]) -> None:
+    if tuple(bands) not in _WARNED:
+        _WARNED.add(tuple(bands))
+        log.warning(
+            "stack evidence needs B02 and B04, the cube has %s: it gives no opinion (load B02 "
+            "and B04 for cloud evidence from the series)",
+            list(bands),
+        )
+
 
 #: ``SceneParams.extras`` key of each date's dark-object excess in the blue.
 SCENE_EXCESS = "stack_dark_object_excess"
@@ -79,6 +94,12 @@ class StackEvidence(EvidenceSource):
 
     def _evidence(self, data, bands, scene, radius) -> CloudEvidence:
         c = self.config
+        if "B02" not in bands or "B04" not in bands:
+            # the default prior must work on any band subset: without blue and red the
+            # stack has no opinion, and the other sources decide
+            _warn_once(bands)
+            nan = np.full((data.shape[0],) + data.shape[2:], np.nan, np.float32)
+            return CloudEvidence(nan, None)
         cloud, shadow = stack_evidence(
             data,
             bands,

@@ -205,6 +205,50 @@ def apply_clouds(
     return obs.astype(np.float32, copy=False), t_b
 
 
+class CloudSeries:
+    """Clouds applied date by date to a (T, B, H, W) series, and the record of what was applied.
+
+    The one per-date step of ``make_stack`` and ``simulate_clouds``: draw the Angstrom exponent
+    (unless given), the cloud light and the shadow depth from ``rng`` in that order, apply the
+    fields, and keep the observation, masks, transmission, gamma and light of the date.
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int]) -> None:
+        t_n, nb, h, w = shape
+        self.observed = np.empty(shape, dtype=np.float32)
+        self.thin = np.zeros((t_n, h, w), dtype=bool)
+        self.thick = np.zeros((t_n, h, w), dtype=bool)
+        self.shadow = np.zeros((t_n, h, w), dtype=bool)
+        self.transmission = np.ones((t_n, h, w), dtype=np.float32)
+        self.gamma = np.empty(t_n, dtype=np.float32)
+        self.light = np.empty((t_n, nb), dtype=np.float32)
+
+    def apply(
+        self,
+        i: int,
+        surface: np.ndarray,
+        wavelengths_nm: Sequence[float],
+        fields: CloudFields,
+        rng: np.random.Generator,
+        *,
+        gamma: float | None = None,
+        light_level: float | None = None,
+    ) -> None:
+        """Date ``i``: ``surface`` (B, H, W) under ``fields``; gamma random in 0..2 unless given."""
+        self.gamma[i] = rng.uniform(0.0, 2.0) if gamma is None else gamma
+        self.light[i] = atmospheric_light(wavelengths_nm, rng, light_level)
+        self.observed[i], _ = apply_clouds(
+            surface,
+            wavelengths_nm,
+            fields,
+            gamma=float(self.gamma[i]),
+            light=self.light[i],
+            shadow_k0=float(rng.uniform(0.25, 0.45)),
+        )
+        self.thin[i], self.thick[i], self.shadow[i] = fields.thin, fields.thick, fields.shadow
+        self.transmission[i] = fields.transmission
+
+
 @dataclass(frozen=True)
 class CloudSimulation:
     """Result of :func:`simulate_clouds`. Arrays follow the input type (xarray or numpy)."""
@@ -269,11 +313,7 @@ def simulate_clouds(
     lam = [WAVELENGTH_NM[b] for b in names]
     t_n, _, h, w = cube.shape
 
-    obs = np.empty(cube.shape, dtype=np.float32)
-    masks = {k: np.zeros((t_n, h, w), dtype=bool) for k in ("thin", "thick", "shadow")}
-    trans = np.ones((t_n, h, w), dtype=np.float32)
-    gammas = np.empty(t_n, dtype=np.float32)
-    lights = np.empty((t_n, len(names)), dtype=np.float32)
+    series = CloudSeries(cube.shape)
     for i in range(t_n):
         f = cloud_fields(
             (h, w),
@@ -294,18 +334,9 @@ def simulate_clouds(
                 shadow_weight=np.where(f.thick, 1.0, f.shadow_weight).astype(np.float32),
                 cloud_brightness=np.zeros((h, w), dtype=np.float32),
             )
-        gammas[i] = rng.uniform(0.0, 2.0) if gamma is None else gamma
-        lights[i] = atmospheric_light(lam, rng, light_level)
-        obs[i], _ = apply_clouds(
-            cube[i],
-            lam,
-            f,
-            gamma=float(gammas[i]),
-            light=lights[i],
-            shadow_k0=float(rng.uniform(0.25, 0.45)),
-        )
-        masks["thin"][i], masks["thick"][i], masks["shadow"][i] = f.thin, f.thick, f.shadow
-        trans[i] = f.transmission
+        series.apply(i, cube[i], lam, f, rng, gamma=gamma, light_level=light_level)
+    obs, trans, gammas, lights = series.observed, series.transmission, series.gamma, series.light
+    masks = {"thin": series.thin, "thick": series.thick, "shadow": series.shadow}
 
     if not isinstance(clear, xr.Dataset):
         sl = slice(None) if has_time else 0

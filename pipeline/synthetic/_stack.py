@@ -13,7 +13,7 @@ import xarray as xr
 from pyproj import CRS, Transformer
 
 from .._bands import DEFAULT_BANDS, SCL, WAVELENGTH_NM, check_bands
-from ._clouds import apply_clouds, atmospheric_light, cloud_fields
+from ._clouds import CloudSeries, cloud_fields
 from ._landscape import LandCover, SurfaceModel, make_landscape
 from ._scl import make_scl
 
@@ -203,15 +203,11 @@ def make_stack(
     b08 = bands.index("B08") if "B08" in bands else None
 
     truth = np.empty((t_n, len(bands), h, w), dtype=np.float32)
-    obs = np.empty_like(truth)
-    thin = np.zeros((t_n, h, w), dtype=bool)
-    thick = np.zeros_like(thin)
-    shadow = np.zeros_like(thin)
-    snow = np.zeros_like(thin)
-    trans = np.ones((t_n, h, w), dtype=np.float32)
+    series = CloudSeries(truth.shape)
+    obs, thin, thick, shadow = series.observed, series.thin, series.thick, series.shadow
+    trans, gammas, lights = series.transmission, series.gamma, series.light
+    snow = np.zeros((t_n, h, w), dtype=bool)
     scl = np.zeros((t_n, h, w), dtype=np.uint8)
-    gammas = np.empty(t_n, dtype=np.float32)
-    lights = np.empty((t_n, len(bands)), dtype=np.float32)
     sun = []
     for i, when in enumerate(dates):
         moisture = float(rng.choice([rng.uniform(0.0, 0.5), 1.0], p=[0.8, 0.2]))
@@ -229,17 +225,7 @@ def make_stack(
             shadow_offset_px=(-length * np.cos(away), length * np.sin(away)),
             resolution=resolution,
         )
-        gammas[i] = rng.uniform(0.0, 2.0) if gamma_l[i] is None else gamma_l[i]
-        lights[i] = atmospheric_light(lam, rng, light_l[i])
-        obs[i], _ = apply_clouds(
-            truth[i],
-            lam,
-            f,
-            gamma=float(gammas[i]),
-            light=lights[i],
-            shadow_k0=float(rng.uniform(0.25, 0.45)),
-        )
-        thin[i], thick[i], shadow[i], trans[i] = f.thin, f.thick, f.shadow, f.transmission
+        series.apply(i, truth[i], lam, f, rng, gamma=gamma_l[i], light_level=light_l[i])
         snow_frac = model.snow_fraction(doys[i])
         snow[i] = snow_frac > 0.5
         if b04 is not None and b08 is not None:

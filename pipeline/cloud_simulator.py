@@ -1,5 +1,7 @@
-"""Cloud simulator for the quality benchmark (DESIGN.md section 5).
+"""Cloud simulator with known truth (DESIGN.md section 5): the quality benchmark's and every
+run's self-validation (``pipeline.validation``).
 
+A library module, not part of ``pipeline.bench``, so that a run never imports the benchmark.
 Independent of ``pipeline.synthetic`` (not imported) so the benchmark does not grade the
 method on its own generator. All parameters are fixed module constants; the only randomness
 comes from ``numpy.random.default_rng([seed, stream])`` with a fixed stream id per quantity,

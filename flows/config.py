@@ -1,0 +1,140 @@
+"""What a run is asked to do (``RunConfig``) and what it did (``RunSummary``).
+
+Shared by the run's steps (``flows.steps``), the tiled path (``flows.tiled``) and the entry
+point (``flows.run``); it imports none of them, so the flows have no import circle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipeline.archive import ArchiveConfig
+from pipeline.catalog import SearchParams
+from pipeline.cluster import ClusterConfig
+from pipeline.cube import CubeConfig
+from pipeline.tiling import TilingConfig, area_fits_one_tile, area_geometry
+from pipeline.validation import ValidationConfig, ValidationResult
+
+__all__ = ["Mode", "RunConfig", "RunSummary", "TileSummary"]
+
+Mode = Literal["dates", "composite"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs, resolved in one place (the CLI builds it from flags)."""
+
+    search: SearchParams
+    output: str
+    cube: CubeConfig = field(default_factory=CubeConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    mode: Mode = "dates"
+    period: str | None = None
+    prior: str = "physics"
+    #: keywords of the prior (e.g. {"model": "/models/Qwen2.5-VL-3B-Instruct"} for "vlm")
+    prior_options: Mapping[str, Any] = field(default_factory=dict)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    #: None: tiled when the area is larger than one tile; True/False forces either way.
+    tiled: bool | None = None
+    #: self-validation: held-out clear pixels under simulated cloud (pipeline.validation)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("dates", "composite"):
+            raise ValueError(f"mode must be 'dates' or 'composite', not {self.mode!r}")
+        if self.period is not None and self.mode != "composite":
+            raise ValueError("--period is for --mode composite (one composite per period)")
+
+    def use_tiles(self) -> bool:
+        """Whether this run goes tile by tile (``flows.tiled``)."""
+        if self.tiled is not None:
+            return self.tiled
+        s = self.search
+        if s.bbox is None and s.intersects is None:
+            return False
+        tiling = self.grid_tiling()
+        return not area_fits_one_tile(
+            area_geometry(s.bbox, s.intersects), tiling, self.cube.resolution
+        )
+
+    def grid_tiling(self) -> TilingConfig:
+        """The tiling with the grid CRS resolved: tiling.crs, else cube.crs, else automatic."""
+        return dataclasses.replace(self.tiling, crs=self.tiling.crs or self.cube.crs)
+
+
+@dataclass
+class TileSummary:
+    """What a tiled run did, tile by tile."""
+
+    total: int
+    written: int
+    skipped: int
+    failed: dict[str, str]  # tile key -> last error
+    read_failures: dict[str, list[str]]  # tile key -> failures (describe())
+    appended_steps: int = 0
+    nothing_to_do: bool = False
+
+    def lines(self) -> list[str]:
+        out = [
+            f"tiles            {self.total} in the area: {self.written} written, "
+            f"{self.skipped} skipped (already done), {len(self.failed)} failed",
+        ]
+        if self.appended_steps:
+            out.append(f"appended         {self.appended_steps} time step(s)")
+        if self.nothing_to_do:
+            out.append("nothing to do    every tile of these time steps is already in the store")
+        for key, error in sorted(self.failed.items()):
+            out.append(f"  failed {key}: {error}")
+        for key, failures in sorted(self.read_failures.items()):
+            out.append(f"  read failures {key}: {len(failures)}")
+        if self.failed:
+            out.append("rerun the same command with --resume to finish the failed tiles")
+        return out
+
+
+@dataclass
+class RunSummary:
+    store: str
+    items: int
+    dates: int
+    shape: tuple[int, int]
+    regions_written: int
+    regions_skipped: int
+    read_failures: list[str]
+    no_valid_pixels: int
+    seconds: float
+    dashboard: str = ""
+    tiles: TileSummary | None = None
+    validation: ValidationResult | None = None
+
+    @property
+    def failed_tiles(self) -> int:
+        return len(self.tiles.failed) if self.tiles is not None else 0
+
+    def lines(self) -> list[str]:
+        progress = (
+            self.tiles.lines()
+            if self.tiles is not None
+            else [
+                f"regions          {self.regions_written} written, {self.regions_skipped} skipped (resume)"
+            ]
+        )
+        return [
+            f"store            {self.store}",
+            f"items / dates    {self.items} / {self.dates}",
+            f"grid             {self.shape[0]} x {self.shape[1]} px",
+            *progress,
+            f"read failures    {len(self.read_failures)}",
+            f"no valid obs.    {self.no_valid_pixels} pixel-dates",
+            *([f"self-validation  {self.validation.line()}"] if self.validation else []),
+            f"time             {self.seconds:.1f} s",
+            *(
+                [f"dask dashboard   {self.dashboard} (closed with the run)"]
+                if self.dashboard
+                else []
+            ),
+        ]

@@ -1,0 +1,264 @@
+"""Cloud evidence: the stack source, the log-odds combination, and what the fusion does with it.
+
+The stacks are built with the forward model from known surfaces, so every expectation comes
+from the physics of the case (which date is hazy, which pixel is clear), not from the code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.kernels import band_transmission, forward_model, wavelengths_of
+from pipeline.kernels._evidence import (
+    haze_excess,
+    lower_envelope,
+    scene_haze_excess,
+    stack_evidence,
+)
+from pipeline.kernels._fusion import FusionConfig, _shrink_correction
+from pipeline.priors import (
+    CloudEvidence,
+    CombinedPrior,
+    PhysicsPrior,
+    StackEvidence,
+    combine_evidence,
+    get_prior,
+)
+from pipeline.restore import restore
+from tests.test_kernels import BANDS6, make_surface, smooth_field
+
+# Snow and bare-soil spectra at B02 B03 B04 B08 B11 B12 (fresh snow: dark in SWIR).
+SNOW = np.array([0.85, 0.86, 0.85, 0.80, 0.08, 0.06], np.float32)
+SOIL = np.array([0.10, 0.14, 0.20, 0.28, 0.38, 0.32], np.float32)
+HAZE_LIGHT = np.array([0.32, 0.30, 0.28, 0.26, 0.2, 0.15], np.float32)
+
+
+def _series(n_dates: int = 8, size: int = 40, seed: int = 0) -> np.ndarray:
+    """(T, B, Y, X) clear observations of one static surface with 0.004 noise per date."""
+    rng = np.random.default_rng(seed)
+    surf = make_surface(BANDS6, size, size, seed)
+    obs = np.broadcast_to(surf, (n_dates,) + surf.shape).copy()
+    obs += rng.normal(0, 0.004, obs.shape).astype(np.float32)
+    return np.clip(obs, 0.001, None)
+
+
+def _haze(obs: np.ndarray, t_ref: float, gamma: float = 1.3) -> np.ndarray:
+    """The same surface under scene-wide haze of transmission t_ref at 490 nm."""
+    t = np.full((1,) + obs.shape[1:], t_ref, np.float32)
+    t_b = band_transmission(t, wavelengths_of(BANDS6), np.array([gamma], np.float32))
+    return forward_model(obs[None], HAZE_LIGHT[None], t_b)[0]
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def test_lower_envelope_is_the_lower_quantile_of_the_valid_dates():
+    rng = np.random.default_rng(1)
+    v = rng.random((9, 5, 6))
+    v[rng.random(v.shape) < 0.2] = np.nan
+    got = lower_envelope(v, 0.25)
+    for y in range(5):
+        for x in range(6):
+            col = np.sort(v[:, y, x][np.isfinite(v[:, y, x])])
+            if col.size == 0:
+                assert np.isnan(got[y, x])
+            else:
+                assert got[y, x] == col[int(np.floor(0.25 * (col.size - 1)))]
+
+
+def test_a_date_hazy_over_the_whole_scene_reads_as_not_clear():
+    obs = _series()
+    obs[3] = _haze(obs[3], 0.75)  # blue about doubles on vegetation, as the issue's real case
+    p_cloud, _ = stack_evidence(obs, BANDS6, scene_excess=scene_haze_excess(
+        obs.reshape(obs.shape[0], obs.shape[1], -1), BANDS6))
+    assert (p_cloud[3] >= 0.5).mean() >= 0.95
+    others = np.delete(p_cloud, 3, axis=0)
+    assert (others < 0.5).mean() >= 0.95
+
+
+def test_the_dark_object_excess_finds_the_scene_wide_haze_date():
+    obs = _series()
+    obs[5] = _haze(obs[5], 0.7)
+    excess = scene_haze_excess(obs.reshape(obs.shape[0], obs.shape[1], -1), BANDS6)
+    assert np.argmax(excess) == 5 and excess[5] > 0.03
+    assert np.delete(excess, 5).max() < 0.01
+
+
+def test_surface_changes_are_not_cloud_but_thick_cloud_is():
+    obs = _series()
+    field = (slice(5, 20), slice(5, 20))
+    obs[6][:, field[0], field[1]] = SOIL[:, None, None]  # harvest: brighter, redder
+    obs[2][:, field[0], field[1]] *= 1.3  # green-up / seasonal brightening of the field
+    obs[4][:, 25:35, 25:35] = 0.9 * 0.8 + 0.1 * obs[4][:, 25:35, 25:35]  # thick grey cloud
+    p_cloud, _ = stack_evidence(obs, BANDS6)
+    assert p_cloud[6][field].max() < 0.5
+    assert p_cloud[4][27:33, 27:33].min() > 0.95
+
+
+def test_snow_is_not_cloud_when_swir_bands_exist():
+    obs = _series()
+    obs[1][:, :20] = SNOW[:, None, None]
+    p_cloud, _ = stack_evidence(obs, BANDS6)
+    assert p_cloud[1][2:18, 2:-2].max() < 0.1
+
+
+def test_cloud_shadow_is_a_uniform_darkening_snow_melt_is_not():
+    obs = _series()
+    # shadow: every band x 0.4-0.3 (diffuse light), on date 3
+    factor = np.linspace(0.45, 0.3, len(BANDS6)).astype(np.float32)[:, None, None]
+    obs[3][:, 5:15, 5:15] *= factor
+    # snow melt: snow on dates 0-5 in the right half, none on dates 6-7
+    obs[:6, :, :, 25:] = SNOW[None, :, None, None]
+    _, p_shadow = stack_evidence(obs, BANDS6)
+    assert p_shadow[3][7:13, 7:13].min() > 0.5
+    assert p_shadow[6:, :, 27:].max() < 0.05
+
+
+def test_a_single_date_gives_no_stack_opinion_and_two_dates_a_weak_one():
+    obs = _series(n_dates=2)
+    p1, _ = stack_evidence(obs[:1], BANDS6)
+    assert np.isnan(p1).all()
+    p2, _ = stack_evidence(obs, BANDS6)
+    assert p2.min() >= 0.3 - 1e-6  # a lower envelope of two dates may itself be cloudy
+
+
+def test_the_stack_source_without_blue_or_red_has_no_opinion():
+    src = StackEvidence()
+    obs = _series(n_dates=3)[:, [3, 4]]  # B08 and B11 only
+    scene = PhysicsPrior().estimate_scene(obs.reshape(3, 2, -1), ("B08", "B11"))
+    from pipeline.priors import BlockLocation
+
+    ev = src.evidence(obs, ("B08", "B11"), scene, BlockLocation((0, 0), obs.shape[2:]))
+    assert np.isnan(ev.cloud).all()
+
+
+def test_haze_excess_rejects_cubes_without_blue_and_red():
+    with pytest.raises(ValueError, match="B02.*B04"):
+        haze_excess(np.zeros((2, 1, 3, 3)), ("B08",), 0.25, 1)
+
+
+# --------------------------------------------------------------------------- combination
+
+
+def test_log_odds_combination_lets_every_source_raise_or_lower_the_belief():
+    shape = (1, 1, 3)
+    cloudy = CloudEvidence(np.full(shape, 0.9, np.float32))
+    clear = CloudEvidence(np.full(shape, 0.1, np.float32))
+    silent = CloudEvidence(np.full(shape, np.nan, np.float32))
+    # two independent sources at 0.9: odds 9 x 9 = 81 -> 81 / 82
+    np.testing.assert_allclose(combine_evidence([(1, cloudy), (1, cloudy)], shape).cloud, 81 / 82, rtol=1e-5)
+    # a clear opinion lowers a cloudy one to even
+    np.testing.assert_allclose(combine_evidence([(1, cloudy), (1, clear)], shape).cloud, 0.5, atol=1e-6)
+    # half weight: odds 9 ** 0.5 = 3 -> 0.75
+    np.testing.assert_allclose(combine_evidence([(0.5, cloudy)], shape).cloud, 0.75, rtol=1e-5)
+    # a source without an opinion adds nothing; no opinion anywhere stays NaN
+    np.testing.assert_allclose(combine_evidence([(1, cloudy), (1, silent)], shape).cloud, 0.9, rtol=1e-5)
+    assert np.isnan(combine_evidence([(1, silent)], shape).cloud).all()
+
+
+def test_prior_combinations_by_name():
+    prior = get_prior("physics+stack", t_min=0.15)
+    assert isinstance(prior, CombinedPrior) and prior.name == "physics+stack"
+    assert prior.base.config.t_min == 0.15 and [s.name for s in prior.sources] == ["stack"]
+    assert get_prior("stack").name == "physics+stack"  # the physics prior is implied
+    with pytest.raises(ValueError, match="evidence sources.*stack"):
+        get_prior("physics+magic")
+    with pytest.raises(ValueError, match="physics\\+stack"):
+        get_prior("qwen")
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def _cube(obs: np.ndarray, days) -> xr.Dataset:
+    time = np.datetime64("2024-05-01") + np.asarray(days).astype("timedelta64[D]")
+    return xr.Dataset(
+        {b: (("time", "y", "x"), obs[:, k].astype(np.float32)) for k, b in enumerate(BANDS6)},
+        coords={"time": time, "y": np.arange(obs.shape[2]), "x": np.arange(obs.shape[3])},
+    )
+
+
+def test_a_hazy_neighbour_is_not_the_reference_while_a_clear_date_exists():
+    """Fails on the physics prior alone: its harmonisation absorbs the neighbour's haze."""
+    truth = _series(n_dates=4, seed=3)
+    obs = truth.copy()
+    days = [0, 10, 20, 60]
+    obs[1] = _haze(obs[1], 0.7)  # the nearest date: hazy over the whole scene
+    obs[2] = _haze(obs[2], 0.7)  # and the next one too
+    cloud = (slice(8, 30), slice(8, 30))
+    obs[0][:, cloud[0], cloud[1]] = 0.85  # the target: thick cloud
+    ours = restore(_cube(obs, days), prior="physics+stack")
+    physics = restore(_cube(obs, days), prior="physics")
+    inner = (slice(12, 26), slice(12, 26))
+    # the clear date is 60 days away: it is the reference inside the cloud
+    assert np.nanmedian(ours.reference_days.values[0][inner]) == 60
+    assert np.nanmedian(physics.reference_days.values[0][inner]) in (10, 20)
+
+    def err(ds):
+        est = np.stack([ds[b].values[0][inner] for b in BANDS6])
+        return np.sqrt(np.nanmean((est - truth[0][:, inner[0], inner[1]]) ** 2))
+
+    assert err(ours) < 0.5 * err(physics)
+    # the hazy dates read as not clear, the target's clear part as clear
+    assert (ours.cloud_probability.values[1:3] >= 0.5).mean() >= 0.95
+    assert (ours.cloud_probability.values[0][:, 32:] < 0.5).mean() >= 0.95
+
+
+def test_a_clear_pixel_after_snow_melt_passes_through_unchanged():
+    """Fails on the physics prior alone: the darkening cue reads snow melt as shadow."""
+    truth = _series(n_dates=5, seed=4)
+    obs = truth.copy()
+    obs[:4, :, :, 20:] = SNOW[None, :, None, None]  # snow on every earlier date
+    days = [0, 8, 16, 24, 32]
+    ours = restore(_cube(obs, days), prior="physics+stack")
+    target = 4
+    melted = (slice(2, -2), slice(22, -2))
+    got = np.stack([ours[b].values[target][melted] for b in BANDS6])
+    np.testing.assert_allclose(got, obs[target][:, melted[0], melted[1]], atol=1e-4)
+    assert ours.gate.values[target][melted].min() > 0.99
+    # the physics prior alone (today's behaviour) alters every one of these clear pixels
+    physics = restore(_cube(obs, days), prior="physics")
+    before = np.stack([physics[b].values[target][melted] for b in BANDS6])
+    changed = np.abs(before - obs[target][:, melted[0], melted[1]]).max(axis=0)
+    assert (changed > 0.005).mean() > 0.9
+
+
+def test_clear_pixels_of_every_date_pass_through():
+    obs = _series(n_dates=6, seed=5)
+    out = restore(_cube(obs, np.arange(6) * 10))
+    got = np.stack([out[b].values for b in BANDS6], axis=1)
+    np.testing.assert_allclose(got, obs, atol=1e-3)
+    assert (out.cloud_probability.values < 0.2).mean() > 0.99
+
+
+def test_forced_reference_takes_the_named_date():
+    obs = _series(n_dates=4, seed=6)
+    obs[0][:, 10:30, 10:30] = 0.85
+    forced = np.full((4,) + obs.shape[2:], -1)
+    forced[0] = 2
+    out = restore(_cube(obs, [0, 5, 10, 15]), forced_reference=forced)
+    assert np.nanmedian(out.reference_days.values[0][12:28, 12:28]) == 10
+    with pytest.raises(ValueError, match="forced_reference must be"):
+        restore(_cube(obs, [0, 5, 10, 15]), forced_reference=forced[:, :5])
+
+
+def test_the_correction_is_shrunk_by_its_signal_to_noise():
+    cfg = FusionConfig()
+    obs = np.full((2, 1, 3), 0.2)
+    inverted = np.full((2, 1, 3), 0.1)
+    t = np.array([[1.0, 0.97, 0.6]])
+    got = _shrink_correction(obs, inverted, t, cfg)
+    s = cfg.sigma_t_clear + cfg.sigma_t_haze * (1 - t)
+    k = (1 - t) ** 2 / ((1 - t) ** 2 + s**2)
+    np.testing.assert_allclose(got, np.broadcast_to(0.2 - k * 0.1, (2, 1, 3)))
+    # no haze: the observation; faint haze: part of the correction; clear haze: nearly all
+    assert got[0, 0, 0] == 0.2 and 0.1 < got[0, 0, 1] < 0.19 and got[0, 0, 2] < 0.105
+
+
+def test_smooth_field_helper_is_what_the_surfaces_use():
+    # guards the fixtures: a constant surface would make every expectation above trivial
+    surf = make_surface(BANDS6, 20, 20, 0)
+    assert surf.std(axis=(1, 2)).min() > 0.001
+    assert smooth_field(np.random.default_rng(0), (8, 8), 2).std() == pytest.approx(1.0)
