@@ -171,7 +171,8 @@ def _oracle(stack: BenchStack, cloudy: np.ndarray) -> MethodOutput:
 def _input(stack: BenchStack, cloudy: np.ndarray) -> MethodOutput:
     """The cloudy target itself: what leaving every pixel alone scores."""
     est = np.asarray(cloudy[stack.target], dtype="float32")
-    return MethodOutput(est, np.zeros(est.shape[1:], bool))
+    # the input restores nothing, so it claims no surface anywhere: it invents nothing
+    return MethodOutput(est, np.ones(est.shape[1:], bool))
 
 
 def _peer(fn: Callable[..., np.ndarray]) -> Callable[[BenchStack, np.ndarray], MethodOutput]:
