@@ -134,6 +134,7 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
         for method, figures in methods.items():
             assert np.isfinite(figures["all_psnr"]) and np.isfinite(figures["seam"]), (name, method)
             assert method in printed
+        assert methods["input"]["invented"] == 0  # the input claims no surface
         targets = report["targets"][name]
         assert set(targets) >= {"thin_psnr_3db_above_best", "seam_half_of_two_stage", "no_invented_pixels"}
         assert {"clear_psnr_within_0.1db_of_input", "thick_psnr_1db_above_nearest_clear"} <= set(targets)
