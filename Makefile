@@ -4,8 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch first, pinned to the CPU wheel this machine kind carries: a looser pin afterwards
-# installs nothing more (without it pip would pull a multi-GB CUDA build).
+# The base install (make demo) is the CPU pipeline: no torch. The dev install adds the `vlm`
+# extra for the VLM prior's tests: torch first, pinned to the CPU wheel this machine kind
+# carries, so the extra's looser pin installs nothing more (without it pip would pull a
+# multi-GB CUDA build).
 TORCH ?= torch==2.13.0
 
 .PHONY: demo test install install-dev system-deps lint clean
@@ -15,11 +17,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
@@ -37,6 +39,7 @@ test: install-dev system-deps
 
 lint: install-dev
 	$(BIN)/ruff check pipeline flows tests
+	$(BIN)/ruff format --check pipeline flows tests
 	$(BIN)/mypy
 
 clean:

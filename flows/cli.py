@@ -23,7 +23,7 @@ log = logging.getLogger("phyvlm_cr")
 #: ``phyvlm-cr benchmark KIND``: each is a module ``flows.benchmarks.KIND`` with HELP,
 #: DESCRIPTION, ``add_arguments(parser)`` and ``main(args) -> exit code``; the modules import
 #: their heavy dependencies inside ``main`` so that building the parser stays fast.
-BENCHMARKS: tuple[str, ...] = ("quality", "speed", "prior", "tiles")
+BENCHMARKS: tuple[str, ...] = ("quality", "speed", "prior", "tiles", "layout")
 
 
 def _bbox(text: str) -> tuple[float, float, float, float]:
@@ -84,11 +84,20 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="threads per worker")
     g.add_argument("--memory-limit", default=None, help="per worker, e.g. 4GiB")
     g.add_argument("--dashboard", default=":8787", help="dashboard address (default :8787)")
+    g.add_argument(
+        "--kubernetes-image",
+        default=None,
+        metavar="IMAGE",
+        help="image of the scheduler and worker pods with --cluster kubernetes (default: "
+        "$PHYVLM_KUBERNETES_IMAGE, else the image deploy/ builds, phyvlm-cr:<version>)",
+    )
 
 
 def _cluster_config(args: argparse.Namespace):
     from pipeline.cluster import ClusterConfig
 
+    if args.kubernetes_image and args.cluster != "kubernetes":
+        raise ValueError("--kubernetes-image is for --cluster kubernetes; add that flag or drop it")
     if args.scheduler:
         return ClusterConfig(kind="address", address=args.scheduler)
     return ClusterConfig(
@@ -97,6 +106,7 @@ def _cluster_config(args: argparse.Namespace):
         threads_per_worker=args.threads,
         memory_limit=args.memory_limit,
         dashboard_address=args.dashboard,
+        **({"kubernetes_image": args.kubernetes_image} if args.kubernetes_image else {}),
     )
 
 
@@ -104,6 +114,10 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="3 (default); 2 for GDAL < 3.13 / QGIS")
     g.add_argument("--chunk-size", type=int, default=1024, help="spatial chunk of cube and archive, px (default 1024)")
+    g.add_argument("--shard-size", type=int, default=None, metavar="PX", help="Zarr 3: one object per PX x PX block of chunks (default: tiled runs one shard per tile, single-grid runs none)")
+    g.add_argument("--no-shards", action="store_true", help="one object per chunk, even for tiled Zarr 3 runs")
+    g.add_argument("--no-overviews", action="store_true", help="do not write overview levels (1/2, 1/4, ...) into the store")
+    g.add_argument("--no-stac", action="store_true", help="do not write the STAC Collection beside the store")
     when = g.add_mutually_exclusive_group()
     when.add_argument("--resume", action="store_true", help="finish an interrupted run into the existing store")
     when.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -128,14 +142,31 @@ def _tiling_config(args: argparse.Namespace):
 
 
 def _add_prior_args(p: argparse.ArgumentParser) -> None:
-    from pipeline.priors import available_priors
+    from pipeline.priors import DEFAULT_PRIOR, available_priors, available_sources
 
     g = p.add_argument_group("prior (physics, or physics refined by a Qwen VL model)")
-    g.add_argument("--prior", choices=available_priors(), default="physics", help="prior backend (default physics)")
+    g.add_argument("--prior", type=_prior_name, default=DEFAULT_PRIOR, metavar="PRIOR", help=f"a base prior ({', '.join(available_priors())}) optionally joined by '+' with cloud-evidence sources ({', '.join(available_sources())}), e.g. physics+stack (default {DEFAULT_PRIOR})")
     g.add_argument("--vlm-model", metavar="PATH_OR_ID", help="Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder (or hub id where there is internet); needs --prior vlm")
     g.add_argument("--vlm-region-px", type=int, default=None, metavar="PX", help="side of a VLM region (crop) in output pixels (default 256)")
     g.add_argument("--vlm-batch-size", type=int, default=None, metavar="N", help="crops per forward pass (default 16)")
     g.add_argument("--vlm-gpu", type=float, default=None, metavar="UNITS", help="each restore task asks Dask for this much worker resource 'GPU' (workers started with --resources GPU=1)")
+
+
+def _prior_name(value: str) -> str:
+    """argparse type of --prior: a base prior and evidence sources joined by '+'."""
+    from pipeline.priors import DEFAULT_PRIOR, available_priors, available_sources
+
+    base, *sources = value.split("+")
+    if base in available_sources():
+        base, sources = "physics", [base, *sources]
+    unknown = [p for p in [base, *sources] if p not in (*available_priors(), *available_sources())]
+    if base not in available_priors() or unknown or base in sources:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a prior: use a base prior ({', '.join(available_priors())}) "
+            f"optionally joined by '+' with evidence sources ({', '.join(available_sources())}), "
+            f"e.g. {DEFAULT_PRIOR}"
+        )
+    return value
 
 
 def _prior_options(args: argparse.Namespace) -> dict:
@@ -147,12 +178,12 @@ def _prior_options(args: argparse.Namespace) -> dict:
         "gpu_resource": args.vlm_gpu,
     }
     given = {k: v for k, v in flags.items() if v is not None}
-    if args.prior != "vlm":
+    if args.prior.split("+")[0] != "vlm":
         if given:
             raise ValueError("the --vlm-* options need --prior vlm")
         return {}
     if not args.vlm_model:
-        raise ValueError("--prior vlm needs --vlm-model PATH_OR_ID (a Qwen VL checkpoint folder)")
+        raise ValueError(f"--prior {args.prior} needs --vlm-model PATH_OR_ID (a Qwen VL checkpoint folder)")
     return given
 
 
@@ -160,7 +191,16 @@ def _archive_config(args: argparse.Namespace):
     from pipeline.archive import ArchiveConfig
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
-    return ArchiveConfig(zarr_format=args.zarr_format, chunk_size=args.chunk_size, mode=mode)
+    if args.shard_size and args.no_shards:
+        raise ValueError("--shard-size and --no-shards contradict each other: give one")
+    if args.shard_size and args.zarr_format != 3:
+        raise ValueError("--shard-size needs --zarr-format 3 (Zarr 2 has no shards)")
+    return ArchiveConfig(
+        zarr_format=args.zarr_format,
+        chunk_size=args.chunk_size,
+        mode=mode,
+        shard_size=args.shard_size,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--no-scl", action="store_true", help="do not load SCL as evidence")
     p_run.add_argument("--on-read-error", choices=("raise", "count"), default="raise", help="fail on a read error (default) or write nodata and count it")
     p_run.add_argument("--no-validation", action="store_true", help="skip the self-validation (held-out clear pixels under simulated cloud; recorded in the archive)")
-    p_run.add_argument("--validation-window", type=int, default=192, metavar="PX", help="side of the self-validation window (default 192)")
+    p_run.add_argument("--validation-window", type=int, default=64, metavar="PX", help="side of a self-validation window (default 64)")
+    p_run.add_argument("--validation-windows", type=int, default=8, metavar="N", help="self-validation windows over the whole run, spread over the area and its tiles (default 8)")
     _add_prior_args(p_run)
     _add_output_args(p_run)
     _add_tiling_args(p_run)
@@ -221,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--threads", type=int, default=1)
     p_demo.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     p_demo.add_argument("--overwrite", action="store_true", help="replace the demo folder's store if it exists")
+    p_demo.add_argument("--overview-min-size", type=int, default=256, metavar="PX", help="overview levels halve the resolution until the image fits PX (default 256)")
     _add_prior_args(p_demo)
 
     p_bench = sub.add_parser(
@@ -290,7 +332,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         prior_options=_prior_options(args),
         tiling=_tiling_config(args),
         tiled=True if args.tiled else None,
-        validation=ValidationConfig(enabled=not args.no_validation, window=args.validation_window),
+        validation=ValidationConfig(
+            enabled=not args.no_validation,
+            window=args.validation_window,
+            windows=args.validation_windows,
+        ),
+        overviews=not args.no_overviews,
+        stac=not args.no_stac,
+        shard_by_tile=not args.no_shards,
     )
     summary = run(config, progress=not args.quiet)
     print("\n".join(summary.lines()))
@@ -322,6 +371,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             threads=args.threads,
             zarr_format=args.zarr_format,
             overwrite=args.overwrite,
+            overview_min_size=args.overview_min_size,
             prior=args.prior,
             prior_options=_prior_options(args),
         ),

@@ -15,6 +15,7 @@ from pipeline.archive import ArchiveConfig
 from pipeline.catalog import SearchParams
 from pipeline.cluster import ClusterConfig
 from pipeline.cube import CubeConfig
+from pipeline.priors import DEFAULT_PRIOR
 from pipeline.tiling import TilingConfig, area_fits_one_tile, area_geometry
 from pipeline.validation import ValidationConfig, ValidationResult
 
@@ -34,7 +35,7 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     mode: Mode = "dates"
     period: str | None = None
-    prior: str = "physics"
+    prior: str = DEFAULT_PRIOR
     #: keywords of the prior (e.g. {"model": "/models/Qwen2.5-VL-3B-Instruct"} for "vlm")
     prior_options: Mapping[str, Any] = field(default_factory=dict)
     tiling: TilingConfig = field(default_factory=TilingConfig)
@@ -42,6 +43,14 @@ class RunConfig:
     tiled: bool | None = None
     #: self-validation: held-out clear pixels under simulated cloud (pipeline.validation)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    #: overview levels (1/2, 1/4, ... until the area fits overview_min_size px) in the store
+    overviews: bool = True
+    overview_min_size: int = 256
+    #: write a STAC Collection (and Items) describing the archive beside it
+    stac: bool = True
+    #: tiled runs in Zarr 3 without an explicit archive.shard_size: one shard per tile
+    #: (``phyvlm-cr benchmark layout``: 3.5x fewer objects, the same write time)
+    shard_by_tile: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("dates", "composite"):
@@ -110,6 +119,9 @@ class RunSummary:
     dashboard: str = ""
     tiles: TileSummary | None = None
     validation: ValidationResult | None = None
+    stac: str = ""
+    overview_factors: list[int] = field(default_factory=list)
+    objects: int | None = None
 
     @property
     def failed_tiles(self) -> int:
@@ -131,6 +143,21 @@ class RunSummary:
             f"read failures    {len(self.read_failures)}",
             f"no valid obs.    {self.no_valid_pixels} pixel-dates",
             *([f"self-validation  {self.validation.line()}"] if self.validation else []),
+            *(
+                [
+                    f"validation time  {self.validation.seconds:.1f} s "
+                    f"({100 * self.validation.seconds / max(self.seconds, 1e-9):.0f} % of the run)"
+                ]
+                if self.validation
+                else []
+            ),
+            *(
+                [f"overviews        {', '.join(f'1/{f}' for f in self.overview_factors)}"]
+                if self.overview_factors
+                else []
+            ),
+            *([f"objects          {self.objects} in the store"] if self.objects is not None else []),
+            *([f"STAC collection  {self.stac}"] if self.stac else []),
             f"time             {self.seconds:.1f} s",
             *(
                 [f"dask dashboard   {self.dashboard} (closed with the run)"]

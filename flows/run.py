@@ -24,12 +24,14 @@ from pipeline.validation import VALIDATION_ATTR
 
 from .config import Mode, RunConfig, RunSummary, TileSummary
 from .steps import (
+    error_layer_step,
     load_step,
     prior_of,
     provenance,
     restore_step,
     scene_sample_step,
     validation_step,
+    wants_error_layer,
 )
 from .tiled import run_tiled
 
@@ -58,8 +60,10 @@ def run(
     than one tile (and ``config.tiled=True``) run tile by tile (``flows.tiled.run_tiled``).
     """
     if geobox is None and config.use_tiles():
-        return run_tiled(config, progress=progress, items=items)
-    return _run_one_grid(config, progress=progress, items=items, geobox=geobox)
+        return publish_step(run_tiled(config, progress=progress, items=items), config)
+    return publish_step(
+        _run_one_grid(config, progress=progress, items=items, geobox=geobox), config
+    )
 
 
 def _run_one_grid(
@@ -82,6 +86,8 @@ def _run_one_grid(
         # scene parameters from the COGs' overviews, not from a second read of every chunk
         sample = scene_sample_step(items, config, cube)
         restored = restore_step(cube, config, sample)
+        if wants_error_layer(config):  # calibrated on the validation just run
+            restored = error_layer_step(restored, validation)
         attrs = provenance(config, items, restored)
         if validation is not None:
             attrs[VALIDATION_ATTR] = validation.to_json()
@@ -95,6 +101,10 @@ def _run_one_grid(
         )
         failures = [f.describe() for f in collect_read_failures(client)]
         dashboard = client.dashboard_link
+        if config.overviews:  # step 4: overviews, region by region (the area is one tile)
+            from pipeline.overviews import build_overviews
+
+            build_overviews(config.output, config.archive, min_size=config.overview_min_size)
     archive = open_archive(config.output)
     no_valid = int(np.asarray(archive["no_valid_observation"].sum().compute()))
     summary = RunSummary(
@@ -112,4 +122,19 @@ def _run_one_grid(
     )
     for failure in failures:
         log.warning("read failure: %s", failure)
+    return summary
+
+
+def publish_step(summary: RunSummary, config: RunConfig) -> RunSummary:
+    """The last step of every run: the STAC description, the overview levels and the count of
+    objects in the store, recorded in the summary."""
+    from pipeline.overviews import overview_levels
+    from pipeline.store_objects import count_objects
+
+    if config.stac:
+        from pipeline.archive_stac import write_archive_stac
+
+        summary.stac = write_archive_stac(config.output)
+    summary.overview_factors = [level.factor for level in overview_levels(config.output)]
+    summary.objects = count_objects(config.output)
     return summary

@@ -32,7 +32,9 @@ __all__ = [
     "restore_step",
     "scene_sample_step",
     "signer_of",
+    "error_layer_step",
     "validation_step",
+    "wants_error_layer",
 ]
 
 
@@ -134,12 +136,34 @@ def restore_step(cube: Any, config: RunConfig, scene_sample: Any = None) -> Any:
     )
 
 
-def validation_step(cube: Any, config: RunConfig) -> ValidationResult | None:
-    """Self-validation of ``cube`` with the run's prior and options (None when disabled)."""
+def validation_step(
+    cube: Any, config: RunConfig, labels: list[str] | None = None
+) -> ValidationResult | None:
+    """Self-validation of ``cube`` (or of one cube per tile, named by ``labels``) with the
+    run's prior and options (None when disabled)."""
     if not config.validation.enabled:
         return None
     from pipeline.validation import self_validate
 
     prior = prior_of(config)
     log.info("self-validation on held-out clear pixels (%s)", config.validation)
-    return self_validate(cube, prior=prior, config=config.validation)
+    return self_validate(cube, prior=prior, config=config.validation, labels=labels)
+
+
+def wants_error_layer(config: RunConfig) -> bool:
+    """The per-pixel error layer is written for restored dates (not composites) of a run that
+    validates itself: it is calibrated on that validation."""
+    return config.validation.enabled and config.mode == "dates"
+
+
+def error_layer_step(restored: Any, validation: ValidationResult | None) -> Any:
+    """``restored`` with ``error_estimate`` from the validation's calibrated error model (NaN
+    where the validation found no pixels to calibrate on), lazily."""
+    from pipeline.validation import ERROR_LAYER
+
+    model = validation.error_model if validation is not None else None
+    if model is not None:
+        return restored.assign({ERROR_LAYER: model.apply(restored)})
+    nan = restored["confidence"].where(restored["confidence"] < -1).astype("float32")
+    nan.attrs = {"long_name": "estimated error of the restored reflectance (no calibration)"}
+    return restored.assign({ERROR_LAYER: nan})

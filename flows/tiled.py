@@ -45,6 +45,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -87,11 +88,13 @@ from pipeline.validation import VALIDATION_ATTR
 
 from .config import RunConfig, RunSummary, TileSummary
 from .steps import (
+    error_layer_step,
     load_step,
     provenance,
     restore_step,
     scene_sample_step,
     validation_step,
+    wants_error_layer,
 )
 
 log = logging.getLogger(__name__)
@@ -232,6 +235,8 @@ def output_schema(config: RunConfig) -> OutputSchema:
     if config.cube.include_scl:
         data["SCL"] = (("time", "y", "x"), np.full(shape, 4, dtype="uint8"))
     probe = restore_step(xr.Dataset(data, coords=coords), dataclasses.replace(config, period=None))
+    if wants_error_layer(config):
+        probe = error_layer_step(probe, None)
     variables = {
         str(n): (v.dtype, dict(v.attrs))
         for n, v in probe.data_vars.items()
@@ -295,13 +300,19 @@ class TileWorker:
         self.index = index
         self.time_slice = time_slice
         self.client = client
+        #: the run's self-validation (its error model calibrates each tile's error layer)
+        self.validation: Any = None
 
-    def cube(self, tile: Tile) -> xr.Dataset | None:
-        """The tile's input cube, lazy, one step per solar day (None: no item covers it)."""
+    def cube(self, tile: Tile, purpose: str = "") -> xr.Dataset | None:
+        """The tile's input cube, lazy, one step per solar day (None: no item covers it).
+
+        Reads are tagged with the tile's key (``purpose`` prefixed: the self-validation's
+        reads are its own, so a failure there is never taken for the tile's)."""
         items = self.index.intersecting(tile)
         if not items:
             return None
-        return load_step(items, self.config, geobox=tile.geobox, read_context=tile.key)
+        context = f"{purpose}:{tile.key}" if purpose else tile.key
+        return load_step(items, self.config, geobox=tile.geobox, read_context=context)
 
     def output(self, tile: Tile) -> xr.Dataset:
         """The tile's output, lazy, on the run's time axis."""
@@ -314,6 +325,8 @@ class TileWorker:
         restored = restore_step(
             cube, dataclasses.replace(self.config, mode="dates", period=None), sample
         )
+        if wants_error_layer(self.config):
+            restored = error_layer_step(restored, self.validation)
         return _fit_to_axis(restored, self.plan, self.schema, self.config)
 
     def __call__(self, tile: Tile) -> TileResult:
@@ -327,6 +340,13 @@ class TileWorker:
                 write = tile_write(out, self.config.output, region, self.config.archive)
                 no_valid = out["no_valid_observation"].data.sum(dtype="int64")
                 _, count = self._compute(write, no_valid)
+                if self.config.overviews:  # the tile's overviews, from what landed
+                    from pipeline.overviews import write_region_overviews
+
+                    size = self.plan.grid.tile_size
+                    self._compute(*write_region_overviews(
+                        self.config.output, region, region_size=size, compute=False
+                    ))  # fmt: skip
                 return TileResult(
                     tile.key, True, attempt, int(count), seconds=time.perf_counter() - started
                 )
@@ -557,6 +577,7 @@ def run_tiled(
     from pipeline._reading import configure_gdal
 
     started = time.perf_counter()
+    config = with_tile_shards(config)
     check_destination(config.output, config.archive)  # refuse before any work, not after
     grid, area_tiles = plan_grid(config)  # step 1
     if items is None:  # step 2
@@ -569,6 +590,13 @@ def run_tiled(
     attrs["tile_size"] = grid.tile_size
     attrs["time_axis"] = "solar days of all items" if config.mode == "dates" else "period starts"
     state = prepare_store(config, plan, schema, attrs)  # step 4
+    if config.overviews:  # empty levels (or their new time steps), filled as tiles land
+        from pipeline.overviews import ensure_overview_arrays
+
+        ensure_overview_arrays(
+            config.output, config.archive, region_size=grid.tile_size,
+            min_size=config.overview_min_size,
+        )  # fmt: skip
     todo = [t for t in area_tiles if not state.done[t.row, t.col]]
     skipped = len(area_tiles) - len(todo)
     if not todo:
@@ -583,6 +611,7 @@ def run_tiled(
         if todo:
             configure_gdal(active)
             worker = TileWorker(config, plan, schema, index, state.time_slice, active)
+            worker.validation = validation = _validate_tiles(worker, config, area_tiles)
             results, ledger = process_tiles(
                 worker,
                 todo,
@@ -593,10 +622,14 @@ def run_tiled(
             )
         else:
             results, ledger = [], _FailureLedger(active)
-        validation = _validate_first_tile(worker, config, results) if todo else None
+            validation = None
         dashboard = active.dashboard_link if active is not None else ""
 
     failed = {r.key: f"{r.error} (after {r.attempts} attempt(s))" for r in results if not r.ok}
+    if config.overviews and todo:  # the levels coarser than a tile, from the tiles' levels
+        from pipeline.overviews import finish_overviews
+
+        finish_overviews(config.output, config.archive, region_size=grid.tile_size)
     if not failed:  # step 6
         _mark_complete_if_done(config, plan)
     tiles = TileSummary(
@@ -624,24 +657,60 @@ def run_tiled(
     )
 
 
-def _validate_first_tile(worker: TileWorker, config: RunConfig, results: list) -> Any:
-    """Self-validation on the first written tile that has items, recorded in the store.
+def with_tile_shards(config: RunConfig) -> RunConfig:
+    """Zarr 3 tiled runs shard by tile unless told otherwise: a tile is written whole by one
+    task, so one object per tile, variable and date instead of one per chunk."""
+    archive = config.archive
+    if archive.zarr_format != 3 or archive.shard_size is not None or not config.shard_by_tile:
+        return config
+    shards = dataclasses.replace(archive, shard_size=config.tiling.tile_size)
+    return dataclasses.replace(config, archive=shards)
 
-    One tile stands for the run (windows of ``config.validation.window`` px; a continental
-    run would otherwise pay it per tile); its result goes to the store's attributes.
-    """
-    if not config.validation.enabled:
+
+def _stored_validation(config: RunConfig) -> Any:
+    """The ``ValidationResult`` an earlier run recorded in the store (resume), or None."""
+    from pipeline.validation import ValidationResult
+
+    if config.archive.mode != "resume":
         return None
-    tiles = {t.key: t for t in worker.plan.tiles}
-    for result in results:
-        cube = worker.cube(tiles[result.key]) if result.ok and result.key in tiles else None
-        if cube is None:
-            continue
-        validation = validation_step(cube, config)
-        if validation is not None:
-            record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
-        return validation
-    return None
+    try:
+        attrs, _ = store_record(config.output)
+    except Exception:  # noqa: BLE001 - no store yet: nothing to reuse
+        return None
+    raw = attrs.get(VALIDATION_ATTR)
+    return ValidationResult.from_json(raw) if raw else None
+
+
+def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
+    """Self-validation on windows drawn from tiles spread over the area (up to one tile per
+    window, evenly through the plan), recorded in the store before any tile is written: its
+    error model calibrates every tile's error layer, and its per-tile table names the tiles.
+
+    A resumed run reuses the validation recorded by the run it continues, so every tile's
+    error layer comes from one calibration."""
+    if not config.validation.enabled or not todo:
+        return None
+    stored = _stored_validation(config)
+    if stored is not None:
+        log.info("self-validation: reusing the calibration recorded in %s", config.output)
+        return stored
+    step = max(1, math.ceil(len(todo) / config.validation.windows))
+    cubes, labels = [], []
+    for tile in todo[::step]:
+        cube = worker.cube(tile, purpose="validation")
+        if cube is not None:
+            cubes.append(cube)
+            labels.append(str(tile.key))
+    if not cubes:
+        return None
+    validation = validation_step(cubes, config, labels=labels)
+    # its read failures (a window it skipped) are not the tiles': drop them from the ledgers
+    from pipeline._reading import collect_read_failures
+
+    collect_read_failures(worker.client)
+    if validation is not None:
+        record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
+    return validation
 
 
 def _mark_complete_if_done(config: RunConfig, plan: TilePlan) -> None:

@@ -59,6 +59,15 @@ class ArchiveConfig:
     chunk_size: int = 1024
     clevel: int = 3
     mode: WriteMode = "create"
+    #: Zarr 3 sharding: one object holds a (shard_size / chunk_size)^2 block of chunks (per
+    #: variable and date), so a continent is thousands of objects, not millions. None: one
+    #: object per chunk. A multiple of chunk_size; region writes align to it.
+    shard_size: int | None = None
+
+    @property
+    def write_unit(self) -> int:
+        """Side (px) of the smallest independently writable block: a shard, else a chunk."""
+        return self.shard_size or self.chunk_size
 
     def __post_init__(self) -> None:
         if self.zarr_format not in (2, 3):
@@ -67,6 +76,14 @@ class ArchiveConfig:
             raise ValueError(f"mode must be create, resume or overwrite, not {self.mode!r}")
         if self.chunk_size < 16:
             raise ValueError(f"chunk_size {self.chunk_size} is too small: use 256..4096")
+        if self.shard_size is not None:
+            if self.zarr_format != 3:
+                raise ValueError("sharding needs zarr_format 3; drop --shard-size for format 2")
+            if self.shard_size < self.chunk_size or self.shard_size % self.chunk_size:
+                raise ValueError(
+                    f"shard_size {self.shard_size} must be a multiple of chunk_size "
+                    f"{self.chunk_size} (e.g. {4 * self.chunk_size})"
+                )
 
 
 def _compressor(config: ArchiveConfig) -> Any:
@@ -87,12 +104,17 @@ def _spatial_dims(ds: xr.Dataset) -> tuple[str, str]:
     raise ValueError(f"dataset has no y/x dims (dims: {dict(ds.sizes)}): is it a datacube?")
 
 
-def _chunk_sizes(ds: xr.Dataset, var: xr.DataArray, config: ArchiveConfig) -> tuple[int, ...]:
+def _chunk_sizes(
+    ds: xr.Dataset, var: xr.DataArray, config: ArchiveConfig, side: int | None = None
+) -> tuple[int, ...]:
+    """Chunk shape of ``var`` (or shard shape with ``side=config.shard_size``: whole chunks)."""
     ydim, xdim = _spatial_dims(ds)
+    chunk = config.chunk_size
     sizes = []
     for dim in var.dims:
         if dim in (ydim, xdim):
-            sizes.append(min(config.chunk_size, ds.sizes[dim]))
+            n = ds.sizes[dim]
+            sizes.append(min(side, -(-n // chunk) * chunk) if side else min(chunk, n))
         elif dim == "time":
             sizes.append(1)
         else:
@@ -119,6 +141,8 @@ def prepare_for_zarr(
     for name, var in ds.data_vars.items():
         chunks = _chunk_sizes(ds, var, config)
         enc: dict[str, Any] = {"chunks": chunks, "compressors": (compressor,)}
+        if config.shard_size and {ydim, xdim} <= set(var.dims):
+            enc["shards"] = _chunk_sizes(ds, var, config, side=config.shard_size)
         if np.issubdtype(var.dtype, np.floating):
             enc["_FillValue"] = np.nan
         if crs is not None and ydim in var.dims and xdim in var.dims:
@@ -130,9 +154,9 @@ def prepare_for_zarr(
         encoding[str(name)] = enc
         if var.chunks is not None:
             for dim in (ydim, xdim):
-                rechunk[dim] = min(config.chunk_size, ds.sizes[dim])
+                rechunk[dim] = min(config.write_unit, ds.sizes[dim])
     if rechunk and rechunk_dask:
-        # Dask chunks must cover whole archive chunks or parallel writes would race.
+        # Dask chunks must cover whole archive chunks (shards) or parallel writes would race.
         ds = ds.chunk(rechunk)
     for name in ds.coords:
         ds[name].encoding = {}
@@ -180,9 +204,9 @@ def _store_exists(store: str | os.PathLike) -> bool:
 
 
 def regions(ds: xr.Dataset, config: ArchiveConfig) -> Iterator[dict[str, slice]]:
-    """Chunk-aligned spatial regions (one archive chunk each), row-major."""
+    """Chunk-aligned spatial regions (one archive chunk, or shard, each), row-major."""
     ydim, xdim = _spatial_dims(ds)
-    step = config.chunk_size
+    step = config.write_unit
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     for y0, x0 in itertools.product(range(0, ny, step), range(0, nx, step)):
         yield {ydim: slice(y0, min(y0 + step, ny)), xdim: slice(x0, min(x0 + step, nx))}

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,18 @@ SINGLE_THREADED_LIBS = {
 }
 
 
+#: The CPU image ``deploy/Dockerfile`` builds and ``deploy/k8s`` runs (name:package version);
+#: kustomize maps the name to a registry. ``--kubernetes-image`` or $PHYVLM_KUBERNETES_IMAGE
+#: set another one.
+DEFAULT_KUBERNETES_IMAGE = "phyvlm-cr:0.1.0"
+KUBERNETES_IMAGE_ENV = "PHYVLM_KUBERNETES_IMAGE"
+
+
+def default_kubernetes_image() -> str:
+    """$PHYVLM_KUBERNETES_IMAGE when set, else the image the deploy/ manifests run."""
+    return os.environ.get(KUBERNETES_IMAGE_ENV) or DEFAULT_KUBERNETES_IMAGE
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """kind: "local" (default), "address" (attach to ``address``), "cuda" (dask-cuda, one
@@ -41,7 +53,7 @@ class ClusterConfig:
     threads_per_worker: int | None = None
     memory_limit: str | None = None
     dashboard_address: str = ":8787"
-    kubernetes_image: str = "ghcr.io/phyvlm-cr/phyvlm-cr:latest"
+    kubernetes_image: str = field(default_factory=default_kubernetes_image)
     kubernetes_name: str = "phyvlm-cr"
     connect_timeout_s: float = 20.0
 
@@ -50,6 +62,11 @@ class ClusterConfig:
             raise ValueError(f"unknown cluster kind {self.kind!r}: use local, address, cuda or kubernetes")
         if self.kind == "address" and not self.address:
             raise ValueError("cluster kind 'address' needs an address, e.g. tcp://scheduler:8786")
+        if not self.kubernetes_image.strip() or any(c.isspace() for c in self.kubernetes_image):
+            raise ValueError(
+                f"kubernetes_image {self.kubernetes_image!r} is not an image reference: give "
+                f"name:tag, e.g. --kubernetes-image {DEFAULT_KUBERNETES_IMAGE}"
+            )
         if self.n_workers is not None and self.n_workers < 1:
             raise ValueError(f"n_workers must be at least 1, got {self.n_workers}")
 
@@ -101,7 +118,17 @@ def make_cluster(config: ClusterConfig) -> Any:
         from dask_kubernetes.operator import KubeCluster
     except ImportError as exc:
         raise _missing("kubernetes", "dask-kubernetes") from exc
-    return KubeCluster(
+    return KubeCluster(custom_cluster_spec=kubernetes_cluster_spec(config))
+
+
+def kubernetes_cluster_spec(config: ClusterConfig) -> dict[str, Any]:
+    """The ``DaskCluster`` resource the Kubernetes factory submits (scheduler and worker pods
+    run ``config.kubernetes_image``); built without a Kubernetes API server."""
+    try:
+        from dask_kubernetes.operator import make_cluster_spec
+    except ImportError as exc:
+        raise _missing("kubernetes", "dask-kubernetes") from exc
+    return make_cluster_spec(
         name=config.kubernetes_name,
         image=config.kubernetes_image,
         n_workers=config.n_workers or 2,

@@ -6,7 +6,8 @@ nodata, CRS through odc-geo (``spatial_ref``), dask-chunked over y/x. ``SCL`` (u
 nodata) is added when asked for.
 
 Scaling is decided per item from ``s2:processing_baseline`` (+1000 DN from baseline 04.00),
-never from the date. Items of one solar day are fused into one time step; items of one day
+or the ``_Nxxyy_`` of ``s2:product_uri`` where the property is missing, never from the date;
+a Sentinel-2 item with neither is refused with a message naming the fix. Items of one solar day are fused into one time step; items of one day
 that need different offsets (a reprocessing campaign between tiles) are loaded as separate
 steps, scaled, then fused, so no pixel is scaled with another item's offset.
 """
@@ -24,7 +25,7 @@ import pystac
 import xarray as xr
 
 from ._bands import DEFAULT_BANDS as _DEFAULT_BANDS
-from ._bands import NATIVE_RESOLUTION_M, QUANTIFICATION, SCL_BAND, boa_offset_dn, check_bands
+from ._bands import NATIVE_RESOLUTION_M, QUANTIFICATION, SCL_BAND, check_bands
 from ._reading import AccountingRioDriver, ReadErrorPolicy
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,18 @@ def _solar_date(item: pystac.Item) -> dt.date:
     return (when + dt.timedelta(hours=_item_lon(item) / 15.0)).date()
 
 
+def _offset_dn(item: pystac.Item) -> float:
+    """The item's BOA offset in DN, by the careful rule of the search: ``s2:processing_baseline``,
+    else the ``_Nxxyy_`` of ``s2:product_uri``; a Sentinel-2 item with neither is refused
+    (ItemMetadataError) rather than scaled with a guessed offset (0 would bias baseline >= 04.00
+    data by +0.1 reflectance)."""
+    from .catalog import reflectance_offset
+
+    return round(reflectance_offset(item) * QUANTIFICATION)
+
+
 def _group_key(item: pystac.Item) -> tuple[dt.date, float]:
-    return (_solar_date(item), boa_offset_dn(item.properties.get("s2:processing_baseline")))
+    return (_solar_date(item), _offset_dn(item))
 
 
 def _choose_crs(items: Sequence[pystac.Item]) -> str:

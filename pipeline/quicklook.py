@@ -144,3 +144,25 @@ def _save(fig, path: str | Path, title: str) -> Path:
     fig.savefig(path, dpi=90)
     _pyplot().close(fig)
     return path
+
+
+def save_archive_quicklook(
+    store: str | Path, path: str | Path, *, time_index: int = 0, max_size: int = 1024
+) -> Path:
+    """Restored RGB and confidence of one date of an archive, read from its overviews: the
+    finest level at most ``max_size`` px wide (``pipeline.overviews.open_overview``), so a
+    continental archive is browsed without reading full resolution."""
+    from .overviews import open_overview
+
+    plt = _pyplot()
+    level = open_overview(store, max_size=max_size).isel(time=time_index).load()
+    factor = int(level.attrs.get("overview_factor", 1))
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2), constrained_layout=True)
+    axes[0].imshow(rgb_image(level), interpolation="nearest")
+    axes[0].set_title(f"restored (1/{factor} resolution)", fontsize=10)
+    im = axes[1].imshow(level["confidence"].values, cmap="viridis", vmin=0, vmax=1)
+    axes[1].set_title("confidence", fontsize=10)
+    fig.colorbar(im, ax=axes[1], shrink=0.7)
+    for ax in axes:
+        ax.set_axis_off()
+    return _save(fig, path, "")

@@ -60,8 +60,8 @@ from .priors import (
     Prior,
     SceneParams,
     get_prior,
-    physics_opinion,
 )
+from .priors._combined import own_evidence
 
 __all__ = ["FusionConfig", "QUALITY_LAYERS", "composite", "estimate_scene", "restore"]
 
@@ -267,7 +267,7 @@ def _restore_block(
     pb, layers = prior.block_at(data, bands, params["scene"], scl, location)
     if nl and layers is not None:
         out[:, nb + len(QUALITY_LAYERS) :] = layers
-    evidence = pb.evidence if pb.evidence is not None else physics_opinion(pb.transmission)
+    evidence = pb.evidence if pb.evidence is not None else own_evidence(prior, pb, layers)
     forced = params.get("forced_reference")
     fr = fuse_dates(
         data,
@@ -405,7 +405,7 @@ def restore(
     # the evidence on the sample: the global pair map is fitted on pixels clear on both
     # dates (scene-wide haze would be absorbed by it), and each date's clear share ranks it
     # as a reference candidate
-    sample_ev = sb.evidence if sb.evidence is not None else physics_opinion(sb.transmission)
+    sample_ev = sb.evidence if sb.evidence is not None else own_evidence(prior_obj, sb, None)
     p_clear = _clear_share(sample_ev)
     observed = np.isfinite(sample_bands).all(axis=1)
     date_clearness = np.array(

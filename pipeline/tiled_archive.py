@@ -158,12 +158,13 @@ def tile_write(
     touch the same chunk of anything.
     """
     ydim, xdim = _spatial_dims(part)
-    spatial = {ydim: config.chunk_size, xdim: config.chunk_size}
+    unit = config.write_unit  # a shard is written whole, by one task
+    spatial = {ydim: unit, xdim: unit}
     for dim in (ydim, xdim):
         sl = region[dim]
-        if sl.start % config.chunk_size or (sl.stop - sl.start) % config.chunk_size:
+        if sl.start % unit or (sl.stop - sl.start) % unit:
             raise ValueError(
-                f"region {dict(region)} is not aligned to {config.chunk_size}-px chunks"
+                f"region {dict(region)} is not aligned to {unit}-px chunks (shards)"
             )
     part = part.drop_vars(list(part.coords)).chunk({"time": 1, **spatial})
     for var in part.data_vars.values():

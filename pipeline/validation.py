@@ -1,26 +1,38 @@
 """Self-validation: how good is this run's output, measured on the run's own data.
 
-No ground truth exists for a real composite, but its clear pixels are truth for themselves.
-``self_validate`` holds out clear target pixels, hides them under simulated cloud, restores
-them with the same prior and options as the run, and scores the restoration against what
-was really there:
+No ground truth exists for a real composite, but the pixels the cloud evidence calls clear
+with high certainty are truth for themselves. ``self_validate`` holds some of them out,
+hides them under simulated cloud, restores them with the run's own prior and options, and
+scores the restoration against what was really there:
 
-1. pick ``windows`` square windows of ``window`` px at seeded random positions of the cube
-   (the ones with the most observed pixels among a few candidates) and load them;
-2. restore each window once as it is; a pixel-date is *clear* where the restored
-   transmission is >= ``clear_t``, the confidence >= ``clear_confidence`` and the date
-   observed it;
-3. for each simulated case (``kinds`` x up to ``dates_per_window`` target dates, seeded),
-   simulate cloud of ``cover`` on the target date with ``pipeline.bench.simulate`` (the
-   benchmark's independent simulator: smooth wavelength-dependent thin cloud, opaque grey
-   thick cloud, shadow), restore the window again, and score the held-out pixels: clear
-   before, clouded by the simulation, still observed by the restoration;
-4. report pixels, PSNR, RMSE and MAE overall, per band RMSE, and the same per cloud kind.
+1. **Windows spread over the area.** ``windows`` windows of ``window`` px, one per cell of a
+   regular grid over each cube (each tile of a tiled run gets its share, at least one), at a
+   seeded random place inside its cell. The pixel budget is fixed per run, not per area.
+2. **Hold-out chosen by the evidence, not by the gate.** Each window is restored once as it
+   is; a pixel-date is a hold-out candidate where the fused cloud evidence
+   (``cloud_probability``) is at most ``clear_probability`` and every band is observed.
+   Nothing about the gate, the confidence or the agreement with a reference enters the
+   choice (those select exactly the pixels where temporal filling fails).
+3. **Simulated cloud on several dates at once.** Up to ``dates_per_window`` dates with
+   enough candidates get clouds of ``kind`` (``mixed``: thin haze with thick cores and their
+   shadows, ``pipeline.cloud_simulator``) at ``cover``, each with its own field; the window
+   is restored once more and every candidate pixel is scored by its simulated class (thin,
+   thick, shadow, or clear: a candidate left uncovered, which shows what the run does to
+   clear pixels).
+4. **Stratified estimates with intervals.** Pixels are post-stratified by a land-cover
+   proxy (NDVI class x brightness class of the truth) to the strata's share among all the
+   windows' clear observations, so the hold-out's own mix of surfaces does not bias the
+   figure. Per class: RMSE and PSNR with a bootstrap interval over the simulated cases; the
+   "all" figure mixes the classes at the run's own shares (read from the evidence of the
+   windows), and a per-tile table gives the cloudy-pixel figure of each tile.
+5. **A calibrated per-pixel error layer** (``ErrorModel``): the absolute error of a held-out
+   pixel is fitted (non-negative least squares) on what the pixel went through (gate,
+   transmission, distance to its reference in days, cloud evidence), on half of the cases;
+   the other half calibrates it (split conformal): ``error_estimate`` is an RMS error in
+   reflectance, and ``interval90`` x ``error_estimate`` bounds 90 % of the errors.
 
-Caveats, recorded with the figures: the windows re-estimate the scene parameters on their
-own pixels (a window is small; the run estimates them on a scene-wide sample), and
-simulated cloud is an approximation of real cloud. The figure is an estimate of the error
-on cloudy pixels like the simulated ones, not a bound.
+The figure is an estimate of the error on cloud like the simulated one, not a bound; its
+caveats are recorded with it (simulated cloud; windows re-estimate the scene parameters).
 """
 
 from __future__ import annotations
@@ -28,18 +40,33 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from ._bands import SCL, SCL_BAND, WAVELENGTH_NM
+from .priors import DEFAULT_PRIOR
 
 log = logging.getLogger(__name__)
 
 #: Archive attribute holding the self-validation report (JSON).
 VALIDATION_ATTR = "self_validation"
+#: The per-pixel error layer's name in the archive.
+ERROR_LAYER = "error_estimate"
+#: Classes the estimate is given for (``all`` mixes them at the run's own shares).
+CLASSES = ("clear", "thin", "thick", "shadow")
+#: NDVI class edges and the brightness (mean visible reflectance) edge of the strata.
+NDVI_EDGES = (0.2, 0.5)
+BRIGHTNESS_EDGE = 0.12
+#: Transmission below which a pixel the evidence calls cloudy counts as thick (run shares).
+THICK_T = 0.25
+#: Transmission bins of the covariate-shift weights: held-out cloudy pixels are weighted to
+#: the run's own distribution of (restored) transmission over its cloudy pixels.
+T_EDGES = (0.25, 0.5, 0.7, 0.85, 0.95)
 
 
 @dataclass(frozen=True)
@@ -48,53 +75,237 @@ class ValidationConfig:
 
     enabled: run it at all.
     window: side of a validation window, px (clipped to the cube).
-    windows: number of windows.
-    dates_per_window: target dates simulated per window and cloud kind (at most).
-    kinds: simulated cloud kinds (``pipeline.bench.simulate`` kinds).
-    cover: simulated cloud cover of a target date.
-    clear_t, clear_confidence: what counts as a clear, trustworthy pixel to hold out.
-    seed: the only randomness (window positions, dates, cloud fields).
+    windows: number of windows over the whole run (spread over the area and the tiles).
+    dates_per_window: dates clouded at once in a window (at most).
+    kind: simulated cloud kind (``pipeline.cloud_simulator.KINDS``; ``mixed`` gives thin,
+        thick and shadow pixels in one trial).
+    cover: simulated cloud cover of a clouded date.
+    clear_probability: largest fused cloud probability of a pixel held out as clear truth.
+    bootstrap: resamples of the cases behind the intervals.
+    seed: the only randomness (window places, dates, cloud fields, bootstrap).
     """
 
     enabled: bool = True
-    window: int = 192
-    windows: int = 1
-    dates_per_window: int = 2
-    kinds: tuple[str, ...] = ("thin", "thick")
+    window: int = 64
+    windows: int = 8
+    dates_per_window: int = 3
+    kind: str = "mixed"
     cover: float = 0.4
-    clear_t: float = 0.97
-    clear_confidence: float = 0.9
+    clear_probability: float = 0.1
+    bootstrap: int = 200
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from .cloud_simulator import KINDS
+
         if self.window < 16 or self.windows < 1 or self.dates_per_window < 1:
-            raise ValueError("ValidationConfig needs window >= 16, windows >= 1, dates_per_window >= 1")
+            raise ValueError(
+                "ValidationConfig needs window >= 16, windows >= 1, dates_per_window >= 1"
+            )
         if not 0.1 <= self.cover <= 0.9:
             raise ValueError(f"ValidationConfig.cover must be in [0.1, 0.9], got {self.cover}")
+        if self.kind not in KINDS:
+            raise ValueError(f"ValidationConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if not 0.0 < self.clear_probability < 0.5:
+            raise ValueError("ValidationConfig.clear_probability must be in (0, 0.5)")
+
+
+# --------------------------------------------------------------------------- error model
+
+#: Features of the error model, in order (see ``_features``).
+FEATURES = ("one", "reference_share", "reference_age", "haze_inverted", "evidence")
+
+
+def _features(gate, transmission, reference_days, cloud_probability):
+    """(F, ...) basis of the error model, from the quality layers (numpy or dask via xarray).
+
+    one: a floor; reference_share: 1 - gate; reference_age: (1 - gate) min(|days|, 180) / 30
+    (an older reference has changed more); haze_inverted: gate (1 - t) (the inversion's
+    error grows with the haze removed); evidence: the cloud probability.
+    """
+    g = gate.clip(0, 1)
+    t = transmission.clip(0, 1)
+    days = abs(reference_days).fillna(0.0) if hasattr(reference_days, "fillna") else np.nan_to_num(np.abs(reference_days))
+    age = days.clip(0, 180) / 30.0 if hasattr(days, "clip") else np.clip(days, 0, 180) / 30.0
+    p = cloud_probability.fillna(0.5) if hasattr(cloud_probability, "fillna") else np.nan_to_num(cloud_probability, nan=0.5)
+    return [g * 0 + 1.0, 1 - g, (1 - g) * age, g * (1 - t), p]
+
+
+@dataclass
+class ErrorModel:
+    """Per-pixel error predicted from the quality layers, calibrated on held-out pixels.
+
+    error_estimate = kappa * sum_k coef_k feature_k (reflectance RMS units: the mean of
+    (error / error_estimate)^2 is 1 on the calibration half); ``interval90`` x
+    error_estimate bounds 90 % of the calibration errors (split conformal).
+    """
+
+    coefficients: list[float]
+    kappa: float
+    interval90: float
+    features: tuple[str, ...] = FEATURES
+    fitted_pixels: int = 0
+    calibration_pixels: int = 0
+    spearman: float = float("nan")  # rank correlation with the errors of the calibration half
+    coverage90: float = float("nan")  # share of calibration errors within the 90 % interval
+
+    def predict(self, gate, transmission, reference_days, cloud_probability):
+        """The error estimate for arrays (numpy, or xarray, lazily for dask)."""
+        feats = _features(gate, transmission, reference_days, cloud_probability)
+        total = sum(c * f for c, f in zip(self.coefficients, feats, strict=True))
+        return self.kappa * total
+
+    def apply(self, restored: xr.Dataset) -> xr.DataArray:
+        """``error_estimate`` (time, y, x) float32 for a restored dataset (lazy with dask);
+        NaN where there is no valid output."""
+        est = self.predict(
+            restored["gate"],
+            restored["transmission"],
+            restored["reference_days"],
+            restored["cloud_probability"],
+        )
+        est = est.where(restored["no_valid_observation"] == 0).astype(np.float32)
+        band = next(str(v) for v in restored.data_vars if v in WAVELENGTH_NM)
+        est.attrs = {
+            "long_name": "estimated error of the restored reflectance (RMS over bands)",
+            "units": "reflectance",
+            "interval90": self.interval90,
+            "comment": f"90 % of errors are below interval90 x {ERROR_LAYER} (calibrated on "
+            "held-out clear pixels under simulated cloud: self_validation attribute)",
+            **{k: v for k, v in restored[band].attrs.items() if k == "grid_mapping"},
+        }
+        est.encoding.update({k: v for k, v in restored[band].encoding.items() if k == "grid_mapping"})
+        return est.rename(ERROR_LAYER)
+
+
+def _nnls(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    # columns scaled to unit norm for a well-conditioned solve
+    norms = np.linalg.norm(design, axis=0)
+    norms[norms == 0] = 1.0
+    coef, _ = nnls(design / norms, target, maxiter=50 * design.shape[1])
+    return coef / norms
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 3:
+        return float("nan")
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    c = np.corrcoef(ra, rb)[0, 1]
+    return float(c) if np.isfinite(c) else float("nan")
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    order = np.argsort(values)
+    cw = np.cumsum(weights[order])
+    if cw[-1] <= 0:
+        return float(np.quantile(values, q))
+    return float(values[order][np.searchsorted(cw, q * cw[-1])])
+
+
+def fit_error_model(
+    rows: dict[str, np.ndarray], case: np.ndarray, weights: np.ndarray | None = None
+) -> ErrorModel | None:
+    """Split-conformal fit: NNLS of |error| on the features on the even cases, scale and
+    90 % interval from the odd ones (all cases on both halves when there is only one).
+    ``weights`` (the covariate-shift weights of the estimates) weight the calibration, so
+    the interval holds for the run's mix of pixels rather than the hold-out's."""
+    err = np.sqrt(rows["sq"] / rows["nb"])
+    feats = np.stack(
+        _features(rows["gate"], rows["transmission"], rows["reference_days"], rows["cloud"]), axis=1
+    ).astype(np.float64)
+    fit = case % 2 == 0
+    cal = ~fit
+    if fit.sum() < 20 or cal.sum() < 20:
+        fit = cal = np.ones_like(fit)
+    if fit.sum() < 20:
+        return None
+    coef = _nnls(feats[fit], err[fit])
+    pred = feats @ coef
+    floor = max(float(np.median(pred[pred > 0])) * 1e-3, 1e-6) if (pred > 0).any() else 1e-6
+    pred = np.maximum(pred, floor)
+    w = np.ones(err.shape) if weights is None else np.asarray(weights, np.float64)
+    ratio = err[cal] / pred[cal]
+    kappa = float(np.sqrt(np.average(ratio**2, weights=w[cal]))) if w[cal].sum() > 0 else float(np.sqrt(np.mean(ratio**2)))
+    z90 = _weighted_quantile(ratio / kappa, w[cal], 0.9)
+    return ErrorModel(
+        coefficients=[float(c) for c in np.maximum(coef, 0)],
+        kappa=kappa,
+        interval90=z90,
+        fitted_pixels=int(fit.sum()),
+        calibration_pixels=int(cal.sum()),
+        spearman=_spearman(pred[cal], err[cal]),
+        coverage90=float(np.average(err[cal] <= z90 * kappa * pred[cal], weights=w[cal]))
+        if w[cal].sum() > 0
+        else float("nan"),
+    )
+
+
+# --------------------------------------------------------------------------- result
 
 
 @dataclass
 class ValidationResult:
-    """Scores of the held-out pixels (reflectance clipped to [0, 1], as the benchmark)."""
+    """Scores of the held-out pixels (reflectance clipped to [0, 1], as the benchmark).
+
+    per_class: class -> {rmse, psnr, psnr_low, psnr_high (bootstrap 5-95 %), pixels};
+    the run-level ``psnr`` / ``rmse`` mix the classes at ``shares`` (the run's own, from the
+    evidence of the windows); ``per_tile``: label -> {pixels, rmse, psnr} of cloudy pixels.
+    """
 
     pixels: int
     psnr: float
     rmse: float
     mae: float
     rmse_per_band: dict[str, float]
-    per_kind: dict[str, dict[str, float]]
+    per_class: dict[str, dict[str, float]]
     cases: int
     config: dict[str, Any]
+    shares: dict[str, float] = field(default_factory=dict)
+    per_tile: dict[str, dict[str, float]] = field(default_factory=dict)
+    psnr_low: float = float("nan")
+    psnr_high: float = float("nan")
+    error_model: ErrorModel | None = None
+    seconds: float = 0.0
     note: str = ""
+
+    @property
+    def per_kind(self) -> dict[str, dict[str, float]]:
+        """The cloudy classes alone (thin, thick, shadow): the older name of ``per_class``."""
+        return {k: v for k, v in self.per_class.items() if k != "clear"}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=_finite)
 
+    @classmethod
+    def from_json(cls, text: str) -> ValidationResult:
+        """The result ``to_json`` wrote (an archive's ``self_validation`` attribute)."""
+        raw = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: (float("nan") if v is None else v) for k, v in raw.items() if k in known}
+        model = raw.get("error_model")
+        if model:
+            model = {k: (float("nan") if v is None else v) for k, v in model.items()}
+            model["features"] = tuple(model.get("features", FEATURES))
+            values["error_model"] = ErrorModel(**model)
+        else:
+            values["error_model"] = None
+        return cls(**values)
+
     def line(self) -> str:
         if not self.pixels:
             return f"no clear pixel to hold out ({self.note})" if self.note else "no clear pixel to hold out"
-        kinds = ", ".join(f"{k} {v['psnr']:.1f} dB" for k, v in self.per_kind.items())
-        return f"{self.psnr:.1f} dB PSNR, RMSE {self.rmse:.4f} on {self.pixels} held-out pixel-dates ({kinds})"
+        classes = ", ".join(
+            f"{k} {v['psnr']:.1f} dB [{v['psnr_low']:.1f}, {v['psnr_high']:.1f}]"
+            for k, v in self.per_class.items()
+        )
+        return (
+            f"{self.psnr:.1f} dB PSNR [{self.psnr_low:.1f}, {self.psnr_high:.1f}] over all "
+            f"pixels, {self.pixels} held-out pixel-dates in {self.cases} cases ({classes}); "
+            f"{self.seconds:.1f} s"
+        )
 
 
 def _finite(v: Any) -> Any:
@@ -102,16 +313,38 @@ def _finite(v: Any) -> Any:
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
+    if isinstance(v, tuple):
+        return list(v)
     return v
 
 
-def _window_origins(ny: int, nx: int, size: int, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+def _psnr(rmse: float) -> float:
+    if not math.isfinite(rmse):
+        return float("nan")
+    return math.inf if rmse == 0 else 20.0 * math.log10(1.0 / rmse)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def window_origins(
+    ny: int, nx: int, size: int, count: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """``count`` window origins, one per cell of a near-square grid over (ny, nx), at a random
+    place inside its cell (clipped so the window fits)."""
     if ny <= size and nx <= size:
         return [(0, 0)]
-    return [
-        (int(rng.integers(0, max(ny - size, 0) + 1)), int(rng.integers(0, max(nx - size, 0) + 1)))
-        for _ in range(count)
-    ]
+    rows = max(1, round(math.sqrt(count * ny / max(nx, 1))))
+    cols = max(1, math.ceil(count / rows))
+    out = []
+    for k in range(count):
+        r, c = divmod(k, cols)
+        y_lo, y_hi = r * ny // rows, (r + 1) * ny // rows
+        x_lo, x_hi = c * nx // cols, (c + 1) * nx // cols
+        y = int(rng.integers(y_lo, max(y_lo, y_hi - 1) + 1))
+        x = int(rng.integers(x_lo, max(x_lo, x_hi - 1) + 1))
+        out.append((min(max(0, y - size // 2), max(ny - size, 0)), min(max(0, x - size // 2), max(nx - size, 0))))
+    return out
 
 
 def _bands_of(ds: xr.Dataset) -> tuple[str, ...]:
@@ -122,110 +355,325 @@ def _as_array(ds: xr.Dataset, bands: tuple[str, ...]) -> np.ndarray:
     return np.stack([np.asarray(ds[b].values, dtype=np.float32) for b in bands], axis=1)
 
 
+def strata(truth: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """Land-cover proxy per pixel of a (B, ...) image: NDVI class x brightness class (0..5);
+    -1 where it cannot be computed. Without red and NIR, brightness alone (0, 1)."""
+    vis = [bands.index(b) for b in ("B02", "B03", "B04") if b in bands] or [0]
+    bright = (np.nanmean(truth[vis], axis=0) >= BRIGHTNESS_EDGE).astype(int)
+    if "B04" in bands and ("B08" in bands or "B8A" in bands):
+        red = truth[bands.index("B04")]
+        nir = truth[bands.index("B08" if "B08" in bands else "B8A")]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ndvi = (nir - red) / (nir + red)
+        ndvi_class = np.digitize(np.nan_to_num(ndvi, nan=0.0), NDVI_EDGES)
+    else:
+        ndvi_class = np.zeros(bright.shape, int)
+    out = ndvi_class * 2 + bright
+    return np.where(np.isfinite(truth).all(axis=0), out, -1)
+
+
+class _Collector:
+    """Per held-out pixel rows, and the run's class shares and strata shares."""
+
+    def __init__(self, nb: int) -> None:
+        self.nb = nb
+        self.rows: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("sq", "abs", "cls", "stratum", "case", "tile", "gate", "transmission", "reference_days", "cloud")
+        }
+        self.band_sq: list[np.ndarray] = []
+        self.class_counts = dict.fromkeys(("clear", "thin", "thick"), 0)
+        self.strata_counts = np.zeros(6)
+        self.t_counts = np.zeros(len(T_EDGES) + 1)
+        self.cases = 0
+
+    def add_run_shares(self, base: xr.Dataset, data: np.ndarray, bands: tuple[str, ...], clear: np.ndarray) -> None:
+        observed = np.isfinite(data).all(axis=1)
+        cp = np.nan_to_num(base["cloud_probability"].values, nan=0.5)
+        t = np.nan_to_num(base["transmission"].values, nan=1.0)
+        cloudy = observed & (cp >= 0.5)
+        self.class_counts["clear"] += int((observed & ~cloudy).sum())
+        self.class_counts["thick"] += int((cloudy & (t < THICK_T)).sum())
+        self.class_counts["thin"] += int((cloudy & (t >= THICK_T)).sum())
+        self.t_counts += np.bincount(np.digitize(t[cloudy], T_EDGES), minlength=len(T_EDGES) + 1)
+        for d in range(data.shape[0]):
+            s = strata(data[d], bands)[clear[d]]
+            self.strata_counts += np.bincount(s[s >= 0], minlength=6)[:6]
+
+    def add(self, est, truth, cls, stratum, tile, layers) -> None:
+        diff = np.clip(est, 0, 1) - np.clip(truth, 0, 1)  # (B, N)
+        self.rows["sq"].append((diff**2).sum(axis=0))
+        self.rows["abs"].append(np.abs(diff).sum(axis=0))
+        self.rows["cls"].append(cls)
+        self.rows["stratum"].append(stratum)
+        self.rows["case"].append(np.full(cls.size, self.cases))
+        self.rows["tile"].append(np.full(cls.size, tile))
+        for k in ("gate", "transmission", "reference_days", "cloud"):
+            self.rows[k].append(layers[k])
+        self.band_sq.append(diff**2)
+        self.cases += 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.rows.items()}
+        out["nb"] = np.full(out["sq"].shape, self.nb, dtype=float)
+        return out
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def _class_mse(rows, weights, mask) -> float:
+    w = weights[mask]
+    if w.sum() <= 0:
+        return float("nan")
+    return float((w * rows["sq"][mask] / rows["nb"][mask]).sum() / w.sum())
+
+
+def _estimates(rows, weights, shares, classes) -> dict[str, float]:
+    """MSE per class and the shares-weighted 'all' (classes without pixels drop out)."""
+    mse = {c: _class_mse(rows, weights, rows["cls"] == k) for k, c in enumerate(classes)}
+    mix = {c: shares.get(c, 0.0) for c in ("clear", "thin", "thick") if math.isfinite(mse[c])}
+    total = sum(mix.values())
+    mse["all"] = (
+        sum(mix[c] * mse[c] for c in mix) / total if total > 0 else float("nan")
+    )
+    return mse
+
+
+def _haze_weights(rows: dict[str, np.ndarray], run_counts: np.ndarray) -> np.ndarray:
+    """Covariate-shift weights of the cloudy held-out pixels: the run's share of each
+    transmission bin over the held-out share (the simulated cloud is one thickness mix, the
+    run's clouds another); 1 for clear pixels and where the run has no cloudy pixel."""
+    w = np.ones(rows["sq"].shape)
+    cloudy = rows["cls"] > 0
+    if not cloudy.any() or run_counts.sum() <= 0:
+        return w
+    bins = np.digitize(np.nan_to_num(rows["transmission"], nan=1.0), T_EDGES)
+    held = np.bincount(bins[cloudy], minlength=len(T_EDGES) + 1).astype(float)
+    run = run_counts / run_counts.sum()
+    held = held / held.sum()
+    ratio = np.where(held > 0, run / np.maximum(held, 1e-12), 0.0)
+    w[cloudy] = ratio[bins[cloudy]]
+    return w
+
+
+def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> ValidationResult:
+    rows = col.arrays()
+    n = int(rows["sq"].size)
+    # post-stratification: each stratum weighted to its share among all clear observations
+    held = np.bincount(rows["stratum"][rows["stratum"] >= 0].astype(int), minlength=6)[:6].astype(float)
+    target = col.strata_counts / max(col.strata_counts.sum(), 1.0)
+    ratio = np.where(held > 0, target / np.maximum(held / max(held.sum(), 1.0), 1e-12), 0.0)
+    weights = np.where(rows["stratum"] >= 0, ratio[np.maximum(rows["stratum"], 0).astype(int)], 1.0)
+    weights = weights * _haze_weights(rows, col.t_counts)
+    total_runs = sum(col.class_counts.values())
+    shares = {k: v / total_runs for k, v in col.class_counts.items()} if total_runs else {}
+    mse = _estimates(rows, weights, shares, CLASSES)
+    # bootstrap over cases
+    boot: dict[str, list[float]] = {c: [] for c in (*CLASSES, "all")}
+    case_ids = np.unique(rows["case"])
+    for _ in range(cfg.bootstrap if case_ids.size > 1 else 0):
+        pick = rng.choice(case_ids, case_ids.size, replace=True)
+        mult = np.bincount(np.searchsorted(case_ids, pick), minlength=case_ids.size)
+        w = weights * mult[np.searchsorted(case_ids, rows["case"])]
+        for c, v in _estimates(rows, w, shares, CLASSES).items():
+            if math.isfinite(v):
+                boot[c].append(_psnr(math.sqrt(v)))
+
+    def interval(c: str) -> tuple[float, float]:
+        vals = np.array([v for v in boot[c] if math.isfinite(v)])
+        if vals.size < 10:
+            return float("nan"), float("nan")
+        return float(np.percentile(vals, 5)), float(np.percentile(vals, 95))
+
+    per_class = {}
+    for k, c in enumerate(CLASSES):
+        m = rows["cls"] == k
+        if m.any() and math.isfinite(mse[c]):
+            lo, hi = interval(c)
+            per_class[c] = {
+                "rmse": math.sqrt(mse[c]),
+                "psnr": _psnr(math.sqrt(mse[c])),
+                "psnr_low": lo,
+                "psnr_high": hi,
+                "pixels": int(m.sum()),
+            }
+    per_tile = {}
+    cloudy = rows["cls"] > 0
+    for k, label in enumerate(labels):
+        m = cloudy & (rows["tile"] == k)
+        if m.any():
+            r = math.sqrt(float((rows["sq"][m] / rows["nb"][m]).mean()))
+            per_tile[str(label)] = {"pixels": int(m.sum()), "rmse": r, "psnr": _psnr(r)}
+    band_sq = np.concatenate(col.band_sq, axis=1) if col.band_sq else np.zeros((len(bands), 0))
+    rmse_all = math.sqrt(mse["all"]) if math.isfinite(mse["all"]) else float("nan")
+    lo, hi = interval("all")
+    return ValidationResult(
+        pixels=n,
+        psnr=_psnr(rmse_all),
+        rmse=rmse_all,
+        mae=float(rows["abs"].sum() / max(rows["nb"].sum(), 1)),
+        rmse_per_band={b: float(np.sqrt(band_sq[i][cloudy].mean())) for i, b in enumerate(bands)} if cloudy.any() else {},
+        per_class=per_class,
+        cases=col.cases,
+        config=asdict(cfg),
+        shares=shares,
+        per_tile=per_tile,
+        psnr_low=lo,
+        psnr_high=hi,
+        error_model=fit_error_model(rows, rows["case"], weights),
+        note="windows re-estimate the scene parameters; simulated cloud (pipeline.cloud_simulator)",
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
 def self_validate(
-    cube: xr.Dataset,
+    cube: xr.Dataset | Sequence[xr.Dataset],
     *,
-    prior: Any = "physics",
+    prior: Any = DEFAULT_PRIOR,
     config: ValidationConfig | None = None,
+    labels: Sequence[str] | None = None,
     **options: Any,
 ) -> ValidationResult:
-    """Estimate the restoration error of ``cube`` (see the module docstring).
+    """Estimate the restoration error of a run (see the module docstring).
 
-    ``prior`` and ``options`` are what the run passes to ``pipeline.restore`` (same
-    settings); ``cube`` may be lazy: only the windows are loaded.
+    ``cube``: the run's cube, or one cube per tile (``labels`` name them in the per-tile
+    table). ``prior`` and ``options`` are what the run passes to ``pipeline.restore``.
+    Cubes may be lazy: only the windows are loaded.
     """
     from .cloud_simulator import simulate
     from .restore import restore
 
+    started = time.perf_counter()
     cfg = config or ValidationConfig()
     options = {k: v for k, v in options.items() if k not in ("period", "mode")}
-    bands = _bands_of(cube)
+    cubes = [cube] if isinstance(cube, xr.Dataset) else list(cube)
+    labels = list(labels) if labels is not None else [str(k) for k in range(len(cubes))]
+    if len(labels) != len(cubes):
+        raise ValueError(f"self_validate got {len(cubes)} cubes but {len(labels)} labels")
+    bands = _bands_of(cubes[0])
     wl = np.array([WAVELENGTH_NM[b] for b in bands])
     rng = np.random.default_rng(cfg.seed)
-    ny, nx, nt = cube.sizes["y"], cube.sizes["x"], cube.sizes["time"]
-    size = min(cfg.window, ny, nx)
-    empty = ValidationResult(0, math.nan, math.nan, math.nan, {}, {}, 0, asdict(cfg))
-    if nt < 2:
-        empty.note = "needs at least two dates"
-        return empty
-    sq_sum = np.zeros(len(bands))
-    abs_sum = 0.0
-    count = 0
-    kind_sums: dict[str, list[float]] = {k: [0.0, 0.0] for k in cfg.kinds}  # sq sum, values
-    cases = 0
-    for y0, x0 in _window_origins(ny, nx, size, cfg.windows, rng):
-        win = cube.isel(y=slice(y0, y0 + size), x=slice(x0, x0 + size)).compute()
-        data = _as_array(win, bands)
-        if not np.isfinite(data).any():
+    col = _Collector(len(bands))
+    per_cube = [cfg.windows // len(cubes) + (k < cfg.windows % len(cubes)) for k in range(len(cubes))]
+    for k, c in enumerate(cubes):
+        ny, nx, nt = c.sizes["y"], c.sizes["x"], c.sizes["time"]
+        if nt < 2:
             continue
-        base = restore(win, prior=prior, **options)
-        clear = (
-            (base["transmission"].values >= cfg.clear_t)
-            & (base["confidence"].values >= cfg.clear_confidence)
-            & np.isfinite(data).all(axis=1)
-        )  # (T, Y, X)
-        candidates = [t for t in range(nt) if clear[t].mean() > 0.2]
-        if not candidates:
-            continue
-        for kind in cfg.kinds:
-            picks = rng.permutation(candidates)[: cfg.dates_per_window]
-            for target in picks:
-                sim = simulate(
-                    np.nan_to_num(data, nan=0.0), wl, target=int(target), kind=kind,
-                    cover=cfg.cover, seed=int(rng.integers(0, 2**31 - 1)),
-                )
-                cloudy = data.copy()
-                cloudy[target] = np.where(np.isfinite(data[target]), sim.cloudy[target], np.nan)
-                trial = win.copy()
-                for i, b in enumerate(bands):
-                    trial[b] = (win[b].dims, cloudy[:, i])
-                if SCL_BAND in trial.data_vars:
-                    # the scene classification of the clear original would contradict the
-                    # simulated cloud; a real SCL would not call it vegetation: no evidence
-                    scl = trial[SCL_BAND].values.copy()
-                    scl[target][sim.thin | sim.thick | sim.shadow] = SCL.UNCLASSIFIED
-                    trial[SCL_BAND] = (win[SCL_BAND].dims, scl)
-                out = restore(trial, prior=prior, **options)
-                est = np.stack([out[b].values[target] for b in bands])
-                held = clear[target] & (sim.thin | sim.thick) & np.isfinite(est).all(axis=0)
-                if not held.any():
-                    continue
-                truth = np.clip(data[target][:, held], 0, 1).astype(np.float64)
-                diff = np.clip(est[:, held], 0, 1) - truth
-                sq_sum += (diff**2).sum(axis=1)
-                abs_sum += float(np.abs(diff).sum())
-                count += int(held.sum())
-                kind_sums[kind][0] += float((diff**2).sum())
-                kind_sums[kind][1] += float(diff.size)
-                cases += 1
-                log.debug(
-                    "self-validation case: window (%d, %d) date %d %s: %d px, RMSE %.4f",
-                    y0, x0, target, kind, int(held.sum()), math.sqrt(float((diff**2).mean())),
-                )
-    if not count:
-        empty.note = "no window had enough clear pixels"
-        return empty
-    n_values = count * len(bands)
-    rmse = math.sqrt(float(sq_sum.sum()) / n_values)
-    per_kind = {}
-    for kind, (sq, n) in kind_sums.items():
-        if n:
-            r = math.sqrt(sq / n)
-            per_kind[kind] = {"rmse": r, "psnr": _psnr(r), "values": n}
-    result = ValidationResult(
-        pixels=count,
-        psnr=_psnr(rmse),
-        rmse=rmse,
-        mae=abs_sum / n_values,
-        rmse_per_band={b: math.sqrt(float(s) / count) for b, s in zip(bands, sq_sum, strict=True)},
-        per_kind=per_kind,
-        cases=cases,
-        config=asdict(cfg),
-        note="scene parameters re-estimated per window; simulated cloud (pipeline.bench.simulate)",
+        size = min(cfg.window, ny, nx)
+        for y0, x0 in window_origins(ny, nx, size, max(1, per_cube[k]), rng):
+            try:
+                win = c.isel(y=slice(y0, y0 + size), x=slice(x0, x0 + size)).compute()
+            except Exception as exc:  # noqa: BLE001 - a read failure costs a window, not the run
+                log.warning("self-validation skipped a window of %s at (%d, %d): %s", labels[k], y0, x0, exc)
+                continue
+            _validate_window(win, bands, wl, k, cfg, prior, options, rng, col, simulate, restore)
+    result = (
+        _summarise(col, cfg, bands, labels, rng)
+        if col.cases
+        else ValidationResult(0, math.nan, math.nan, math.nan, {}, {}, 0, asdict(cfg),
+                              note="needs at least two dates and clear pixels in a window")
     )
+    result.seconds = time.perf_counter() - started
     log.info("self-validation: %s", result.line())
     return result
 
 
-def _psnr(rmse: float) -> float:
-    return math.inf if rmse == 0 else 20.0 * math.log10(1.0 / rmse)
+def _validate_window(win, bands, wl, tile, cfg, prior, options, rng, col, simulate, restore) -> None:
+    data = _as_array(win, bands)
+    if not np.isfinite(data).any():
+        return
+    base = restore(win, prior=prior, **options)
+    observed = np.isfinite(data).all(axis=1)
+    clear = observed & (np.nan_to_num(base["cloud_probability"].values, nan=1.0) <= cfg.clear_probability)
+    col.add_run_shares(base, data, bands, clear)
+    candidates = [t for t in range(data.shape[0]) if clear[t].mean() > 0.2]
+    if not candidates:
+        return
+    targets = [int(t) for t in rng.permutation(candidates)[: cfg.dates_per_window]]
+    cloudy = data.copy()
+    sims = {}
+    filled = np.nan_to_num(data, nan=0.0)
+    for target in targets:
+        sim = simulate(filled, wl, target=target, kind=cfg.kind, cover=cfg.cover, seed=int(rng.integers(0, 2**31 - 1)))
+        cloudy[target] = np.where(np.isfinite(data[target]), sim.cloudy[target], np.nan)
+        sims[target] = sim
+    trial = win.copy()
+    for i, b in enumerate(bands):
+        trial[b] = (win[b].dims, cloudy[:, i])
+    if SCL_BAND in trial.data_vars:
+        # the scene classification of the clear original would contradict the simulated
+        # cloud; a real SCL would not call it vegetation: no evidence either way
+        scl = trial[SCL_BAND].values.copy()
+        for target, sim in sims.items():
+            scl[target][sim.thin | sim.thick | sim.shadow] = SCL.UNCLASSIFIED
+        trial[SCL_BAND] = (win[SCL_BAND].dims, scl)
+    out = restore(trial, prior=prior, **options)
+    for target, sim in sims.items():
+        est = np.stack([out[b].values[target] for b in bands])
+        held = clear[target] & np.isfinite(est).all(axis=0)
+        if not held.any():
+            continue
+        cls = np.select([sim.thick, sim.shadow, sim.thin], [2, 3, 1], default=0)[held]
+        layers = {
+            "gate": out["gate"].values[target][held],
+            "transmission": out["transmission"].values[target][held],
+            "reference_days": out["reference_days"].values[target][held],
+            "cloud": out["cloud_probability"].values[target][held],
+        }
+        col.add(est[:, held], data[target][:, held], cls, strata(data[target], bands)[held], tile, layers)
+        log.debug("self-validation case: date %d, %d px", target, int(held.sum()))
+
+
+# --------------------------------------------------------------------------- against truth
+
+
+def compare_with_truth(result: ValidationResult, true_psnr: dict[str, float]) -> str:
+    """A table of the estimate beside the true restored PSNR per class (where truth exists:
+    the demo, the quality benchmark)."""
+    head = f"{'pixel set':<10}{'true':>9}{'estimate':>10}{'interval 5-95 %':>18}{'diff':>8}"
+    lines = [head, "-" * len(head)]
+    for c in ("all", *CLASSES):
+        est = (
+            {"psnr": result.psnr, "psnr_low": result.psnr_low, "psnr_high": result.psnr_high}
+            if c == "all"
+            else result.per_class.get(c)
+        )
+        true = true_psnr.get(c, float("nan"))
+        if not est:
+            continue
+        diff = est["psnr"] - true
+        interval = f"[{est['psnr_low']:.1f}, {est['psnr_high']:.1f}]"
+        lines.append(f"{c:<10}{true:>9.2f}{est['psnr']:>10.2f}{interval:>18}{diff:>+8.2f}")
+    return "\n".join(lines)
+
+
+def error_layer_calibration(
+    error_estimate: np.ndarray,
+    interval90: float,
+    estimate: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray | None = None,
+) -> dict[str, float]:
+    """How the error layer fares against true per-pixel errors.
+
+    ``error_estimate`` (..., Y, X), ``estimate`` / ``truth`` (B, ..., Y, X) reflectance; the
+    true error is the RMS over bands of the clipped difference. Returns the share of pixels
+    within the nominal 90 % interval (``coverage90``), the rank correlation of estimate and
+    error (``spearman``), and the RMS of error / estimate (``rms_ratio``, 1 = calibrated).
+    """
+    err = np.sqrt(np.mean((np.clip(estimate, 0, 1) - np.clip(truth, 0, 1)) ** 2, axis=0))
+    est = np.asarray(error_estimate, dtype=np.float64)
+    ok = np.isfinite(err) & np.isfinite(est) & (est > 0)
+    if mask is not None:
+        ok &= mask
+    if not ok.any():
+        return {"coverage90": float("nan"), "spearman": float("nan"), "rms_ratio": float("nan"), "pixels": 0}
+    e, s = err[ok], est[ok]
+    return {
+        "coverage90": float(np.mean(e <= interval90 * s)),
+        "spearman": _spearman(s, e),
+        "rms_ratio": float(np.sqrt(np.mean((e / s) ** 2))),
+        "pixels": int(ok.sum()),
+    }

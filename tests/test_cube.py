@@ -72,7 +72,9 @@ def test_failed_read_counted_not_silent(austria_items, tmp_path):
     _, items = austria_items
     broken = [it.clone() for it in items]
     broken[1].assets["B04"].href = (tmp_path / "gone.tif").as_uri()
-    config = CubeConfig(bands=("B04",), include_scl=False, on_read_error="count", max_read_attempts=1)
+    config = CubeConfig(
+        bands=("B04",), include_scl=False, on_read_error="count", max_read_attempts=1
+    )
     from pipeline._reading import collect_read_failures
 
     collect_read_failures()
@@ -95,4 +97,33 @@ def test_one_day_with_two_baselines_is_scaled_per_item_then_fused(austria_items)
     dn = read_austria_dn(tif)["B04"]
     # Newer-baseline pixels come first; a single shared offset would be 0.1 off for one of them.
     expected = np.where(dn[1] > 0, dn[1] / 10000.0, np.where(dn[0] > 0, dn[0] / 10000.0, np.nan))
-    np.testing.assert_allclose(loaded["B04"].values[0], expected.astype("float32"), atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        loaded["B04"].values[0], expected.astype("float32"), atol=1e-6, equal_nan=True
+    )
+
+
+def test_baseline_from_the_product_uri_when_the_property_is_missing(austria_items):
+    """The data path uses the search's careful rule: the _Nxxyy_ of s2:product_uri counts."""
+    tif, items = austria_items
+    recorded = [it.clone() for it in items]
+    baseline = recorded[1].properties.pop("s2:processing_baseline")
+    assert baseline == "05.10"
+    recorded[1].properties["s2:product_uri"] = (
+        "S2B_MSIL2A_20240606T100559_N0510_R022_T33UUP_20240606T123456.SAFE"
+    )
+    cube = load_cube(recorded, CubeConfig(bands=("B04",), include_scl=False, chunk_size=256))
+    expected = np.where(read_austria_dn(tif)["B04"] > 0, read_austria_dn(tif)["B04"] / 1e4, np.nan)
+    np.testing.assert_allclose(cube["B04"].values, expected, rtol=0, atol=1e-6, equal_nan=True)
+
+
+def test_a_sentinel2_item_of_unknown_baseline_is_refused(austria_items):
+    """No guessed offset: without a baseline, baseline >= 04.00 data would be 0.1 too bright."""
+    _, items = austria_items
+    unknown = [it.clone() for it in items]
+    unknown[1].properties.pop("s2:processing_baseline")
+    unknown[1].properties.pop("s2:product_uri", None)
+    with pytest.raises(
+        ValueError,
+        match=rf"{unknown[1].id} has no s2:processing_baseline.*set s2:processing_baseline",
+    ):
+        load_cube(unknown, CubeConfig(bands=("B04",), include_scl=False))

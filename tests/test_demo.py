@@ -17,7 +17,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_archive.
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    args = ["-q", "demo", "--output", str(out), "--size", "160", "--dates", "6", "--chunk-size", "96"]
+    args = ["-q", "demo", "--output", str(out), "--size", "160", "--dates", "6", "--chunk-size", "96", "--overview-min-size", "64"]
     return out, args
 
 
@@ -29,6 +29,11 @@ def test_demo_end_to_end_then_notebook(demo_run, capsys):
     # The accuracy table, with every pixel class, and where things are.
     for word in ("Restored vs truth", "clear", "thin", "thick", "shadow", "psnr", "restored.zarr", "quicklook.png"):
         assert word in printed, word
+    # The summary names the STAC collection, the overview levels and the store's objects.
+    assert f"STAC collection  {out / 'restored.stac' / 'collection.json'}" in printed
+    assert "overviews        1/2, 1/4" in printed  # 160 px -> 80 -> 40 (fits 64)
+    objects = int(printed.split("objects ")[1].split()[0])
+    assert objects == sum(1 for p in (out / "restored.zarr").rglob("*") if p.is_file())
     store = out / "restored.zarr"
     png = out / "quicklook.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -38,7 +43,10 @@ def test_demo_end_to_end_then_notebook(demo_run, capsys):
     assert ds.sizes["time"] == 6 and ds.sizes["y"] == 160 and ds.sizes["x"] == 160
     gate = ds["gate"].values
     assert np.nanmin(gate) >= 0 and np.nanmax(gate) <= 1
-    assert ds.attrs["prior"] == "physics"
+    assert ds.attrs["prior"] == "physics+stack"  # the default: physics + the stack's evidence
+    # The per-pixel error layer, and the estimate printed beside the truth.
+    assert "error_estimate" in ds and "Self-validation estimate" in printed
+    assert "within the nominal 90 % interval" in printed
 
     # Restoration beats the cloudy input on the whole stack (PSNR line of the 'all' row).
     tables = printed.split("Restored vs truth")

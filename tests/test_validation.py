@@ -1,16 +1,28 @@
-"""Self-validation: held-out clear pixels under simulated cloud, restored and scored."""
+"""Self-validation: held-out clear pixels under simulated cloud, restored and scored; the
+calibrated per-pixel error layer. The estimates are compared with the known truth of
+synthetic stacks (the generator's own clouds, not the validation's simulated ones)."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 
+from pipeline.restore import restore
 from pipeline.synthetic import make_stack
-from pipeline.validation import ValidationConfig, self_validate
+from pipeline.validation import (
+    ERROR_LAYER,
+    ErrorModel,
+    ValidationConfig,
+    error_layer_calibration,
+    self_validate,
+    strata,
+    window_origins,
+)
 
-SMALL = ValidationConfig(window=48, dates_per_window=1, seed=3)
+SMALL = ValidationConfig(window=48, windows=2, dates_per_window=2, seed=3, bootstrap=50)
 
 
 @pytest.fixture(scope="module")
@@ -20,20 +32,26 @@ def cube():
 
 def test_reports_error_on_held_out_pixels(cube):
     result = self_validate(cube, config=SMALL)
-    assert result.pixels > 100 and result.cases == 2  # one thin, one thick case
-    assert set(result.per_kind) == {"thin", "thick"}
+    assert result.pixels > 100 and result.cases >= 2
+    assert {"thin", "thick"} <= set(result.per_class)
     assert set(result.rmse_per_band) == {str(v) for v in cube.data_vars if v != "SCL"}
-    # PSNR and RMSE are two views of one figure
+    # PSNR and RMSE are two views of one figure; the interval brackets the estimate
     assert result.psnr == pytest.approx(20 * math.log10(1 / result.rmse))
-    assert 0 < result.rmse < 0.2 and result.mae <= result.rmse
+    for row in result.per_class.values():
+        assert row["psnr_low"] <= row["psnr"] <= row["psnr_high"]
+    assert 0 < result.rmse < 0.2
+    # the run's class shares, read from the evidence, sum to one
+    assert sum(result.shares.values()) == pytest.approx(1.0)
     # JSON for the archive attributes, and a summary line for the run
-    assert json.loads(result.to_json())["pixels"] == result.pixels
+    report = json.loads(result.to_json())
+    assert report["pixels"] == result.pixels and report["error_model"]["interval90"] > 0
     assert "dB PSNR" in result.line()
 
 
 def test_is_deterministic_for_a_seed(cube):
     a = self_validate(cube, config=SMALL)
     b = self_validate(cube, config=SMALL)
+    a.seconds = b.seconds = 0.0
     assert a.to_json() == b.to_json()
 
 
@@ -42,7 +60,7 @@ def test_the_run_settings_are_what_is_validated(cube):
     # it): the validation must see the difference a setting makes, i.e. it uses the options
     good = self_validate(cube, config=SMALL)
     weaker = self_validate(cube, config=SMALL, temporal_weight=0.0)
-    assert good.per_kind["thin"]["psnr"] > weaker.per_kind["thin"]["psnr"] + 1.0
+    assert good.per_class["thin"]["psnr"] > weaker.per_class["thin"]["psnr"] + 0.5
 
 
 def test_single_date_cube_says_why_it_cannot_validate(cube):
@@ -53,3 +71,73 @@ def test_single_date_cube_says_why_it_cannot_validate(cube):
 def test_config_checks():
     with pytest.raises(ValueError, match="cover"):
         ValidationConfig(cover=0.95)
+    with pytest.raises(ValueError, match="kind"):
+        ValidationConfig(kind="fog")
+
+
+def test_windows_are_spread_over_the_area():
+    rng = np.random.default_rng(0)
+    origins = window_origins(1000, 2000, 64, 8, rng)
+    ys = np.array([o[0] for o in origins])
+    xs = np.array([o[1] for o in origins])
+    assert len(origins) == 8 and (ys >= 0).all() and (ys <= 1000 - 64).all()
+    # one window per cell of a 2 x 4 grid: both halves in y, all four quarters in x
+    assert ((ys < 500).sum(), (ys >= 500).sum()) == (4, 4)
+    assert sorted(np.digitize(xs + 32, [500, 1000, 1500]).tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_strata_separate_vegetation_soil_and_bright_surfaces():
+    bands = ("B02", "B03", "B04", "B08")
+    veg = np.array([0.03, 0.06, 0.03, 0.4])[:, None]
+    soil = np.array([0.08, 0.1, 0.14, 0.2])[:, None]
+    snow = np.array([0.8, 0.8, 0.8, 0.7])[:, None]
+    got = strata(np.concatenate([veg, soil, snow], axis=1), bands)
+    assert got.tolist() == [4, 0, 1]  # NDVI high & dark, NDVI low & dark, NDVI low & bright
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_estimate_is_close_to_the_true_restored_score(seed):
+    """The estimate against the truth of a synthetic stack whose clouds come from the
+    generator, not from the validation's simulator (an independent check)."""
+    stack = make_stack((8, 128, 128), seed=seed)
+    out = restore(stack.observed)
+    bands = tuple(stack.truth.data_vars)
+    est = np.stack([out[b].values for b in bands])
+    truth = np.stack([stack.truth[b].values for b in bands])
+    diff = np.clip(est, 0, 1) - np.clip(truth, 0, 1)
+    ok = np.isfinite(diff).all(axis=0)
+    true_psnr = 20 * math.log10(1 / math.sqrt(float((diff[:, ok] ** 2).mean())))
+    result = self_validate(stack.observed, config=ValidationConfig(seed=seed, bootstrap=50))
+    assert result.pixels > 1000
+    assert abs(result.psnr - true_psnr) < 2.0, (result.psnr, true_psnr)
+    # the old design (gate-selected hold-out, observed value as truth) was off by ~10 dB
+
+
+def test_the_error_layer_covers_the_true_errors():
+    stack = make_stack((8, 128, 128), seed=3)
+    result = self_validate(stack.observed, config=ValidationConfig(seed=3, bootstrap=0))
+    model = result.error_model
+    assert isinstance(model, ErrorModel) and model.calibration_pixels > 100
+    out = restore(stack.observed)
+    layer = model.apply(out)
+    assert layer.name == ERROR_LAYER and layer.dtype == np.float32
+    assert np.isnan(layer.values[out.no_valid_observation.values == 1]).all()
+    bands = tuple(stack.truth.data_vars)
+    est = np.stack([out[b].values for b in bands])
+    truth = np.stack([stack.truth[b].values for b in bands])
+    cal = error_layer_calibration(layer.values, model.interval90, est, truth)
+    # nominal 90 %: the true per-pixel errors of the whole run fall inside about that often
+    assert 0.8 <= cal["coverage90"] <= 0.97, cal
+    assert cal["spearman"] > 0.2, cal
+
+
+def test_several_cubes_each_get_windows_and_a_row_in_the_tile_table():
+    stack = make_stack((4, 96, 96), seed=6, thin_cover=0.15, thick_cover=0.1)
+    tiles = [stack.observed.isel(x=slice(0, 48)), stack.observed.isel(x=slice(48, 96))]
+    result = self_validate(
+        tiles, config=ValidationConfig(window=32, windows=4, seed=1, bootstrap=0), labels=["a", "b"]
+    )
+    assert set(result.per_tile) == {"a", "b"}
+    assert all(row["pixels"] > 0 for row in result.per_tile.values())
+    with pytest.raises(ValueError, match="labels"):
+        self_validate(tiles, config=SMALL, labels=["only-one"])

@@ -50,6 +50,28 @@ def vlm_opinion(probs: np.ndarray, roles: Sequence[str]) -> CloudEvidence:
     return CloudEvidence(share("thin", "thick"), share("shadow") if "shadow" in roles else None)
 
 
+def own_opinions(
+    prior: Prior,
+    pb: PriorBlock,
+    layers: np.ndarray | None,
+    *,
+    physics_weight: float = 0.5,
+    vlm_weight: float = 1.0,
+) -> list[tuple[float, CloudEvidence]]:
+    """The opinions a prior carries by itself: its transmission's reading (bounded) and, for
+    a VLM prior, its label probabilities (``vlm_opinion``), with their weights."""
+    opinions = [(physics_weight, physics_opinion(pb.transmission))]
+    roles = getattr(getattr(prior, "config", None), "roles", None)
+    if layers is not None and roles is not None:
+        opinions.append((vlm_weight, vlm_opinion(layers, roles)))
+    return opinions
+
+
+def own_evidence(prior: Prior, pb: PriorBlock, layers: np.ndarray | None) -> CloudEvidence:
+    """``own_opinions`` fused: the evidence of a prior used without evidence sources."""
+    return combine_evidence(own_opinions(prior, pb, layers), np.shape(pb.transmission))
+
+
 class CombinedPrior(Prior):
     """A base prior plus cloud-evidence sources, fused in log-odds (see the module docstring)."""
 
@@ -106,11 +128,9 @@ class CombinedPrior(Prior):
     def _opinions(
         self, pb: PriorBlock, layers: np.ndarray | None
     ) -> list[tuple[float, CloudEvidence]]:
-        own = [(self.physics_weight, physics_opinion(pb.transmission))]
-        roles = getattr(getattr(self.base, "config", None), "roles", None)
-        if layers is not None and roles is not None:
-            own.append((self.vlm_weight, vlm_opinion(layers, roles)))
-        return own
+        return own_opinions(
+            self.base, pb, layers, physics_weight=self.physics_weight, vlm_weight=self.vlm_weight
+        )
 
     def block_at(
         self,

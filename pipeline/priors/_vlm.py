@@ -5,8 +5,8 @@ For each block the prior
 1. runs the physics prior (``PhysicsPrior.block``): t_phys, c_phys, J_phys;
 2. cuts true-colour quicklook crops of ``region_px`` pixels on the global crop grid
    (``_vlm_mapping``), resizes them to ``quicklook_px`` and scores the label set with the
-   checkpoint in batched forward passes (``_vlm_model``: next-token probabilities of the
-   labels' first tokens; no generation);
+   checkpoint in batched forward passes (``_vlm_model``: the probability of each label's
+   whole answer after the prompt, two forward passes per batch of crops; no generation);
 3. interpolates the region probabilities bilinearly to pixels and maps them, with the physics
    block, to transmission, per-pixel gamma, confidence and a new inversion (the table in
    ``_vlm_mapping``).
@@ -56,7 +56,7 @@ from ._vlm_mapping import (
     region_halo,
     regions_inside,
 )
-from ._vlm_model import ScorerSpec, get_scorer
+from ._vlm_model import ScorerSpec, check_vlm_installed, get_scorer
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class VLMPrior(Prior):
                 "the VLM prior needs a checkpoint: pass model=PATH_OR_ID (CLI: --prior vlm "
                 "--vlm-model PATH_OR_ID), e.g. a folder with Qwen/Qwen2.5-VL-3B-Instruct"
             )
+        check_vlm_installed()  # here, on the client, not first on a worker mid-run
         self.physics = PhysicsPrior(self.config.physics)
         self.layers = tuple(layer_name(w) for w in self.config.label_words)
         self.layer_descriptions = {

@@ -40,8 +40,12 @@ physical inversion, bright surfaces keep the observed value with high confidence
 gives J = I) and shadow is left undehazed with a low confidence, so a clear reference wins
 where one exists (the fusion step's temporal shadow test adds to that). The result is
 blended with the physics prior by ``vlm_weight`` (0: physics only, 1: the table above), per
-pixel t_b = t_ref ** ((490 / lambda_b) ** gamma) with the per-pixel gamma, then
-J = invert(I, A, t_b). The airlight A stays the scene's (one cloud spectrum per date).
+pixel t_b = t_ref ** ((490 / lambda_b) ** gamma) with the per-pixel gamma, floored as the
+physics prior floors it (``floor_transmission``: t_b >= 1 - I_b / A_b, so the inversion never
+gives a negative surface; a dark pixel under a thick-cloud judgement otherwise would), then
+J = invert(I, A, t_b). The transmission layer t_ref and the confidence keep the judgement:
+the floor only stops the inverted surface from going negative. The airlight A stays the
+scene's (one cloud spectrum per date).
 Pixels without an observation keep confidence 0.
 """
 
@@ -52,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels import invert
+from ..kernels import floor_transmission, invert
 from ..kernels._common import angstrom_exponent
 from ._base import PriorBlock
 
@@ -300,7 +304,8 @@ def apply_label_mapping(
     gamma_px = (1 - wt) * scene_gamma + wt * mapping.thick_gamma
     expo = np.moveaxis(angstrom_exponent(wavelengths, gamma_px), -1, 1)  # (T, B, Y, X)
     with np.errstate(invalid="ignore"):
-        t_band = (t_ref[:, None] ** expo).astype(F32)
+        t_band = np.ascontiguousarray(t_ref[:, None] ** expo, dtype=F32)
+    floor_transmission(data, airlight, t_band, out=t_band)  # in place, as the physics prior
     surface = invert(data, airlight, t_band, t_min)
     observed = np.isfinite(surface).any(axis=1)
     conf = np.where(observed, np.nan_to_num(conf, nan=0.0), 0.0)
