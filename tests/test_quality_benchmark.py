@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -111,8 +112,10 @@ def test_austria_stack_is_the_real_image_scaled_per_provenance():
 
 def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, capsys):
     inputs = "synthetic,austria" if AUSTRIA.exists() else "synthetic"
+    scenarios = ("none", "hazy_neighbours", "cloudy_neighbours", "snow_melt", "harvest")
     code = main(
         ["-q", "benchmark", "quality", "--inputs", inputs, "--kinds", "mixed", "--covers", "0.5",
+         "--scenarios", ",".join(scenarios), "--scenario-kinds", "thick", "--scenario-covers", "0.3",
          "--synthetic-size", "48", "--synthetic-dates", "4", "-o", str(tmp_path)]
     )
     assert code == 0
@@ -120,15 +123,30 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
     report = json.loads((tmp_path / "quality.json").read_text())
     assert (tmp_path / "quality.png").stat().st_size > 10_000
     stacks = report["summary"]
-    assert "synthetic-4x48" in stacks
-    if AUSTRIA.exists():
-        assert {"austria-2021-06-17", "austria-2021-09-25"} <= set(stacks)
+    bases = ["synthetic-4x48"] + (["austria-2021-06-17", "austria-2021-09-25"] if AUSTRIA.exists() else [])
+    keys = [b if sc == "none" else f"{b}/{sc}" for b in bases for sc in scenarios]
+    assert set(stacks) == set(keys)
+    ran = [m for m in METHODS if m not in report["skipped"]]
+    assert set(report["skipped"]) <= {"oracle_reference"}  # only while restore lacks forced_reference
     for name, methods in stacks.items():
         assert f"[{name}]" in printed
-        assert set(methods) == set(METHODS)
+        assert set(methods) == set(ran)
         for method, figures in methods.items():
             assert np.isfinite(figures["all_psnr"]) and np.isfinite(figures["seam"]), (name, method)
             assert method in printed
-        assert set(report["targets"][name]) >= {"thin_psnr_3db_above_best", "seam_half_of_two_stage", "no_invented_pixels"}
+        assert methods["input"]["invented"] == 0  # the input claims no surface
+        targets = report["targets"][name]
+        assert set(targets) >= {"thin_psnr_3db_above_best", "seam_half_of_two_stage", "no_invented_pixels"}
+        assert {"clear_psnr_within_0.1db_of_input", "thick_psnr_1db_above_nearest_clear"} <= set(targets)
+        wide = name.endswith(("hazy_neighbours", "cloudy_neighbours"))
+        assert ("scene_wide_dates_95pct_not_clear" in targets) == wide
+        share = methods["ours"]["scene_wide_not_clear"]
+        assert (not wide) or math.isnan(share) or 0.0 <= share <= 1.0
+        if name.startswith("austria"):
+            assert "all_psnr_above_physics_prior" in targets
+    # scenario "none" runs the mixed 50 % case, the others the thick 30 % one
+    kinds = {(r["scenario"], r["kind"], r["cover"]) for r in report["cases"]}
+    assert kinds == {("none", "mixed", 0.5)} | {(sc, "thick", 0.3) for sc in scenarios[1:]}
     assert report["simulator"]["THIN_T_MIN"] == 0.3  # the fixed simulator constants are recorded
-    assert len(report["cases"]) == len(stacks) * len(METHODS)
+    assert report["scenarios"]["HAZE_GAMMA"] == 1.3  # and the scenarios'
+    assert len(report["cases"]) == len(keys) * len(ran)

@@ -15,7 +15,9 @@ DESCRIPTION = (
     "Simulate thin cloud, thick cloud, shadow and mixed scenes on clear imagery (the real "
     "two-date Planetary Computer image in ../shared/data, synthetic stacks, or any stack given "
     "as a path), restore them with every method, and report PSNR/SSIM/SAM/RMSE/MAE for all, "
-    "clear, thin, thick and shadow pixels plus the seam error at cloud boundaries. Writes "
+    "clear, thin, thick and shadow pixels plus the seam error at cloud boundaries, under "
+    "scenarios of the other dates (scene-wide haze or cloud on the nearest dates, snow melt, "
+    "harvest), with an oracle-reference row that shows what the reference choice costs. Writes "
     "quality.json and quality.png into --output."
 )
 
@@ -55,6 +57,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--covers", type=_floats, default=d.covers, help="cloud covers in [0.1, 0.9] (default %(default)s)")
     p.add_argument("--seeds", type=_ints, default=d.seeds, help="simulation seeds (default %(default)s)")
     p.add_argument("--methods", type=_words, default=d.methods, help="methods to run (default: all)")
+    p.add_argument(
+        "--scenarios",
+        type=_words,
+        default=d.scenarios,
+        help=(
+            "what the other dates look like: 'none' (as they are), 'hazy_neighbours', "
+            "'cloudy_neighbours' (the nearest dates under scene-wide haze / thick cloud), "
+            "'snow_melt' (snow on the nearest dates, none on the target), 'harvest' (fields "
+            "green before, bare soil on the target) (default: all)"
+        ),
+    )
+    p.add_argument(
+        "--scenario-kinds",
+        type=_words,
+        default=d.scenario_kinds,
+        help="cloud kinds on the target for the scenarios other than 'none' (default %(default)s)",
+    )
+    p.add_argument(
+        "--scenario-covers",
+        type=_floats,
+        default=d.scenario_covers,
+        help="cloud covers for the scenarios other than 'none' (default %(default)s)",
+    )
     p.add_argument("--synthetic-size", type=int, default=d.synthetic_size, help="synthetic image side, px (default %(default)s)")
     p.add_argument("--synthetic-dates", type=int, default=d.synthetic_dates, help="synthetic dates (default %(default)s)")
     p.add_argument("--output", "-o", default="benchmark-quality", metavar="DIR", help="folder for quality.json and quality.png")
@@ -69,6 +94,9 @@ def main(args: argparse.Namespace) -> int:
         covers=args.covers,
         seeds=args.seeds,
         methods=args.methods,
+        scenarios=args.scenarios,
+        scenario_kinds=args.scenario_kinds,
+        scenario_covers=args.scenario_covers,
         synthetic_size=args.synthetic_size,
         synthetic_dates=args.synthetic_dates,
     )

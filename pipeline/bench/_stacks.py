@@ -47,6 +47,21 @@ class BenchStack:
     times: np.ndarray  # (T,) datetime64[ns]
     bands: tuple[str, ...]
     nodata_target: np.ndarray | None = None  # (Y, X) bool: no observation on the target date
+    #: (T, Y, X) bool: cloud, haze or shadow over the date (the generator's and the
+    #: scenario's); None = none known (the real crop's dates are essentially cloud-free)
+    cloud: np.ndarray | None = None
+    #: (T, Y, X) bool: opaque cloud over the date (a subset of ``cloud``); None = none known
+    opaque: np.ndarray | None = None
+    #: (T, Y, X) bool: snow on the date's surface (truth, not cloud); None = none known
+    snow: np.ndarray | None = None
+    #: (T, Y, X) uint8 Sen2Cor-like SCL where the stack has one (never given to a method)
+    scl: np.ndarray | None = None
+    #: the scenario applied (``pipeline.bench._scenarios``), and the dates it put under
+    #: scene-wide haze or cloud
+    scenario: str = "none"
+    scene_wide: tuple[int, ...] = ()
+    #: (Y, X) bool: the surface change the scenario made (snow region, harvested fields)
+    scenario_mask: np.ndarray | None = None
 
     @property
     def days(self) -> np.ndarray:
@@ -59,6 +74,39 @@ class BenchStack:
     @property
     def clear(self) -> np.ndarray:
         return self.data
+
+    @property
+    def key(self) -> str:
+        """The name a (stack, scenario) pair goes by in the summary and the table."""
+        return self.name if self.scenario == "none" else f"{self.name}/{self.scenario}"
+
+    def cloud_mask(self) -> np.ndarray:
+        """(T, Y, X) bool cloud/haze/shadow truth (all False where none is known)."""
+        shape = (self.data.shape[0], *self.data.shape[2:])
+        return np.zeros(shape, bool) if self.cloud is None else self.cloud
+
+    def snow_mask(self) -> np.ndarray:
+        """(T, Y, X) bool snow truth (all False where none is known)."""
+        shape = (self.data.shape[0], *self.data.shape[2:])
+        return np.zeros(shape, bool) if self.snow is None else self.snow
+
+    def hidden_mask(self) -> np.ndarray:
+        """(T, Y, X) bool: the date does not see the target's surface at all: opaque cloud,
+        or snow the target lacks (or snow gone that the target has)."""
+        shape = (self.data.shape[0], *self.data.shape[2:])
+        opaque = np.zeros(shape, bool) if self.opaque is None else self.opaque
+        snow = self.snow_mask()
+        return opaque | (snow != snow[self.target][None])
+
+    def usable_reference(self) -> np.ndarray:
+        """(T, Y, X) bool: the date shows the target's surface faithfully at the pixel:
+        observed, no cloud/haze/shadow, and the same snow state as the target (snow that
+        came or went is a change of cover, not a view of the target's surface). A crop
+        harvested between the dates does not disqualify a date: no date shows the new
+        state, so the nearest clear date is still the best reference there is."""
+        finite = np.isfinite(self.data).all(axis=1)
+        snow = self.snow_mask()
+        return finite & ~self.cloud_mask() & (snow == snow[self.target][None])
 
     def with_target(self, image: np.ndarray) -> np.ndarray:
         """The stack with ``image`` (B, Y, X) as the target date, no-data kept as no-data
@@ -121,7 +169,21 @@ def synthetic_stack(size: int, dates: int, seed: int) -> BenchStack:
     target = dates // 2
     obs[target] = truth[target]
     times = stack.truth["time"].values.astype("datetime64[ns]")
-    return BenchStack(f"synthetic-{dates}x{size}", obs, target, times, bands)
+    cloud = (stack.thin | stack.thick | stack.shadow).values.copy()
+    cloud[target] = False  # the target's observation is replaced by its truth
+    opaque = stack.thick.values.copy()
+    opaque[target] = False
+    return BenchStack(
+        f"synthetic-{dates}x{size}",
+        obs,
+        target,
+        times,
+        bands,
+        cloud=cloud,
+        opaque=opaque,
+        snow=stack.snow.values.astype(bool),
+        scl=stack.observed["SCL"].values.astype("uint8"),
+    )
 
 
 def path_stack(path: str) -> BenchStack:
@@ -168,4 +230,7 @@ def add_nodata_wedges(stack: BenchStack) -> BenchStack:
     keep = data[stack.target].copy()
     data[:, :, others] = np.nan
     data[stack.target] = keep
-    return replace(stack, data=data, nodata_target=everywhere)
+    scl = None
+    if stack.scl is not None:  # SCL 0 = no data, where the wedges removed the observation
+        scl = np.where(np.isfinite(data).all(axis=1), stack.scl, 0).astype("uint8")
+    return replace(stack, data=data, nodata_target=everywhere, scl=scl)
