@@ -287,7 +287,9 @@ class ValidationResult:
         """The result ``to_json`` wrote (an archive's ``self_validation`` attribute)."""
         raw = json.loads(text)
         known = {f for f in cls.__dataclass_fields__}
-        values = {k: (float("nan") if v is None else v) for k, v in raw.items() if k in known}
+        values: dict[str, Any] = {
+            k: (float("nan") if v is None else v) for k, v in raw.items() if k in known
+        }
         model = raw.get("error_model")
         if model:
             model = {k: (float("nan") if v is None else v) for k, v in model.items()}

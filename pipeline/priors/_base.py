@@ -79,7 +79,8 @@ class PriorBlock(NamedTuple):
         ev = self.evidence
         if ev is not None:
             ev = type(ev)(*(None if f is None else np.asarray(f)[..., 0] for f in ev))
-        return PriorBlock(*(np.asarray(f)[..., 0] for f in self[:4]), evidence=ev)
+        t, tb, c, j = (np.asarray(f)[..., 0] for f in self[:4])
+        return PriorBlock(t, tb, c, j, evidence=ev)
 
 
 class BlockLocation(NamedTuple):

@@ -128,4 +128,4 @@ class StackEvidence(EvidenceSource):
         self, sample: np.ndarray, bands: tuple[str, ...], scene: SceneParams
     ) -> CloudEvidence:
         ev = self._evidence(sample[..., None], bands, scene, 0)
-        return CloudEvidence(*(None if f is None else f[..., 0] for f in ev))
+        return CloudEvidence(ev.cloud[..., 0], None if ev.shadow is None else ev.shadow[..., 0])
