@@ -57,9 +57,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +68,7 @@ from ._base import BlockLocation, SceneParams
 from ._csmask_kernels import cell_means, upsample_masked
 from ._evidence import CloudEvidence, EvidenceSource
 from ._vlm_mapping import _axis_weights
+from ._worker_cache import LoadEvent, WorkerCache
 
 log = logging.getLogger(__name__)
 
@@ -197,50 +195,31 @@ class CSMaskModel:
         return e / e.sum(axis=1, keepdims=True)
 
 
-class LoadEvent(NamedTuple):
-    pid: int
-    spec: ModelSpec
-    seconds: float
+def _describe_model(spec: ModelSpec, model: CSMaskModel) -> str:
+    return (
+        f"{Path(spec.model_file).name} ({model.version}) with {', '.join(model.providers)}"
+    )
 
 
-_CACHE: dict[ModelSpec, CSMaskModel] = {}
-_CACHE_LOCK = threading.Lock()
-_LOAD_EVENTS: list[LoadEvent] = []
+#: The process's loaded ONNX sessions (one per model file, providers and threads).
+_CACHE: WorkerCache[ModelSpec, CSMaskModel] = WorkerCache(
+    "ukis-csmask model", lambda spec: CSMaskModel(spec), _describe_model
+)
 
 
 def load_events() -> tuple[LoadEvent, ...]:
     """Every model load of this process (for logs, and tests of once-per-worker)."""
-    return tuple(_LOAD_EVENTS)
+    return _CACHE.events()
 
 
 def clear_cache() -> None:
     """Forget this process's loaded sessions (frees their memory)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 def get_model(spec: ModelSpec) -> CSMaskModel:
     """The process's session for ``spec``, loaded on first use (thread-safe)."""
-    model = _CACHE.get(spec)
-    if model is not None:
-        return model
-    with _CACHE_LOCK:
-        model = _CACHE.get(spec)
-        if model is None:
-            started = time.perf_counter()
-            model = CSMaskModel(spec)
-            seconds = time.perf_counter() - started
-            _CACHE[spec] = model
-            _LOAD_EVENTS.append(LoadEvent(os.getpid(), spec, seconds))
-            log.info(
-                "loaded ukis-csmask model %s (%s) with %s in %.2f s (pid %d)",
-                Path(spec.model_file).name,
-                model.version,
-                ", ".join(model.providers),
-                seconds,
-                os.getpid(),
-            )
-    return model
+    return _CACHE.get(spec)
 
 
 def package_dir() -> Path:

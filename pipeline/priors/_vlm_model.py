@@ -36,14 +36,14 @@ torch and transformers are imported lazily (the ``vlm`` extra); a missing instal
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._worker_cache import LoadEvent, WorkerCache
 
 log = logging.getLogger(__name__)
 
@@ -64,56 +64,29 @@ class ScorerSpec:
     dtype: str = "auto"
 
 
-@dataclass(frozen=True)
-class LoadEvent:
-    pid: int
-    spec: ScorerSpec
-    device: str
-    dtype: str
-    seconds: float
+def _describe_scorer(spec: ScorerSpec, scorer: LabelScorer) -> str:
+    return f"VLM {spec.model} ({scorer.model_type}) on {scorer.device} as {scorer.dtype}"
 
 
-_CACHE: dict[ScorerSpec, LabelScorer] = {}
-_CACHE_LOCK = threading.Lock()
-_LOAD_EVENTS: list[LoadEvent] = []
+#: The process's loaded scorers (one per checkpoint, labels and device).
+_CACHE: WorkerCache[ScorerSpec, LabelScorer] = WorkerCache(
+    "checkpoint", lambda spec: LabelScorer(spec), _describe_scorer
+)
 
 
 def load_events() -> tuple[LoadEvent, ...]:
     """Every checkpoint load of this process (for logs, and tests of once-per-worker)."""
-    return tuple(_LOAD_EVENTS)
+    return _CACHE.events()
 
 
 def clear_cache() -> None:
     """Forget the loaded scorers of this process (frees their memory)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 def get_scorer(spec: ScorerSpec) -> LabelScorer:
     """The process's scorer for ``spec``, loading the checkpoint on first use (thread-safe)."""
-    scorer = _CACHE.get(spec)
-    if scorer is not None:
-        return scorer
-    with _CACHE_LOCK:
-        scorer = _CACHE.get(spec)
-        if scorer is None:
-            started = time.perf_counter()
-            scorer = LabelScorer(spec)
-            seconds = time.perf_counter() - started
-            _CACHE[spec] = scorer
-            _LOAD_EVENTS.append(
-                LoadEvent(os.getpid(), spec, str(scorer.device), str(scorer.dtype), seconds)
-            )
-            log.info(
-                "loaded VLM %s (%s) on %s as %s in %.1f s (pid %d)",
-                spec.model,
-                scorer.model_type,
-                scorer.device,
-                scorer.dtype,
-                seconds,
-                os.getpid(),
-            )
-    return scorer
+    return _CACHE.get(spec)
 
 
 #: What to type when the VLM prior's packages are missing (the `vlm` extra, pyproject.toml).
