@@ -58,6 +58,7 @@ from ._baselines import dark_channel_dehaze, masked_median, nearest_clear_date, 
 from ._metrics_extra import seam_error
 from ._scenarios import SCENARIOS, apply_scenario, oracle_reference
 from ._stacks import BenchStack, add_nodata_wedges, load_stacks
+from ._validation_check import format_check, validation_check
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class QualityConfig:
     synthetic_size: int = 192
     synthetic_dates: int = 10
     synthetic_seed: int = 7
+    #: set the run's self-validation beside the truth, once per stack and scenario
+    validation_check: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -289,6 +292,8 @@ class QualityReport:
     targets: dict[str, dict[str, Any]]  # key -> target -> {value, threshold, met}
     seconds: dict[str, dict[str, float]]  # key -> method -> seconds (all cases)
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it did not run
+    #: key -> the self-validation estimate vs the truth (``_validation_check``)
+    validation: dict[str, dict[str, Any]] = field(default_factory=dict)
     json_path: str = ""
     figure_path: str = ""
     machine: dict[str, str] = field(default_factory=dict)
@@ -306,6 +311,7 @@ class QualityReport:
             "summary": self.summary,
             "targets": self.targets,
             "seconds": self.seconds,
+            "validation": self.validation,
             "cases": self.cases,
         }
 
@@ -350,6 +356,7 @@ def run_quality_benchmark(
     seconds: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
     examples: dict[str, dict[str, Any]] = {}
+    validation: dict[str, dict[str, Any]] = {}
     total = (
         len(bases)
         * sum(len(_case_list(config, sc)) for sc in config.scenarios)
@@ -402,6 +409,8 @@ def run_quality_benchmark(
                     )
                     cases.append(row)
                     outputs[method] = result.estimate
+                if config.validation_check and (kind, cover, seed) == _check_case(grid):
+                    validation[stack.key] = validation_check(stack, cloudy, sim, invalid)
                 if (kind, cover, seed) == example_key:
                     outputs.pop(INPUT, None)  # the figure shows the cloudy input already
                     examples[stack.name] = {
@@ -413,11 +422,15 @@ def run_quality_benchmark(
                     }
     bar.close()
     summary = summarise(cases)
+    targets = check_targets(summary)
+    for key, check in validation.items():
+        targets.setdefault(key, {}).update(validation_targets(check))
     report = QualityReport(
         config=config,
         cases=cases,
         summary=summary,
-        targets=check_targets(summary),
+        targets=targets,
+        validation=validation,
         seconds=seconds,
         skipped=skipped,
         machine={
@@ -435,6 +448,26 @@ def run_quality_benchmark(
         draw_examples(examples, report.figure_path)
     log.info("quality benchmark written to %s", out)
     return report
+
+
+def _check_case(grid: Sequence[tuple[str, float, int]]) -> tuple[str, float, int]:
+    """The case the self-validation is checked on: mixed cloud near 50 % cover, else the first."""
+    prefer = [g for g in grid if g[0] == "mixed"] or list(grid)
+    return min(prefer, key=lambda g: (abs(g[1] - 0.5), g[2]))
+
+
+def validation_targets(check: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 12's targets: the estimate within 1.5 dB of the truth (all, thin, thick), and the
+    error layer's nominal 90 % interval covering 85-95 % of the true errors."""
+    out = {}
+    for c, diff in check["diff"].items():
+        out[f"validation_{c}_within_1.5db"] = _target(abs(diff), 1.5, "<=")
+    layer = check.get("error_layer")
+    if layer:
+        cov = layer["coverage90"]
+        out["error_layer_coverage_at_least_85pct"] = _target(cov, 0.85, ">=")
+        out["error_layer_coverage_at_most_95pct"] = _target(cov, 0.95, "<=")
+    return out
 
 
 def _nan_safe(v: Any) -> Any:
@@ -607,6 +640,8 @@ def format_report(report: QualityReport) -> str:
                 v = report.seconds[key][method] if name is None else fig[name]
                 cells.append(f"{fmt.format(v) if math.isfinite(v) else '-':>10}")
             lines.append(f"{method:<20}" + "".join(cells))
+        if key in report.validation:
+            lines += format_check(report.validation[key])
         for name, t in report.targets.get(key, {}).items():
             verdict = {True: "met", False: "NOT MET", None: "n/a"}[t["met"]]
             lines.append(
