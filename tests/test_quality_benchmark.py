@@ -130,5 +130,11 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
             assert np.isfinite(figures["all_psnr"]) and np.isfinite(figures["seam"]), (name, method)
             assert method in printed
         assert set(report["targets"][name]) >= {"thin_psnr_3db_above_best", "seam_half_of_two_stage", "no_invented_pixels"}
+        # the coarse-grid approximation's cost, against the exact fit, recorded and printed
+        cost = report["approximation_cost"][name]
+        for ps, diff in cost.items():
+            expected = methods["ours"][f"{ps}_psnr"] - methods["ours_exact"][f"{ps}_psnr"]
+            assert diff == pytest.approx(expected, nan_ok=True), (name, ps)
+    assert printed.count("approximation (ours - ours_exact, PSNR dB)") == len(stacks)
     assert report["simulator"]["THIN_T_MIN"] == 0.3  # the fixed simulator constants are recorded
     assert len(report["cases"]) == len(stacks) * len(METHODS)
