@@ -20,7 +20,13 @@ import numpy as np
 
 from ._common import F32, float_array, smoothstep, wavelengths_of
 from ._numba import add_candidate_fit, agreement_fit, coarse_reach, keep_signature_fit
-from ._numba_fusion import GateParams, candidate_weights_fit, gate_fit, physics_weight_fit
+from ._numba_fusion import (
+    GateParams,
+    candidate_weights_fit,
+    gate_fit,
+    physics_weight_fit,
+    shrink_correction_fit,
+)
 from ._numba_temporal import refine_fit
 from ._physics import inversion_confidence, snow_score
 from ._reference import (
@@ -722,14 +728,19 @@ def _shrink_correction(
     that of both the observation and the full inversion (faint haze is left nearly as
     observed, a clear haze is removed nearly in full).
     """
-    t = np.clip(np.asarray(t_ref, np.float64), 0.0, 1.0)
-    haze = 1.0 - t
-    sigma = cfg.sigma_t_clear + cfg.sigma_t_haze * haze
-    k = haze**2 / (haze**2 + sigma**2)
-    obs = np.asarray(observed, np.float64)
-    j = np.asarray(surface, np.float64)
-    out = obs - k[None] * (obs - j)
-    return np.where(np.isfinite(out), out, j)
+    nb = observed.shape[0]
+    out = np.empty(np.shape(surface), np.float64)
+    # one compiled pass (``_numba_fusion.shrink_correction_fit``): numpy needs six
+    # full-size float64 temporaries here
+    shrink_correction_fit(
+        _band_lanes(observed),
+        _band_lanes(surface),
+        np.ascontiguousarray(t_ref).reshape(-1),
+        float(cfg.sigma_t_clear),
+        float(cfg.sigma_t_haze),
+        out.reshape(nb, -1),
+    )
+    return out
 
 
 def _clear_probability(
