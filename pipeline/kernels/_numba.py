@@ -292,26 +292,24 @@ def _cell_range(origin, n, step):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _window_cells(cells, m, out):
-    """Sum of ``cells`` (..., Cy, Cx) over the (2m+1)^2 cells around each cell, in place into out.
+    """Sum of ``cells`` (Cy, Cx, K) over the (2m+1)^2 cells around each cell into ``out``.
 
     Direct sums in a fixed order (no running sum), so a cell's total does not depend on
     where the block starts; cells outside the block are absent.
     """
-    lead, ncy, ncx = cells.shape
-    rows = np.empty((ncy, ncx))
-    for k in range(lead):
-        for cy in range(ncy):
+    ncy, ncx, nk = cells.shape
+    rows = np.zeros((ncy, ncx, nk))
+    for cy in range(ncy):
+        for cx in range(ncx):
+            for j in range(max(cx - m, 0), min(cx + m + 1, ncx)):
+                for k in range(nk):
+                    rows[cy, cx, k] += cells[cy, j, k]
+    out[:, :, :] = 0.0
+    for cy in range(ncy):
+        for j in range(max(cy - m, 0), min(cy + m + 1, ncy)):
             for cx in range(ncx):
-                acc = 0.0
-                for j in range(max(cx - m, 0), min(cx + m + 1, ncx)):
-                    acc += cells[k, cy, j]
-                rows[cy, cx] = acc
-        for cy in range(ncy):
-            for cx in range(ncx):
-                acc = 0.0
-                for j in range(max(cy - m, 0), min(cy + m + 1, ncy)):
-                    acc += rows[j, cx]
-                out[k, cy, cx] = acc
+                for k in range(nk):
+                    out[cy, cx, k] += rows[j, cx, k]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -367,8 +365,9 @@ def harmonise_fit_coarse(
     m = max(1, (radius + step // 2) // step)
     cy0, ncy = _cell_range(oy, ny, step)
     cx0, ncx = _cell_range(ox, nx, step)
-    # per-cell sums: [0] = S0, then per band Sx, Sy, Sxx, Sxy, Syy
-    cells = np.zeros((1 + 5 * nb, ncy, ncx))
+    # per-cell sums, moments innermost (one cache line per pixel): [0] = S0, then per band
+    # Sx, Sy, Sxx, Sxy, Syy
+    cells = np.zeros((ncy, ncx, 1 + 5 * nb))
     for y in range(ny):
         cy = (oy + y) // step - cy0
         for i in range(nx):
@@ -383,18 +382,18 @@ def harmonise_fit_coarse(
             if not ok:
                 continue
             cx = (ox + i) // step - cx0
-            cells[0, cy, cx] += wi
+            cells[cy, cx, 0] += wi
             for b in range(nb):
                 xv = np.float64(s[b, y, i])
                 yv = np.float64(t[b, y, i])
                 wx = wi * xv
                 wy = wi * yv
                 k = 1 + 5 * b
-                cells[k, cy, cx] += wx
-                cells[k + 1, cy, cx] += wy
-                cells[k + 2, cy, cx] += wx * xv
-                cells[k + 3, cy, cx] += wx * yv
-                cells[k + 4, cy, cx] += wy * yv
+                cells[cy, cx, k] += wx
+                cells[cy, cx, k + 1] += wy
+                cells[cy, cx, k + 2] += wx * xv
+                cells[cy, cx, k + 3] += wx * yv
+                cells[cy, cx, k + 4] += wy * yv
     sums = np.empty_like(cells)
     _window_cells(cells, m, sums)
     node_g = np.empty((nb, ncy, ncx))
@@ -402,7 +401,7 @@ def harmonise_fit_coarse(
     node_r = np.empty((ncy, ncx))
     for cy in range(ncy):
         for cx in range(ncx):
-            s0 = sums[0, cy, cx]
+            s0 = sums[cy, cx, 0]
             if not s0 > 1e-9:
                 for b in range(nb):
                     node_g[b, cy, cx] = g0[b]
@@ -413,15 +412,19 @@ def harmonise_fit_coarse(
             acc = 0.0
             for b in range(nb):
                 k = 1 + 5 * b
-                sx = sums[k, cy, cx]
-                sy = sums[k + 1, cy, cx]
-                sxx = sums[k + 2, cy, cx]
-                sxy = sums[k + 3, cy, cx]
+                sx = sums[cy, cx, k]
+                sy = sums[cy, cx, k + 1]
+                sxx = sums[cy, cx, k + 2]
+                sxy = sums[cy, cx, k + 3]
                 g, o = _ridge_fit_shrunk(s0, sx, sy, sxx, sxy, g0[b], o0[b], ridge, a, g_lo, g_hi)
                 node_g[b, cy, cx] = g
                 node_o[b, cy, cx] = o
                 acc += (
-                    sums[k + 4, cy, cx] - 2.0 * g * sxy - 2.0 * o * sy + g * g * sxx + 2.0 * g * o * sx
+                    sums[cy, cx, k + 4]
+                    - 2.0 * g * sxy
+                    - 2.0 * o * sy
+                    + g * g * sxx
+                    + 2.0 * g * o * sx
                 ) / s0 + o * o
             r = acc / nb
             node_r[cy, cx] = 0.0 if r < 0.0 else r
