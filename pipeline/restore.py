@@ -427,6 +427,7 @@ def _restore_block(
         date_clearness=params["date_clearness"],
         forced_reference=forced,
         targets=targets,
+        origin=origin,
     )
     out[:, :nb] = fr.output
     out[:, nb] = fr.confidence

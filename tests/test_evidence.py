@@ -251,6 +251,11 @@ def test_the_correction_is_shrunk_by_its_signal_to_noise():
     np.testing.assert_allclose(got, np.broadcast_to(0.2 - k * 0.1, (2, 1, 3)))
     # no haze: the observation; faint haze: part of the correction; clear haze: nearly all
     assert got[0, 0, 0] == 0.2 and 0.1 < got[0, 0, 1] < 0.19 and got[0, 0, 2] < 0.105
+    # an unobserved value or an unknown transmission keeps the inversion
+    obs[1, 0, 1] = np.nan
+    t[0, 2] = np.nan
+    got = _shrink_correction(obs, inverted, t, cfg)
+    assert got[1, 0, 1] == 0.1 and (got[:, 0, 2] == 0.1).all()
 
 
 def test_smooth_field_helper_is_what_the_surfaces_use():

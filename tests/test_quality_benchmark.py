@@ -144,9 +144,23 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
         assert (not wide) or math.isnan(share) or 0.0 <= share <= 1.0
         if name.startswith("austria"):
             assert "all_psnr_above_physics_prior" in targets
+        # the coarse-grid approximation's cost, against the exact fit, recorded and printed
+        cost = report["approximation_cost"][name]
+        for ps, diff in cost.items():
+            expected = methods["ours"][f"{ps}_psnr"] - methods["ours_exact"][f"{ps}_psnr"]
+            assert diff == pytest.approx(expected, nan_ok=True), (name, ps)
     # scenario "none" runs the mixed 50 % case, the others the thick 30 % one
     kinds = {(r["scenario"], r["kind"], r["cover"]) for r in report["cases"]}
     assert kinds == {("none", "mixed", 0.5)} | {(sc, "thick", 0.3) for sc in scenarios[1:]}
     assert report["simulator"]["THIN_T_MIN"] == 0.3  # the fixed simulator constants are recorded
     assert report["scenarios"]["HAZE_GAMMA"] == 1.3  # and the scenarios'
     assert len(report["cases"]) == len(keys) * len(ran)
+    assert printed.count("approximation (ours - ours_exact, PSNR dB)") == len(keys)
+    # the run's self-validation beside the truth, once per stack and scenario
+    assert set(report["validation"]) == set(keys)
+    assert printed.count("self-validation estimate vs true") == len(keys)
+    for key, check in report["validation"].items():
+        assert set(check["diff"]) == {"all", "thin", "thick"}
+        for c, diff in check["diff"].items():
+            want = check["estimate"].get(c, math.nan) - check["true"].get(c, math.nan)
+            assert diff == pytest.approx(want, nan_ok=True), (key, c)

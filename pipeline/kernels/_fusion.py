@@ -19,8 +19,14 @@ from typing import NamedTuple
 import numpy as np
 
 from ._common import F32, float_array, smoothstep, wavelengths_of
-from ._numba import add_candidate_fit, agreement_fit, keep_signature_fit
-from ._numba_fusion import GateParams, candidate_weights_fit, gate_fit, physics_weight_fit
+from ._numba import add_candidate_fit, agreement_fit, coarse_reach, keep_signature_fit
+from ._numba_fusion import (
+    GateParams,
+    candidate_weights_fit,
+    gate_fit,
+    physics_weight_fit,
+    shrink_correction_fit,
+)
 from ._numba_temporal import refine_fit
 from ._physics import inversion_confidence, snow_score
 from ._reference import (
@@ -47,6 +53,9 @@ class FusionConfig:
     consistency_floor: least value of that factor (it ranks candidates, never removes one).
     reference_smooth_radius: window radius (px) of the quality smoothing for the choice.
     harmonise_radius: window radius (px) of the local gain/offset fit.
+    harmonise_grid_step: the local fit is evaluated once per cell of this many px (on a grid
+        anchored to the whole array) and interpolated bilinearly: the map is smooth at the
+        window's scale. None: radius // 4 (the default approximation); 1: every pixel.
     harmonise_shrink_pixels, harmonise_ridge: fallback strength toward the global fit.
     harmonise_keep_signature: share of the source date's spectral shape kept in the
         harmonised reference (``_keep_signature``; 0 = the plain per-band map).
@@ -88,6 +97,7 @@ class FusionConfig:
     consistency_floor: float = 0.05
     reference_smooth_radius: int = 3
     harmonise_radius: int = 32
+    harmonise_grid_step: int | None = None
     harmonise_shrink_pixels: float = 1000.0
     harmonise_ridge: float = 4e-3
     shadow_ratio_low: float = 0.5
@@ -129,6 +139,11 @@ class FusionConfig:
             or self.temporal_radius < 0
         ):
             raise ValueError("FusionConfig radii must be >= 0")
+        if self.harmonise_grid_step is not None and self.harmonise_grid_step < 1:
+            raise ValueError(
+                f"FusionConfig.harmonise_grid_step must be >= 1 px (1: every pixel; None: "
+                f"harmonise_radius // 4), got {self.harmonise_grid_step}"
+            )
         if not self.gamma_max >= 0.0:
             raise ValueError(
                 f"FusionConfig.gamma_max is the largest Angstrom exponent and must be >= 0, got "
@@ -157,10 +172,25 @@ class FusionConfig:
             )
 
     @property
+    def grid_step(self) -> int:
+        """The local fit's grid step (px) in effect: ``harmonise_grid_step`` or radius // 4."""
+        if self.harmonise_grid_step is not None:
+            return int(self.harmonise_grid_step)
+        return max(1, self.harmonise_radius // 4)
+
+    @property
+    def harmonise_reach(self) -> int:
+        """Pixels around an output pixel that its local harmonisation reads."""
+        if self.grid_step > 1:
+            return coarse_reach(self.harmonise_radius, self.grid_step)
+        return self.harmonise_radius
+
+    @property
     def halo(self) -> int:
         """Spatial radius (px) the fusion step reads around each output pixel."""
-        temporal = self.harmonise_radius + self.temporal_radius if self.temporal_weight > 0 else 0
-        return max(self.reference_smooth_radius, self.harmonise_radius, temporal)
+        reach = self.harmonise_reach
+        temporal = reach + self.temporal_radius if self.temporal_weight > 0 else 0
+        return max(self.reference_smooth_radius, reach, temporal)
 
     @property
     def windowed(self) -> bool:
@@ -445,6 +475,7 @@ def fuse_dates(
     date_clearness: np.ndarray | None = None,
     forced_reference: np.ndarray | None = None,
     targets: np.ndarray | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> FusionResult:
     """Per-pixel temporal reference, harmonisation and soft-gated fusion for one block.
 
@@ -496,6 +527,10 @@ def fuse_dates(
     targets' neighbourhoods and restores its own dates only. Candidates are limited to the
     target's neighbourhood in time (``FusionConfig.time_window_dates`` / ``_days``). The
     result's per-date arrays hold the N targets.
+
+    ``origin``: the block's first pixel in the whole array; the coarse grid of the local
+    harmonisation (``FusionConfig.harmonise_grid_step``) is anchored there, so a block with
+    ``cfg.halo`` pixels of halo gives the same core as the whole array.
     """
     obs = np.asarray(observed)
     nt, nb = obs.shape[:2]
@@ -615,6 +650,8 @@ def fuse_dates(
                     ridge=cfg.harmonise_ridge,
                     shrink_pixels=cfg.harmonise_shrink_pixels,
                     residual=True,
+                    grid_step=cfg.grid_step,
+                    origin=origin,
                 )
                 _add_candidate(g, o, j_phys[j], w_c, resid, q[j], acc, acc_w, acc_var, q_ref, cfg)
                 del g, o, resid  # a date's (B, Y, X) arrays never outlive their use (memory peak)
@@ -717,14 +754,19 @@ def _shrink_correction(
     that of both the observation and the full inversion (faint haze is left nearly as
     observed, a clear haze is removed nearly in full).
     """
-    t = np.clip(np.asarray(t_ref, np.float64), 0.0, 1.0)
-    haze = 1.0 - t
-    sigma = cfg.sigma_t_clear + cfg.sigma_t_haze * haze
-    k = haze**2 / (haze**2 + sigma**2)
-    obs = np.asarray(observed, np.float64)
-    j = np.asarray(surface, np.float64)
-    out = obs - k[None] * (obs - j)
-    return np.where(np.isfinite(out), out, j)
+    nb = observed.shape[0]
+    out = np.empty(np.shape(surface), np.float64)
+    # one compiled pass (``_numba_fusion.shrink_correction_fit``): numpy needs six
+    # full-size float64 temporaries here
+    shrink_correction_fit(
+        _band_lanes(observed),
+        _band_lanes(surface),
+        np.ascontiguousarray(t_ref).reshape(-1),
+        float(cfg.sigma_t_clear),
+        float(cfg.sigma_t_haze),
+        out.reshape(nb, -1),
+    )
+    return out
 
 
 def _clear_probability(

@@ -263,6 +263,217 @@ def harmonise_fit(
                 resid[y, i] = 0.0 if r < 0.0 else r
 
 
+def coarse_span(radius: int, step: int) -> int:
+    """Half-width m (in cells of ``step`` px) of the coarse harmonisation window.
+
+    The window of a node is the (2m + 1)^2 cells around its own, (2m + 1) step px wide: the
+    nearest such width to the exact window's 2r + 1 px (never less than 3 cells).
+    """
+    return max(1, (int(radius) + int(step) // 2) // int(step))
+
+
+def coarse_reach(radius: int, step: int) -> int:
+    """Pixels beyond a block's core that the coarse fit of its core reads: (m + 2) step.
+
+    A pixel interpolates between nodes up to one step away, a node's window reaches m cells
+    beyond its own, and every cell it sums must be whole: a halo this wide makes the core
+    independent of the chunking.
+    """
+    return (coarse_span(radius, step) + 2) * int(step)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _cell_range(origin, n, step):
+    """Global index of the first cell of a block starting at ``origin`` and the cell count."""
+    c0 = origin // step
+    c1 = (origin + n - 1) // step
+    return c0, c1 - c0 + 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _window_cells(cells, m, out):
+    """Sum of ``cells`` (Cy, Cx, K) over the (2m+1)^2 cells around each cell into ``out``.
+
+    Direct sums in a fixed order (no running sum), so a cell's total does not depend on
+    where the block starts; cells outside the block are absent.
+    """
+    ncy, ncx, nk = cells.shape
+    rows = np.zeros((ncy, ncx, nk))
+    for cy in range(ncy):
+        for cx in range(ncx):
+            for j in range(max(cx - m, 0), min(cx + m + 1, ncx)):
+                for k in range(nk):
+                    rows[cy, cx, k] += cells[cy, j, k]
+    out[:, :, :] = 0.0
+    for cy in range(ncy):
+        for j in range(max(cy - m, 0), min(cy + m + 1, ncy)):
+            for cx in range(ncx):
+                for k in range(nk):
+                    out[cy, cx, k] += rows[j, cx, k]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _axis_weights(origin, n, step, c0, ncells, lo, frac):
+    """Bilinear coordinates along one axis: node index ``lo`` (local, clamped) and weight of lo+1.
+
+    Nodes sit at the cell centres, global coordinate c step + (step - 1) / 2.
+    """
+    for i in range(n):
+        u = (origin + i - 0.5 * (step - 1)) / step
+        k = int(np.floor(u))
+        f = u - k
+        k -= c0
+        if k < 0:
+            k, f = 0, 0.0
+        if k >= ncells - 1:
+            k, f = ncells - 1, 0.0
+        lo[i] = k
+        frac[i] = f
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def harmonise_fit_coarse(
+    t,
+    s,
+    weight,
+    radius,
+    step,
+    oy,
+    ox,
+    g0,
+    o0,
+    ridge,
+    shrink_pixels,
+    g_lo,
+    g_hi,
+    residual,
+    gain,
+    offset,
+    resid,
+):
+    """``harmonise_fit`` on a coarse grid anchored to global pixel coordinates, interpolated.
+
+    Semantics: ``_reference.harmonise_local`` with ``grid_step`` > 1. The moments are summed
+    per cell of ``step`` x ``step`` px (cells aligned to multiples of ``step`` in the whole
+    array: (``oy``, ``ox``) is the block's first pixel there), then over the (2m + 1)^2
+    cells around each cell (``coarse_span``); the ridge fit and residual are evaluated once
+    per cell, at its centre, and bilinearly interpolated to every pixel (the residual over
+    the finite nodes only; NaN where none of the four is). The fit costs O(cells) instead of
+    O(pixels); the moments still read every pixel once.
+    """
+    nb, ny, nx = t.shape
+    m = max(1, (radius + step // 2) // step)
+    cy0, ncy = _cell_range(oy, ny, step)
+    cx0, ncx = _cell_range(ox, nx, step)
+    # per-cell sums, moments innermost (one cache line per pixel): [0] = S0, then per band
+    # Sx, Sy, Sxx, Sxy, Syy
+    cells = np.zeros((ncy, ncx, 1 + 5 * nb))
+    for y in range(ny):
+        cy = (oy + y) // step - cy0
+        for i in range(nx):
+            wi = weight[y, i]
+            if not wi != 0.0:
+                continue
+            ok = True
+            for b in range(nb):
+                if not (np.isfinite(t[b, y, i]) and np.isfinite(s[b, y, i])):
+                    ok = False
+                    break
+            if not ok:
+                continue
+            cx = (ox + i) // step - cx0
+            cells[cy, cx, 0] += wi
+            for b in range(nb):
+                xv = np.float64(s[b, y, i])
+                yv = np.float64(t[b, y, i])
+                wx = wi * xv
+                wy = wi * yv
+                k = 1 + 5 * b
+                cells[cy, cx, k] += wx
+                cells[cy, cx, k + 1] += wy
+                cells[cy, cx, k + 2] += wx * xv
+                cells[cy, cx, k + 3] += wx * yv
+                cells[cy, cx, k + 4] += wy * yv
+    sums = np.empty_like(cells)
+    _window_cells(cells, m, sums)
+    node_g = np.empty((nb, ncy, ncx))
+    node_o = np.empty((nb, ncy, ncx))
+    node_r = np.empty((ncy, ncx))
+    for cy in range(ncy):
+        for cx in range(ncx):
+            s0 = sums[cy, cx, 0]
+            if not s0 > 1e-9:
+                for b in range(nb):
+                    node_g[b, cy, cx] = g0[b]
+                    node_o[b, cy, cx] = o0[b]
+                node_r[cy, cx] = np.nan
+                continue
+            a = _smoothstep(s0, 0.2 * shrink_pixels, shrink_pixels)
+            acc = 0.0
+            for b in range(nb):
+                k = 1 + 5 * b
+                sx = sums[cy, cx, k]
+                sy = sums[cy, cx, k + 1]
+                sxx = sums[cy, cx, k + 2]
+                sxy = sums[cy, cx, k + 3]
+                g, o = _ridge_fit_shrunk(s0, sx, sy, sxx, sxy, g0[b], o0[b], ridge, a, g_lo, g_hi)
+                node_g[b, cy, cx] = g
+                node_o[b, cy, cx] = o
+                acc += (
+                    sums[cy, cx, k + 4]
+                    - 2.0 * g * sxy
+                    - 2.0 * o * sy
+                    + g * g * sxx
+                    + 2.0 * g * o * sx
+                ) / s0 + o * o
+            r = acc / nb
+            node_r[cy, cx] = 0.0 if r < 0.0 else r
+    ylo = np.empty(ny, np.int64)
+    yf = np.empty(ny)
+    xlo = np.empty(nx, np.int64)
+    xf = np.empty(nx)
+    _axis_weights(oy, ny, step, cy0, ncy, ylo, yf)
+    _axis_weights(ox, nx, step, cx0, ncx, xlo, xf)
+    for y in range(ny):
+        k0 = ylo[y]
+        k1 = min(k0 + 1, ncy - 1)
+        fy = yf[y]
+        for i in range(nx):
+            j0 = xlo[i]
+            j1 = min(j0 + 1, ncx - 1)
+            fx = xf[i]
+            w00 = (1.0 - fy) * (1.0 - fx)
+            w01 = (1.0 - fy) * fx
+            w10 = fy * (1.0 - fx)
+            w11 = fy * fx
+            for b in range(nb):
+                gain[b, y, i] = (
+                    w00 * node_g[b, k0, j0]
+                    + w01 * node_g[b, k0, j1]
+                    + w10 * node_g[b, k1, j0]
+                    + w11 * node_g[b, k1, j1]
+                )
+                offset[b, y, i] = (
+                    w00 * node_o[b, k0, j0]
+                    + w01 * node_o[b, k0, j1]
+                    + w10 * node_o[b, k1, j0]
+                    + w11 * node_o[b, k1, j1]
+                )
+            if residual:
+                num = 0.0
+                den = 0.0
+                for wq, v in (
+                    (w00, node_r[k0, j0]),
+                    (w01, node_r[k0, j1]),
+                    (w10, node_r[k1, j0]),
+                    (w11, node_r[k1, j1]),
+                ):
+                    if wq > 0.0 and v == v:
+                        num += wq * v
+                        den += wq
+                resid[y, i] = num / den if den > 0.0 else np.nan
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _median_sorted(buf, m):
     """Median of the first ``m`` values of the sorted ``buf`` (mean of the middle two if even)."""

@@ -232,3 +232,28 @@ def gate_fit(
         conf_out[p] = c
         gate_out[p] = g
         flag_out[p] = 1 if bad else 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def shrink_correction_fit(observed, surface, t_ref, sigma_clear, sigma_haze, out):
+    """``_fusion._shrink_correction`` in one pass: out = I - k (I - J), J where not finite.
+
+    ``observed``, ``surface`` (B, N); ``t_ref`` (N,); ``out`` (B, N) float64.
+    k = (1 - t)^2 / ((1 - t)^2 + sigma_t^2), t clipped to [0, 1] (NaN stays NaN),
+    sigma_t = sigma_clear + sigma_haze (1 - t).
+    """
+    nb, n = observed.shape
+    for k in range(n):
+        t = np.float64(t_ref[k])
+        if t < 0.0:
+            t = 0.0
+        elif t > 1.0:
+            t = 1.0
+        haze = 1.0 - t
+        sigma = sigma_clear + sigma_haze * haze
+        factor = haze * haze / (haze * haze + sigma * sigma)
+        for b in range(nb):
+            o = np.float64(observed[b, k])
+            j = np.float64(surface[b, k])
+            v = o - factor * (o - j)
+            out[b, k] = v if np.isfinite(v) else j

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import F32, box_mean_nan, float_array
-from ._numba import GAIN_BOUNDS, harmonise_fit, spectral_consistency_fit
+from ._numba import GAIN_BOUNDS, harmonise_fit, harmonise_fit_coarse, spectral_consistency_fit
 
 
 def reference_quality(t_ref: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -64,6 +64,8 @@ def harmonise_local(
     ridge: float = 4e-3,
     shrink_pixels: float = 30.0,
     residual: bool = False,
+    grid_step: int = 1,
+    origin: tuple[int, int] = (0, 0),
 ) -> tuple[np.ndarray, ...]:
     """Local per-band gain/offset mapping ``source`` onto ``target`` (B, Y, X) each, float32.
 
@@ -82,6 +84,14 @@ def harmonise_local(
 
     One fused compiled pass (``_numba.harmonise_fit``): the moments (float64 running sums),
     the ridge fit (``_numba.ridge_fit_scalar``) and the residual for all bands.
+
+    ``grid_step`` > 1: an approximation for speed. The map is smooth at the window's scale,
+    so it is fitted once per cell of ``grid_step`` px on a grid anchored to multiples of
+    ``grid_step`` in the whole array (``origin``: the block's first pixel there), over a
+    window of (2m + 1) whole cells (``_numba.coarse_span``, the nearest to 2r + 1 px), and
+    interpolated bilinearly between cell centres (``_numba.harmonise_fit_coarse``). A block
+    whose halo covers ``_numba.coarse_reach(radius, grid_step)`` gives the same core as the
+    whole array.
     """
     t, s = float_array(target), float_array(source)
     if t.ndim != 3 or s.shape != t.shape or np.shape(weight) != t.shape[1:]:
@@ -89,25 +99,21 @@ def harmonise_local(
             f"harmonise_local needs target and source (B, Y, X) and weight (Y, X), got "
             f"{t.shape}, {s.shape} and {np.shape(weight)}"
         )
+    if grid_step < 1:
+        raise ValueError(f"harmonise_local: grid_step must be >= 1 px, got {grid_step}")
     nb = t.shape[0]
     gains = np.empty(t.shape, F32)
     offsets = np.empty(t.shape, F32)
     resid = np.empty(t.shape[1:] if residual else (0, 0), F32)
-    harmonise_fit(
-        t,
-        s,
-        np.ascontiguousarray(weight, dtype=np.float64),
-        int(radius),
-        np.broadcast_to(np.asarray(prior_gain, np.float64), (nb,)).copy(),
-        np.broadcast_to(np.asarray(prior_offset, np.float64), (nb,)).copy(),
-        float(ridge),
-        float(shrink_pixels),
-        *GAIN_BOUNDS,
-        residual,
-        gains,
-        offsets,
-        resid,
-    )
+    w = np.ascontiguousarray(weight, dtype=np.float64)
+    g0 = np.broadcast_to(np.asarray(prior_gain, np.float64), (nb,)).copy()
+    o0 = np.broadcast_to(np.asarray(prior_offset, np.float64), (nb,)).copy()
+    fit = (float(ridge), float(shrink_pixels), *GAIN_BOUNDS, residual, gains, offsets, resid)
+    if grid_step > 1:
+        oy, ox = (int(v) for v in origin)
+        harmonise_fit_coarse(t, s, w, int(radius), int(grid_step), oy, ox, g0, o0, *fit)
+    else:
+        harmonise_fit(t, s, w, int(radius), g0, o0, *fit)
     if residual:
         return gains, offsets, resid
     return gains, offsets
