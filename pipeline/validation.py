@@ -64,6 +64,9 @@ NDVI_EDGES = (0.2, 0.5)
 BRIGHTNESS_EDGE = 0.12
 #: Transmission below which a pixel the evidence calls cloudy counts as thick (run shares).
 THICK_T = 0.25
+#: Dates clouded together in one trial are more than this many places apart in the series
+#: (the fusion draws its references from the nearest dates: 4 candidates, 2 on each side).
+MIN_DATE_GAP = 2
 #: Transmission bins of the covariate-shift weights: held-out cloudy pixels are weighted to
 #: the run's own distribution of (restored) transmission over its cloudy pixels.
 T_EDGES = (0.25, 0.5, 0.7, 0.85, 0.95)
@@ -596,6 +599,19 @@ def self_validate(
     return result
 
 
+def _spread_dates(order: np.ndarray, count: int, gap: int) -> list[int]:
+    """Up to ``count`` dates from ``order`` (a random permutation), no two within ``gap``
+    places of each other in the series: a date clouded for the trial must not take away
+    the nearest references of another (that would make every estimate pessimistic)."""
+    picked: list[int] = []
+    for t in (int(v) for v in order):
+        if all(abs(t - p) > gap for p in picked):
+            picked.append(t)
+        if len(picked) == count:
+            break
+    return picked
+
+
 def _restore_halo(prior: Any, options: dict[str, Any]) -> int:
     """The spatial radius the run's restoration reads around a pixel (prior + fusion)."""
     from dataclasses import fields as dc_fields
@@ -634,7 +650,7 @@ def _validate_window(
     candidates = [t for t in range(data.shape[0]) if clear[t][inner].mean() > 0.2]
     if not candidates:
         return
-    targets = [int(t) for t in rng.permutation(candidates)[: cfg.dates_per_window]]
+    targets = _spread_dates(rng.permutation(candidates), cfg.dates_per_window, MIN_DATE_GAP)
     cloudy = data.copy()
     sims = {}
     filled = np.nan_to_num(data, nan=0.0)
