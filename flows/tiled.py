@@ -24,9 +24,16 @@ Decisions worth knowing:
   catalog query instead of one per tile. The price is memory on the client: about 20-40 KB
   per item (a continental year, ~100 000 items, needs a few GB); task graphs never hold the
   item list, only each tile's own items.
-- Scene parameters (airlight, gamma, pair harmonisation) are estimated per tile, from that
-  tile's pixels. The per-date ``gamma``/``airlight`` variables of a single-grid run are not
-  written to a tiled store (they differ per tile).
+- Seamless tiles. Each tile is read with a halo (``flows.steps.restore_halo``: every window
+  of the prior and the fusion, the depth by which ``restore`` overlaps its own chunks),
+  clipped to the grid, restored on that padded grid and cropped to its own pixels; and every
+  tile restores with one scene state (airlight, gamma, clear-sky line, the stack evidence's
+  dark-object excess, pair gain/offset, each date's clearness) estimated once for the whole
+  run area from the COGs' overviews (``flows.steps.scene_state_step``). A tiled run then
+  equals the area restored as one grid, seams included. The halo costs
+  (1 + 2 halo / tile_size)^2 - 1 more reads and compute (about 7 % for 2048 px tiles).
+  The per-date ``gamma``/``airlight`` variables of a single-grid run are not written to a
+  tiled store (they are in the scene state of the run, not in the tiles' output).
 - ``dates`` mode: the time axis is every solar day with an acquisition anywhere in the area;
   a tile with no acquisition that day holds NaN and ``no_valid_observation`` = 1.
 - ``composite`` mode: one step per period overlapping the search interval (``period`` None:
@@ -91,8 +98,10 @@ from .steps import (
     error_layer_step,
     load_step,
     provenance,
+    restore_halo,
     restore_step,
     scene_sample_step,
+    scene_state_step,
     validation_step,
     wants_error_layer,
 )
@@ -302,6 +311,11 @@ class TileWorker:
         self.client = client
         #: the run's self-validation (its error model calibrates each tile's error layer)
         self.validation: Any = None
+        #: the run area's scene state (``scene_state_step``), shared by every tile; None:
+        #: each tile estimates its own from its own sample (seams at tile edges)
+        self.scene: Any = None
+        #: pixels read around each tile (``restore_halo``)
+        self.halo = restore_halo(config)
 
     def cube(self, tile: Tile, purpose: str = "") -> xr.Dataset | None:
         """The tile's input cube, lazy, one step per solar day (None: no item covers it).
@@ -315,16 +329,30 @@ class TileWorker:
         return load_step(items, self.config, geobox=tile.geobox, read_context=context)
 
     def output(self, tile: Tile) -> xr.Dataset:
-        """The tile's output, lazy, on the run's time axis."""
-        cube = self.cube(tile)
+        """The tile's output, lazy, on the run's time axis: read and restored with its halo,
+        cropped to its own pixels."""
+        grid = self.plan.grid
+        padded = grid.padded(tile, self.halo)
+        cube = self.cube(padded)
         if cube is None:
-            return _empty_tile(self.plan, self.schema, self.plan.grid.tile_size)
-        sample = scene_sample_step(
-            self.index.intersecting(tile), self.config, cube, read_context=tile.key
-        )
-        restored = restore_step(
-            cube, dataclasses.replace(self.config, mode="dates", period=None), sample
-        )
+            return _empty_tile(self.plan, self.schema, grid.tile_size)
+        config = dataclasses.replace(self.config, mode="dates", period=None)
+        if self.scene is not None:
+            restored = restore_step(
+                cube,
+                config,
+                scene=self.scene,
+                origin=(padded.y.start, padded.x.start),
+                grid_shape=grid.shape,
+            )
+        else:
+            sample = scene_sample_step(
+                self.index.intersecting(padded), self.config, cube, read_context=tile.key
+            )
+            restored = restore_step(cube, config, sample)
+        dy, dx = tile.y.start - padded.y.start, tile.x.start - padded.x.start
+        size = grid.tile_size
+        restored = restored.isel(y=slice(dy, dy + size), x=slice(dx, dx + size))
         if wants_error_layer(self.config):
             restored = error_layer_step(restored, self.validation)
         return _fit_to_axis(restored, self.plan, self.schema, self.config)
@@ -611,6 +639,11 @@ def run_tiled(
         if todo:
             configure_gdal(active)
             worker = TileWorker(config, plan, schema, index, state.time_slice, active)
+            # one scene state for the whole area: tiles restore as the area would in one piece
+            if items:
+                worker.scene = scene_state_step(
+                    items, config, grid.geobox, dates_axis(items).as_unit("ns"), client=active
+                )
             worker.validation = validation = _validate_tiles(worker, config, area_tiles)
             results, ledger = process_tiles(
                 worker,

@@ -177,6 +177,18 @@ class GridSpec:
         y, x = slice(row * n, (row + 1) * n), slice(col * n, (col + 1) * n)
         return Tile(row, col, y, x, self.geobox[y, x])
 
+    def padded(self, tile: Tile, halo: int) -> Tile:
+        """``tile`` grown by ``halo`` px on every side, clipped to the grid (same row, col and
+        key): what a tile reads so that every window around its own pixels is whole, as it
+        is when the grid is restored in one piece. Clipped, because the grid's edge is an
+        edge for the one-piece restoration too."""
+        if halo < 0:
+            raise ValueError(f"halo must be >= 0 px, got {halo}")
+        ny, nx = self.shape
+        y = slice(max(0, tile.y.start - halo), min(ny, tile.y.stop + halo))
+        x = slice(max(0, tile.x.start - halo), min(nx, tile.x.stop + halo))
+        return Tile(tile.row, tile.col, y, x, self.geobox[y, x])
+
     def tiles(self) -> Iterator[Tile]:
         for row in range(self.rows):
             for col in range(self.cols):

@@ -101,7 +101,11 @@ def stores(catalog, client, tmp_path_factory) -> tuple[xr.Dataset, xr.Dataset, i
     tiled_config = _config(catalog, out / "tiled.zarr", client)
     grid, tiles = plan_grid(tiled_config)
     summary = run_tiled(tiled_config, progress=False, client=client)
-    assert summary.tiles is not None and summary.tiles.written == len(tiles) and not summary.tiles.failed
+    assert (
+        summary.tiles is not None
+        and summary.tiles.written == len(tiles)
+        and not summary.tiles.failed
+    )
     one_config = dataclasses.replace(tiled_config, output=str(out / "one.zarr"), tiled=False)
     one = run(one_config, progress=False, geobox=grid.geobox)
     assert one.tiles is None and one.regions_written > 0
@@ -158,11 +162,44 @@ def test_a_tiled_run_equals_a_single_grid_run_at_the_seams(stores):
     assert float(tiled["gate"].values.min()) < 0.9  # some pixels were restored, not passed
 
 
-def test_every_tile_shares_the_run_areas_scene_parameters(stores):
-    tiled, single, _ = stores
-    # the per-date gamma / airlight of the single grid are the ones every tile restored with
-    assert "gamma" in single and "gamma" in tiled
-    np.testing.assert_allclose(tiled["gamma"].values, single["gamma"].values, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(
-        tiled["airlight"].values, single["airlight"].values, rtol=0, atol=1e-6
+def test_a_part_restored_with_the_areas_scene_state_and_a_halo_equals_the_whole():
+    # the library contract the tiled run rests on, in memory: a window of the cube read
+    # with the restore halo and restored with the whole cube's scene state gives the
+    # whole cube's pixels exactly
+    from pipeline import restore
+    from pipeline.kernels import FusionConfig
+    from pipeline.priors import get_prior
+    from pipeline.restore import estimate_scene_state
+
+    stack = make_stack((4, 96, 96), bands=BANDS, seed=11)
+    cube = stack.observed
+    whole = restore(cube)
+    state = estimate_scene_state(cube)
+    halo = get_prior("physics+stack").halo + FusionConfig().halo
+    y0, y1, x0, x1 = 40, 72, 8, 40
+    py, px = slice(max(0, y0 - halo), y1 + halo), slice(max(0, x0 - halo), x1 + halo)
+    part = restore(
+        cube.isel(y=py, x=px), scene=state, origin=(py.start, px.start), grid_shape=(96, 96)
     )
+    assert part.attrs["scene_sample"] == "scene state"
+    own = part.isel(y=slice(y0 - py.start, y1 - py.start), x=slice(x0 - px.start, x1 - px.start))
+    for name in (*BANDS, "confidence", "gate", "transmission", "cloud_probability"):
+        np.testing.assert_allclose(
+            own[name].values, whole[name].values[:, y0:y1, x0:x1], rtol=0, atol=1e-6, err_msg=name
+        )
+    # and without the area's state (its own sample) the same window restores differently
+    alone = restore(cube.isel(y=py, x=px))
+    assert not np.allclose(alone["gamma"].values, whole["gamma"].values)
+
+
+def test_a_scene_state_without_the_cubes_dates_is_refused():
+    from pipeline import restore
+    from pipeline.restore import estimate_scene_state
+
+    stack = make_stack((4, 32, 32), bands=BANDS, seed=2)
+    state = estimate_scene_state(stack.observed.isel(time=[0, 1, 2]))
+    with pytest.raises(ValueError, match="no parameters for the cube's date"):
+        restore(stack.observed, scene=state)
+    # a subset of the state's dates is fine: a tile outside an orbit's swath
+    part = restore(stack.observed.isel(time=[0, 2]), scene=state)
+    np.testing.assert_array_equal(part["gamma"].values, state.scene.gamma[[0, 2]])
