@@ -35,6 +35,7 @@ __all__ = [
     "scene_state_step",
     "signer_of",
     "error_layer_step",
+    "fusion_of",
     "validation_step",
     "wants_error_layer",
 ]
@@ -124,14 +125,14 @@ def scene_state_step(
         compute=False,
     ).assign_coords(time=time)
     task = dask.delayed(estimate_scene_state, pure=True)(
-        sample, prior_of(config), _fusion_of(config), coarse=True
+        sample, prior_of(config), fusion_of(config), coarse=True
     )
     if client is not None:
         return client.compute(task, sync=True)
     return dask.compute(task)[0]
 
 
-def _fusion_of(config: RunConfig) -> Any:
+def fusion_of(config: RunConfig) -> Any:
     """The fusion settings ``restore_step`` restores with (the time window, else defaults)."""
     from pipeline.kernels import FusionConfig
 
@@ -142,7 +143,7 @@ def restore_halo(config: RunConfig) -> int:
     """Pixels a restored pixel depends on around it: every window of the prior and the
     fusion (``restore`` overlaps its chunks by the same depth). A part of the area read with
     this halo restores its own pixels exactly as the whole area does."""
-    return prior_of(config).halo + _fusion_of(config).halo
+    return prior_of(config).halo + fusion_of(config).halo
 
 
 def provenance(config: RunConfig, items: list, restored: Any) -> dict[str, Any]:
@@ -281,6 +282,12 @@ def validation_step(
     return self_validate(cube, prior=prior, config=config.validation, labels=labels)
 
 
+#: attrs of the error layer of a run without a calibration (and of a tiled store's template)
+UNCALIBRATED_ERROR_ATTRS = {
+    "long_name": "estimated error of the restored reflectance (no calibration)"
+}
+
+
 def wants_error_layer(config: RunConfig) -> bool:
     """The per-pixel error layer is written for restored dates (not composites) of a run that
     validates itself: it is calibrated on that validation."""
@@ -296,5 +303,5 @@ def error_layer_step(restored: Any, validation: ValidationResult | None) -> Any:
     if model is not None:
         return restored.assign({ERROR_LAYER: model.apply(restored)})
     nan = restored["confidence"].where(restored["confidence"] < -1).astype("float32")
-    nan.attrs = {"long_name": "estimated error of the restored reflectance (no calibration)"}
+    nan.attrs = dict(UNCALIBRATED_ERROR_ATTRS)
     return restored.assign({ERROR_LAYER: nan})

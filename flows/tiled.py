@@ -95,8 +95,11 @@ from pipeline.validation import VALIDATION_ATTR
 
 from .config import RunConfig, RunSummary, TileSummary
 from .steps import (
+    UNCALIBRATED_ERROR_ATTRS,
     error_layer_step,
+    fusion_of,
     load_step,
+    prior_of,
     provenance,
     restore_halo,
     restore_step,
@@ -205,8 +208,9 @@ def _describe_mismatch(stored: dict[str, Any], ours: dict[str, Any]) -> str:
 class OutputSchema:
     """Names, dtypes and attributes of the variables a tile writes, and run-level attrs.
 
-    Taken from a restore (and composite) of a tiny in-memory cube, so it always matches what
-    ``pipeline.restore`` produces, layer for layer.
+    Made from the configuration (``output_schema``) with the functions that name the
+    variables ``pipeline.restore`` and ``pipeline.composite`` return, so it matches them
+    layer for layer without restoring anything in this process.
     """
 
     variables: dict[str, tuple[np.dtype, dict[str, Any]]]
@@ -229,29 +233,28 @@ class OutputSchema:
 
 
 def output_schema(config: RunConfig) -> OutputSchema:
-    """Restore a 2-date, 16 x 16 px cube in memory and read the output's structure."""
-    rng = np.random.default_rng(0)
-    shape = (2, 16, 16)
-    coords = {
-        "time": pd.DatetimeIndex(["2024-05-01", "2024-05-11"]),
-        "y": 5_000_000.0 - 10.0 * np.arange(16),
-        "x": 500_000.0 + 10.0 * np.arange(16),
+    """The output's structure from the configuration: the bands, the quality layers and the
+    prior's own layers (``pipeline.restore.output_variables``), or the composite's layers
+    (``pipeline.compositing.composite_variables``), and the error layer of a run that
+    validates itself. Only the prior's description is built here: no model is loaded."""
+    from pipeline.compositing import composite_variables
+    from pipeline.restore import output_variables
+    from pipeline.validation import ERROR_LAYER
+
+    prior = prior_of(config)
+    bands = tuple(config.cube.bands)
+    if config.mode == "composite":
+        variables = composite_variables(bands)
+    else:
+        variables = output_variables(bands, prior)
+        if wants_error_layer(config):
+            variables[ERROR_LAYER] = (np.dtype(np.float32), dict(UNCALIBRATED_ERROR_ATTRS))
+    attrs = {
+        "prior": prior.name,
+        "prior_params": json.dumps(prior.params(), sort_keys=True),
+        "fusion_params": json.dumps(fusion_of(config).params(), sort_keys=True),
     }
-    data: dict[str, Any] = {
-        b: (("time", "y", "x"), rng.uniform(0.03, 0.3, shape).astype("float32"))
-        for b in config.cube.bands
-    }
-    if config.cube.include_scl:
-        data["SCL"] = (("time", "y", "x"), np.full(shape, 4, dtype="uint8"))
-    probe = restore_step(xr.Dataset(data, coords=coords), dataclasses.replace(config, period=None))
-    if wants_error_layer(config):
-        probe = error_layer_step(probe, None)
-    variables = {
-        str(n): (v.dtype, dict(v.attrs))
-        for n, v in probe.data_vars.items()
-        if set(v.dims) == {"time", "y", "x"}
-    }
-    return OutputSchema(variables, dict(probe.attrs))
+    return OutputSchema(variables, attrs)
 
 
 # --------------------------------------------------------------------------- one tile
