@@ -644,9 +644,7 @@ def run_tiled(
             worker = TileWorker(config, plan, schema, index, state.time_slice, active)
             # one scene state for the whole area: tiles restore as the area would in one piece
             if items:
-                worker.scene = scene_state_step(
-                    items, config, grid.geobox, dates_axis(items).as_unit("ns"), client=active
-                )
+                worker.scene = _area_scene_state(config, grid, items, active)
             worker.validation = validation = _validate_tiles(worker, config, area_tiles)
             results, ledger = process_tiles(
                 worker,
@@ -747,6 +745,27 @@ def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
     if validation is not None:
         record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
     return validation
+
+
+def _area_scene_state(config: RunConfig, grid: GridSpec, items: list, client: Any) -> Any:
+    """The run area's scene state, or None when its sample cannot be read (a broken asset):
+    each tile then estimates its own, and the tiles that read the broken asset fail and are
+    reported as usual, instead of the whole run failing before any tile."""
+    from pipeline._reading import collect_read_failures
+
+    try:
+        return scene_state_step(
+            items, config, grid.geobox, dates_axis(items).as_unit("ns"), client=client,
+            read_context="scene",
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - fall back to per-tile scene parameters
+        log.warning(
+            "the scene parameters of the run area could not be estimated (%s): each tile "
+            "estimates its own, so values may step at tile edges; rerun once the data read",
+            " ".join(str(exc).split())[:300],
+        )
+        collect_read_failures(client)  # the sample's failures are not the tiles'
+        return None
 
 
 def _mark_complete_if_done(config: RunConfig, plan: TilePlan) -> None:

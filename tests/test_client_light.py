@@ -153,3 +153,5 @@ def test_a_vlm_run_loads_the_model_on_the_workers_only(tmp_path):
     # memory cannot hold the weights (the schema and scene state came from elsewhere)
     assert report["client_loads"] == 0
     assert report["transformers_in_client"] is False
+    grew = (report["rss_peak_kib"] - report["rss_before_kib"]) * 1024
+    assert grew < model_bytes, (grew, model_bytes)
