@@ -191,6 +191,8 @@ def run_fingerprint(config: RunConfig, grid: GridSpec) -> tuple[str, dict[str, A
         "zarr_format": config.archive.zarr_format,
         "chunk_size": config.archive.chunk_size,
     }
+    if not config.tiling.seamless:  # other values at tile edges: not the same store
+        parts["seamless"] = False
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], json.loads(text)
 
@@ -317,8 +319,8 @@ class TileWorker:
         #: the run area's scene state (``scene_state_step``), shared by every tile; None:
         #: each tile estimates its own from its own sample (seams at tile edges)
         self.scene: Any = None
-        #: pixels read around each tile (``restore_halo``)
-        self.halo = restore_halo(config)
+        #: pixels read around each tile (``restore_halo``; none without seamless tiles)
+        self.halo = restore_halo(config) if config.tiling.seamless else 0
 
     def cube(self, tile: Tile, purpose: str = "") -> xr.Dataset | None:
         """The tile's input cube, lazy, one step per solar day (None: no item covers it).
@@ -643,7 +645,7 @@ def run_tiled(
             configure_gdal(active)
             worker = TileWorker(config, plan, schema, index, state.time_slice, active)
             # one scene state for the whole area: tiles restore as the area would in one piece
-            if items:
+            if items and config.tiling.seamless:
                 worker.scene = _area_scene_state(config, grid, items, active)
             worker.validation = validation = _validate_tiles(worker, config, area_tiles)
             results, ledger = process_tiles(

@@ -70,12 +70,17 @@ class TilingConfig:
     retries: how often a failed tile is retried before it is reported as failed.
     tiles_in_flight: tiles processed at once (None: one per worker process, at least 2);
         peak memory per worker depends on this and the chunk size, never on the area.
+    seamless: read each tile with the restore halo and restore every tile with the run
+        area's scene state, so the store equals the area restored as one grid (default);
+        False: no halo and scene parameters per tile (cheaper; values step at tile edges,
+        and a tile fails only on its own pixels' reads, not its neighbours').
     """
 
     tile_size: int = 2048
     crs: str | None = None
     retries: int = 2
     tiles_in_flight: int | None = None
+    seamless: bool = True
 
     def __post_init__(self) -> None:
         if self.tile_size < 64:
