@@ -8,6 +8,9 @@ Order of work (DESIGN.md sections 2 and 4):
 
 1. scene parameters (airlight, gamma, clear-sky line, pair gain/offset) once, on a strided
    sample of GLOBAL pixel indices (every s-th row/column), so they do not depend on chunking;
+   or given (``scene=``, a ``SceneState`` from ``estimate_scene_state`` over a larger area,
+   with ``origin`` / ``grid_shape`` placing the cube in it): a part of an area read with the
+   halo below then restores its own pixels exactly as the whole area does (seamless tiles);
 2. per chunk and time block (halo = prior.halo + fusion.halo on y/x): transmission,
    confidence, J_phys, per-pixel reference, harmonisation, soft-gated fusion.
 
