@@ -129,6 +129,10 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tile-retries", type=int, default=2, help="retries of a failed tile before it is reported (default 2)")
     g.add_argument("--tiles-in-flight", type=int, default=None, help="tiles processed at once (default: one per worker, at least 2)")
     g.add_argument("--tiled", action="store_true", help="tiled store layout even for an area of one tile (periodic composites)")
+    g.add_argument(
+        "--no-seamless-tiles", dest="seamless_tiles", action="store_false",
+        help="read no halo around tiles and estimate scene parameters per tile (cheaper; values step at tile edges)",
+    )  # fmt: skip
 
 
 def _tiling_config(args: argparse.Namespace):
@@ -138,6 +142,7 @@ def _tiling_config(args: argparse.Namespace):
         tile_size=args.tile_size,
         retries=args.tile_retries,
         tiles_in_flight=args.tiles_in_flight,
+        seamless=args.seamless_tiles,
     )
 
 

@@ -29,7 +29,7 @@ from .steps import (
     prior_of,
     provenance,
     restore_step,
-    scene_sample_step,
+    scene_state_step,
     validation_step,
     wants_error_layer,
 )
@@ -83,9 +83,10 @@ def _run_one_grid(
         collect_read_failures(client)  # drop stale events from an earlier run on this cluster
         cube = load_step(items, config, geobox=geobox)  # step 2: lazy datacube
         validation = validation_step(cube, config)  # step 2b: how good will it be?
-        # scene parameters from the COGs' overviews, not from a second read of every chunk
-        sample = scene_sample_step(items, config, cube)
-        restored = restore_step(cube, config, sample)
+        # scene parameters from the COGs' overviews, not from a second read of every chunk,
+        # estimated on a worker (the same step gives a tiled run its one scene state)
+        state = scene_state_step(items, config, cube.odc.geobox, cube["time"].values, client=client)
+        restored = restore_step(cube, config, scene=state)
         if wants_error_layer(config):  # calibrated on the validation just run
             restored = error_layer_step(restored, validation)
         attrs = provenance(config, items, restored)

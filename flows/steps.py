@@ -30,9 +30,12 @@ __all__ = [
     "prior_of",
     "provenance",
     "restore_step",
+    "restore_halo",
     "scene_sample_step",
+    "scene_state_step",
     "signer_of",
     "error_layer_step",
+    "fusion_of",
     "validation_step",
     "wants_error_layer",
 ]
@@ -91,6 +94,58 @@ def scene_sample_step(
     return sample.assign_coords(time=cube["time"])
 
 
+def scene_state_step(
+    items: list,
+    config: RunConfig,
+    geobox: Any,
+    time: Any,
+    *,
+    client: Any = None,
+    read_context: str = "",
+) -> Any:
+    """The scene state of the run area (``pipeline.restore.estimate_scene_state``): estimated
+    once, from the COGs' overviews over ``geobox`` (the whole run area), and handed to every
+    restore of the run, so tiles share one set of scene parameters with the area as one grid.
+
+    The sample is read and the state estimated in one task on a worker (``client``, else the
+    current dask scheduler): a prior whose scene estimate runs a model loads it there, and
+    only the small state (a few arrays of T x T x B floats) comes back to this process.
+    ``time``: the run's dates (the cube's time coordinate), stamped on the sample.
+    """
+    import dask
+
+    from pipeline.restore import estimate_scene_state
+
+    sample = load_scene_sample(
+        items,
+        config.cube,
+        geobox,
+        signer=signer_of(config),
+        read_context=read_context,
+        compute=False,
+    ).assign_coords(time=time)
+    task = dask.delayed(estimate_scene_state, pure=True)(
+        sample, prior_of(config), fusion_of(config), coarse=True
+    )
+    if client is not None:
+        return client.compute(task, sync=True)
+    return dask.compute(task)[0]
+
+
+def fusion_of(config: RunConfig) -> Any:
+    """The fusion settings ``restore_step`` restores with (the time window, else defaults)."""
+    from pipeline.kernels import FusionConfig
+
+    return FusionConfig(time_window_dates=config.time_window_dates)
+
+
+def restore_halo(config: RunConfig) -> int:
+    """Pixels a restored pixel depends on around it: every window of the prior and the
+    fusion (``restore`` overlaps its chunks by the same depth). A part of the area read with
+    this halo restores its own pixels exactly as the whole area does."""
+    return prior_of(config).halo + fusion_of(config).halo
+
+
 def provenance(config: RunConfig, items: list, restored: Any) -> dict[str, Any]:
     """Archive attributes: software, search, items, prior and its parameters."""
     s = config.search
@@ -121,11 +176,21 @@ def prior_of(config: RunConfig) -> Any:
     return pipeline.priors.get_prior(config.prior, **dict(config.prior_options))
 
 
-def restore_step(cube: Any, config: RunConfig, scene_sample: Any = None) -> Any:
+def restore_step(
+    cube: Any,
+    config: RunConfig,
+    scene_sample: Any = None,
+    *,
+    scene: Any = None,
+    origin: tuple[int, int] | None = None,
+    grid_shape: tuple[int, int] | None = None,
+) -> Any:
     """Restore (and composite) a cube as ``config`` asks: the one place both flows call.
 
-    ``scene_sample`` (``pipeline.cube.load_scene_sample``) spares the second read of the cube
-    that a strided scene sample of a lazy cube costs.
+    ``scene`` (``scene_state_step``): the run area's scene state, so that a part of the area
+    (a tile, at ``origin`` in a grid of ``grid_shape``) restores as the whole area does.
+    Else ``scene_sample`` (``pipeline.cube.load_scene_sample``) spares the second read of
+    the cube that a strided scene sample of a lazy cube costs.
     """
     prior = prior_of(config)
     return pipeline.restore(
@@ -134,6 +199,9 @@ def restore_step(cube: Any, config: RunConfig, scene_sample: Any = None) -> Any:
         mode=config.mode,
         period=config.period,
         scene_sample=scene_sample,
+        scene=scene,
+        origin=origin,
+        grid_shape=grid_shape,
         **time_options(cube, config, prior),
     )
 
@@ -214,6 +282,12 @@ def validation_step(
     return self_validate(cube, prior=prior, config=config.validation, labels=labels)
 
 
+#: attrs of the error layer of a run without a calibration (and of a tiled store's template)
+UNCALIBRATED_ERROR_ATTRS = {
+    "long_name": "estimated error of the restored reflectance (no calibration)"
+}
+
+
 def wants_error_layer(config: RunConfig) -> bool:
     """The per-pixel error layer is written for restored dates (not composites) of a run that
     validates itself: it is calibrated on that validation."""
@@ -229,5 +303,5 @@ def error_layer_step(restored: Any, validation: ValidationResult | None) -> Any:
     if model is not None:
         return restored.assign({ERROR_LAYER: model.apply(restored)})
     nan = restored["confidence"].where(restored["confidence"] < -1).astype("float32")
-    nan.attrs = {"long_name": "estimated error of the restored reflectance (no calibration)"}
+    nan.attrs = dict(UNCALIBRATED_ERROR_ATTRS)
     return restored.assign({ERROR_LAYER: nan})

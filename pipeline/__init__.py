@@ -31,7 +31,7 @@ from .catalog import (
 from .cluster import ClusterConfig, dask_client
 from .compositing import composite
 from .cube import CubeConfig, load_cube
-from .restore import restore
+from .restore import SceneState, estimate_scene_state, restore
 from .tiling import TilingConfig, make_grid
 from .validation import ValidationConfig, self_validate
 
@@ -46,11 +46,13 @@ __all__ = [
     "SearchError",
     "ClusterConfig",
     "CubeConfig",
+    "SceneState",
     "SearchParams",
     "TilingConfig",
     "ValidationConfig",
     "composite",
     "dask_client",
+    "estimate_scene_state",
     "load_cube",
     "make_grid",
     "open_archive",

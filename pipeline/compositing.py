@@ -26,7 +26,27 @@ from dask.base import tokenize
 from ._layers import spatial_attrs, spectral_bands, stack_layers
 from .kernels import composite_block
 
-__all__ = ["composite", "composite_periods"]
+__all__ = ["COMPOSITE_LAYERS", "composite", "composite_periods", "composite_variables"]
+
+#: Per-period layers written beside the composited bands: dtype and long_name.
+COMPOSITE_LAYERS: dict[str, tuple[type, str]] = {
+    "confidence": (np.float32, "quality-weighted mean per-date confidence"),
+    "observation_count": (np.uint16, "dates in the period with a restored value"),
+    "direct_observation_count": (
+        np.uint16,
+        "dates whose output is mostly their own (gate >= 0.5)",
+    ),
+    "no_valid_observation": (np.uint8, "1 where no date of the period has a value"),
+}
+
+
+def composite_variables(bands: Sequence[str]) -> dict[str, tuple[np.dtype, dict[str, Any]]]:
+    """Name -> (dtype, attrs) of the (time, y, x) variables ``composite`` returns for a
+    restored stack of ``bands``, in order (band attrs are the stack's own: empty here)."""
+    out: dict[str, tuple[np.dtype, dict[str, Any]]] = {b: (np.dtype(np.float32), {}) for b in bands}
+    for name, (dtype, desc) in COMPOSITE_LAYERS.items():
+        out[name] = (np.dtype(dtype), {"long_name": desc})
+    return out
 
 
 def _composite_call(block: np.ndarray, nb: int) -> np.ndarray:
@@ -125,16 +145,7 @@ def composite(restored: xr.Dataset, *, period: str | None = None) -> xr.Dataset:
     data_vars = {}
     for k, b in enumerate(bands):
         data_vars[b] = xr.DataArray(result[:, k], dims=dims, attrs=dict(restored[b].attrs))
-    extra = {
-        "confidence": (np.float32, "quality-weighted mean per-date confidence"),
-        "observation_count": (np.uint16, "dates in the period with a restored value"),
-        "direct_observation_count": (
-            np.uint16,
-            "dates whose output is mostly their own (gate >= 0.5)",
-        ),
-        "no_valid_observation": (np.uint8, "1 where no date of the period has a value"),
-    }
-    for k, (name, (dtype, desc)) in enumerate(extra.items()):
+    for k, (name, (dtype, desc)) in enumerate(COMPOSITE_LAYERS.items()):
         data_vars[name] = xr.DataArray(
             result[:, nb + k].astype(dtype), dims=dims, attrs={"long_name": desc, **gm_attrs}
         )

@@ -226,8 +226,10 @@ def load_scene_sample(
     sample_pixels: int | None = None,
     signer: Callable[[str], str] | None = None,
     read_context: str = "",
+    compute: bool = True,
 ) -> xr.Dataset:
-    """The cube of ``items`` on ``geobox`` zoomed out to about ``sample_pixels`` per date, in memory.
+    """The cube of ``items`` on ``geobox`` zoomed out to about ``sample_pixels`` per date, in memory
+    (``compute=False``: lazy, for a caller that estimates from it on a worker).
 
     It is what ``pipeline.restore(cube, scene_sample=...)`` estimates the scene parameters
     from: the zoom factor is the stride of the strided sample, and odc-stac reads such a
@@ -249,7 +251,7 @@ def load_scene_sample(
         resampling="nearest",
     )
     log.info("scene sample: %d x %d px per date (1/%d of the grid)", *coarse.shape, stride)
-    return sample.compute()
+    return sample.compute() if compute else sample
 
 
 def _fuse_same_day(cube: xr.Dataset, days: list[dt.date]) -> xr.Dataset:

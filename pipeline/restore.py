@@ -8,6 +8,9 @@ Order of work (DESIGN.md sections 2 and 4):
 
 1. scene parameters (airlight, gamma, clear-sky line, pair gain/offset) once, on a strided
    sample of GLOBAL pixel indices (every s-th row/column), so they do not depend on chunking;
+   or given (``scene=``, a ``SceneState`` from ``estimate_scene_state`` over a larger area,
+   with ``origin`` / ``grid_shape`` placing the cube in it): a part of an area read with the
+   halo below then restores its own pixels exactly as the whole area does (seamless tiles);
 2. per chunk and time block (halo = prior.halo + fusion.halo on y/x): transmission,
    confidence, J_phys, per-pixel reference, harmonisation, soft-gated fusion.
 
@@ -46,7 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -81,9 +84,12 @@ from .priors._combined import own_evidence
 __all__ = [
     "FusionConfig",
     "QUALITY_LAYERS",
+    "SceneState",
     "cloud_evidence",
     "composite",
     "estimate_scene",
+    "estimate_scene_state",
+    "output_variables",
     "restore",
 ]
 
@@ -374,6 +380,150 @@ def estimate_scene(
     return prior.estimate_scene(sample[:, :nb], bands, sample[:, nb] if scl else None)
 
 
+@dataclass(frozen=True, eq=False)
+class SceneState:
+    """Everything ``restore`` derives from its scene sample, for a set of dates.
+
+    scene: the prior's ``SceneParams`` (airlight, gamma, clear-sky line, and its ``extras``,
+    e.g. the stack evidence's dark-object excess per date); pair_gain / pair_offset: (T, T, B)
+    harmonisation of date j onto date i fitted on pixels clear on both; date_clearness: (T,)
+    each date's clear share (its rank as a reference); time: the T dates (datetime64, or
+    None when the sample had no time coordinate); sample_shape: (rows, columns) of the
+    sample it came from.
+
+    Estimated once per run area (``estimate_scene_state``) and passed to every ``restore``
+    of a part of that area (``restore(part, scene=state)``): the parts then restore with one
+    set of scene parameters, so a tiled run equals a run of the whole area as one grid.
+    A part may hold a subset of the dates (a tile outside an orbit's swath): ``restore``
+    takes the state's entries for the part's dates.
+    """
+
+    scene: SceneParams
+    pair_gain: np.ndarray
+    pair_offset: np.ndarray
+    date_clearness: np.ndarray
+    time: np.ndarray | None
+    sample_shape: tuple[int, int]
+
+    def __dask_tokenize__(self) -> tuple:
+        return (
+            "SceneState",
+            tokenize(self.scene, self.pair_gain, self.pair_offset, self.date_clearness),
+            tokenize(self.time),
+        )
+
+    def for_cube(self, cube: xr.Dataset) -> SceneState:
+        """The state of the dates ``cube`` holds (all of them must be in the state)."""
+        nt = len(self.date_clearness)
+        if self.time is None or "time" not in cube.coords:
+            if cube.sizes["time"] != nt:
+                raise ValueError(
+                    f"the scene state holds {nt} dates, the cube {cube.sizes['time']}; fix: "
+                    "estimate the state from a sample with the cube's time coordinate"
+                )
+            return self
+        wanted = np.asarray(cube["time"].values).astype("datetime64[ns]")
+        known = np.asarray(self.time).astype("datetime64[ns]")
+        where = {t: i for i, t in enumerate(known)}
+        missing = [str(t)[:10] for t in wanted if t not in where]
+        if missing:
+            raise ValueError(
+                f"the scene state has no parameters for the cube's date(s) {missing}; fix: "
+                "estimate it (estimate_scene_state) from a sample of every item of the run"
+            )
+        idx = np.array([where[t] for t in wanted], dtype=np.intp)
+        if np.array_equal(idx, np.arange(nt)):
+            return self
+        return SceneState(
+            scene=_scene_take(self.scene, idx, nt),
+            pair_gain=self.pair_gain[np.ix_(idx, idx)],
+            pair_offset=self.pair_offset[np.ix_(idx, idx)],
+            date_clearness=self.date_clearness[idx],
+            time=known[idx],
+            sample_shape=self.sample_shape,
+        )
+
+
+def _scene_take(scene: SceneParams, idx: np.ndarray, nt: int) -> SceneParams:
+    """``scene`` at the dates ``idx`` (its per-date arrays and per-date extras)."""
+
+    def take(a: Any) -> Any:
+        a = np.asarray(a)
+        return a[idx] if a.ndim >= 1 and a.shape[0] == nt else a
+
+    return replace(
+        scene,
+        airlight=take(scene.airlight),
+        gamma=take(scene.gamma),
+        hot_slope=take(scene.hot_slope),
+        hot_intercept=take(scene.hot_intercept),
+        extras={k: take(v) for k, v in scene.extras.items()},
+    )
+
+
+def _state_from_sample(
+    sample: np.ndarray,
+    bands: tuple[str, ...],
+    has_scl: bool,
+    prior: Prior,
+    cfg: FusionConfig,
+    time: np.ndarray | None,
+    sample_shape: tuple[int, int],
+) -> SceneState:
+    """The scene state from a (T, B [+1 SCL], N) float32 sample (see ``SceneState``)."""
+    nb = len(bands)
+    sample_bands = sample[:, :nb]
+    sample_scl = sample[:, nb] if has_scl else None
+    scene = prior.estimate_scene(sample_bands, bands, sample_scl)
+    sb = prior.sample_block(sample_bands, bands, scene, sample_scl)
+    quality = reference_quality(sb.transmission, sb.confidence)
+    # the evidence on the sample: the global pair map is fitted on pixels clear on both
+    # dates (scene-wide haze would be absorbed by it), and each date's clear share ranks it
+    # as a reference candidate
+    sample_ev = sb.evidence if sb.evidence is not None else own_evidence(prior, sb, None)
+    p_clear = _clear_share(sample_ev)
+    observed = np.isfinite(sample_bands).all(axis=1)
+    date_clearness = np.array(
+        [p_clear[t][observed[t]].mean() if observed[t].any() else 0.0 for t in range(len(sample))]
+    )
+    pair_gain, pair_offset = pair_gain_offset(
+        sb.surface,
+        (quality * p_clear) ** 2,
+        ridge=cfg.harmonise_ridge,
+        shrink_pixels=cfg.harmonise_shrink_pixels,
+    )
+    return SceneState(scene, pair_gain, pair_offset, date_clearness, time, sample_shape)
+
+
+def estimate_scene_state(
+    cube_or_sample: xr.Dataset,
+    prior: str | Prior = DEFAULT_PRIOR,
+    fusion: FusionConfig | dict | None = None,
+    *,
+    coarse: bool = False,
+    sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
+) -> SceneState:
+    """The scene state ``restore`` would estimate for ``cube_or_sample`` (see ``SceneState``).
+
+    ``coarse=False``: a strided sample of the cube (every s-th row and column, about
+    ``sample_pixels`` per date; computes only the sample). ``coarse=True``: the argument is a
+    scene sample already (``pipeline.cube.load_scene_sample``: the run area on a coarse grid,
+    read from the COGs' overviews) and every pixel of it is used.
+    """
+    prior_obj, cfg, _, _ = _split_options(prior, fusion, {})
+    data, bands, scl = _validate(cube_or_sample)
+    arr = _stack(data, bands, scl)
+    if coarse:
+        sample = np.asarray(arr, dtype=np.float32)  # computes a lazy sample
+        sample = sample.reshape(sample.shape[0], sample.shape[1], -1)
+        shape = (int(data.sizes["y"]), int(data.sizes["x"]))
+    else:
+        sample, stride = _sample(arr, sample_pixels)
+        shape = (math.ceil(data.sizes["y"] / stride), math.ceil(data.sizes["x"] / stride))
+    time = data["time"].values if "time" in data.coords else None
+    return _state_from_sample(sample, bands, scl is not None, prior_obj, cfg, time, shape)
+
+
 def _restore_block(
     block: np.ndarray,
     params: dict[str, Any],
@@ -405,7 +555,8 @@ def _restore_block(
     prior: Prior = params["prior"]
     stored_at = nb + int(params["has_scl"])
     stored = block[:, stored_at : stored_at + nl] if params["stored_layers"] else None
-    location = BlockLocation(origin, params["shape"], stored)
+    gy, gx = params.get("grid_origin", (0, 0))
+    location = BlockLocation((origin[0] + gy, origin[1] + gx), params["shape"], stored)
     pb, layers = prior.block_at(data, bands, params["scene"], scl, location)
     if nl and layers is not None:
         out[:, nb + len(QUALITY_LAYERS) :] = np.asarray(layers)[targets]
@@ -482,6 +633,9 @@ def restore(
     mode: str = "dates",
     fusion: FusionConfig | dict | None = None,
     scene_sample: xr.Dataset | None = None,
+    scene: SceneState | None = None,
+    origin: tuple[int, int] | None = None,
+    grid_shape: tuple[int, int] | None = None,
     forced_reference: np.ndarray | None = None,
     **options: Any,
 ) -> xr.Dataset:
@@ -507,6 +661,16 @@ def restore(
         from the COGs' overviews) to estimate the scene parameters from, instead of a strided
         sample of ``cube``: a strided sample of a lazy cube reads every chunk, so the data
         would be read twice. Default: the strided sample (right for in-memory cubes).
+    scene
+        A ``SceneState`` estimated beforehand (``estimate_scene_state``), typically over a
+        larger area the cube is part of (a tiled run's area): the cube then restores with
+        those scene parameters, pair harmonisation and date ranks instead of its own, so
+        the parts of an area agree with the area restored whole. Excludes ``scene_sample``.
+    origin, grid_shape
+        The cube's first (row, column) in a larger grid, and that grid's (rows, columns)
+        (a tile read with its halo, inside the run's grid): priors with a global spatial
+        layout (the VLM prior's crop grid) lay it out on the grid, not on the cube.
+        Default: the cube is the grid.
     forced_reference
         (T, Y, X) int: the reference date index per target date and pixel (-1: chosen as
         usual), for in-memory cubes only. The quality benchmark's oracle row uses it to show
@@ -546,45 +710,55 @@ def restore(
     arr = _stack(cube, bands, scl, stored, whole_time=len(blocks) == 1)
     nb = len(bands)
 
-    if scene_sample is not None:
-        sample, stride = _coarse_sample(scene_sample, cube, bands, scl)
+    if scene is not None:
+        if scene_sample is not None:
+            raise TypeError("give restore either scene= or scene_sample=, not both")
+        state = scene.for_cube(cube)
+        source = "scene state"
     else:
-        sample, stride = _sample(arr, sample_pixels)
-    sample_bands = sample[:, :nb]
-    sample_scl = sample[:, nb] if scl else None
-    scene = prior_obj.estimate_scene(sample_bands, bands, sample_scl)
-    sb = prior_obj.sample_block(sample_bands, bands, scene, sample_scl)
-    quality = reference_quality(sb.transmission, sb.confidence)
-    # the evidence on the sample: the global pair map is fitted on pixels clear on both
-    # dates (scene-wide haze would be absorbed by it), and each date's clear share ranks it
-    # as a reference candidate
-    sample_ev = sb.evidence if sb.evidence is not None else own_evidence(prior_obj, sb, None)
-    p_clear = _clear_share(sample_ev)
-    observed = np.isfinite(sample_bands).all(axis=1)
-    date_clearness = np.array(
-        [p_clear[t][observed[t]].mean() if observed[t].any() else 0.0 for t in range(len(days))]
-    )
-    pair_gain, pair_offset = pair_gain_offset(
-        sb.surface,
-        (quality * p_clear) ** 2,
-        ridge=cfg.harmonise_ridge,
-        shrink_pixels=cfg.harmonise_shrink_pixels,
-    )
-    # the sample's prior layers are done with: an in-memory cube is sampled whole, and they
-    # would sit beside the block's own layers through the whole restoration
-    del sample, sample_bands, sample_scl, sb, quality, sample_ev, p_clear, observed
+        if scene_sample is not None:
+            sample, _ = _coarse_sample(scene_sample, cube, bands, scl)
+            sample_shape = (int(scene_sample.sizes["y"]), int(scene_sample.sizes["x"]))
+            source = "coarse grid"
+        else:
+            sample, stride = _sample(arr, sample_pixels)
+            sample_shape = (math.ceil(arr.shape[2] / stride), math.ceil(arr.shape[3] / stride))
+            source = "strided"
+        # the sample's prior layers are dropped with it: an in-memory cube is sampled whole,
+        # and they would sit beside the block's own layers through the whole restoration
+        state = _state_from_sample(
+            sample, bands, scl is not None, prior_obj, cfg, None, sample_shape
+        )
+        del sample
+    scene_params = state.scene
+    ny, nx = int(arr.shape[2]), int(arr.shape[3])
+    stride = max(1, round(math.sqrt(ny * nx / max(1, math.prod(state.sample_shape)))))
+    if origin is not None or grid_shape is not None:
+        origin = tuple(int(v) for v in (origin or (0, 0)))
+        grid_shape = tuple(int(v) for v in (grid_shape or (origin[0] + ny, origin[1] + nx)))
+        if (
+            origin[0] < 0
+            or origin[1] < 0
+            or origin[0] + ny > grid_shape[0]
+            or origin[1] + nx > grid_shape[1]
+        ):
+            raise ValueError(
+                f"a {ny} x {nx} px cube at origin {origin} does not fit in a grid of "
+                f"{grid_shape}; fix: origin is the cube's first (row, column) in the grid"
+            )
     params = {
         "bands": bands,
         "has_scl": scl is not None,
         "days": days,
-        "scene": scene,
-        "pair_gain": pair_gain,
-        "pair_offset": pair_offset,
+        "scene": scene_params,
+        "pair_gain": state.pair_gain,
+        "pair_offset": state.pair_offset,
         "prior": prior_obj,
         "fusion": cfg,
-        "shape": (int(arr.shape[2]), int(arr.shape[3])),
+        "shape": grid_shape or (ny, nx),
+        "grid_origin": origin or (0, 0),
         "stored_layers": bool(stored),
-        "date_clearness": date_clearness,
+        "date_clearness": state.date_clearness,
     }
     if forced_reference is not None:
         if isinstance(arr, da.Array):
@@ -612,8 +786,8 @@ def restore(
                 arr[b.c0 : b.c1], _block_params(params, b, nt)
             )
 
-    out = _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride)
-    out.attrs["scene_sample"] = "coarse grid" if scene_sample is not None else "strided"
+    out = _build_dataset(cube, bands, result, scene_params, prior_obj, cfg, stride)
+    out.attrs["scene_sample"] = source
     out.attrs["time_block"] = int(blocks[0].stop - blocks[0].start)
     if mode == "composite":
         return composite(out, period=period)
@@ -671,35 +845,47 @@ def _clear_share(evidence: Any) -> np.ndarray:
     return np.clip(p, 0.0, 1.0)
 
 
+#: long_name of each quality layer.
+QUALITY_DESCRIPTIONS = {
+    "confidence": "belief (0..1) that the physical inversion is faithful",
+    "gate": "weight (0..1) of the physical inversion in the output",
+    "transmission": "atmospheric/cloud transmission at 490 nm (B02), 0..1",
+    "reference_days": "reference date minus target date (days); NaN: no reference used",
+    "no_valid_observation": "1 where no valid observation supports the output (NaN output)",
+    "cloud_probability": "probability (0..1) that the observation is cloud-, haze- or "
+    "shadow-contaminated (the priors' fused evidence); below 0.1 it passed through",
+}
+
+
+def output_variables(
+    bands: tuple[str, ...], prior: str | Prior = DEFAULT_PRIOR
+) -> dict[str, tuple[np.dtype, dict[str, Any]]]:
+    """Name -> (dtype, attrs) of the (time, y, x) variables ``restore`` returns for a cube of
+    ``bands`` with ``prior``, in order, without restoring anything (a tiled run's store
+    template is made from it). Band attrs are the cube's own and are left empty here."""
+    prior_obj = get_prior(prior)
+    out: dict[str, tuple[np.dtype, dict[str, Any]]] = {b: (np.dtype(np.float32), {}) for b in bands}
+    for name in QUALITY_LAYERS:
+        dtype = np.uint8 if name == "no_valid_observation" else np.float32
+        out[name] = (np.dtype(dtype), {"long_name": QUALITY_DESCRIPTIONS[name]})
+    for name in prior_obj.layers:
+        desc = prior_obj.layer_descriptions.get(name, f"{prior_obj.name} prior layer")
+        out[name] = (np.dtype(np.float32), {"long_name": desc})
+    return out
+
+
 def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dataset:
-    nb = len(bands)
     dims = ("time", "y", "x")
     coords = {k: v for k, v in cube.coords.items() if set(v.dims) <= set(dims)}
     gm_attrs, gm_enc = _spatial_attrs(cube, bands)
     data_vars: dict[str, xr.DataArray] = {}
-    for k, b in enumerate(bands):
-        v = xr.DataArray(result[:, k], dims=dims, attrs={**cube[b].attrs, **gm_attrs})
-        v.encoding.update(gm_enc)
-        data_vars[b] = v
-    descriptions = {
-        "confidence": "belief (0..1) that the physical inversion is faithful",
-        "gate": "weight (0..1) of the physical inversion in the output",
-        "transmission": "atmospheric/cloud transmission at 490 nm (B02), 0..1",
-        "reference_days": "reference date minus target date (days); NaN: no reference used",
-        "no_valid_observation": "1 where no valid observation supports the output (NaN output)",
-        "cloud_probability": "probability (0..1) that the observation is cloud-, haze- or "
-        "shadow-contaminated (the priors' fused evidence); below 0.1 it passed through",
-    }
-    for k, name in enumerate(QUALITY_LAYERS):
-        layer = result[:, nb + k]
-        if name == "no_valid_observation":
-            layer = layer.astype(np.uint8)
-        v = xr.DataArray(layer, dims=dims, attrs={"long_name": descriptions[name], **gm_attrs})
-        v.encoding.update(gm_enc)
-        data_vars[name] = v
-    for k, name in enumerate(prior_obj.layers, start=nb + len(QUALITY_LAYERS)):
-        desc = prior_obj.layer_descriptions.get(name, f"{prior_obj.name} prior layer")
-        v = xr.DataArray(result[:, k], dims=dims, attrs={"long_name": desc, **gm_attrs})
+    for k, (name, (dtype, attrs)) in enumerate(output_variables(bands, prior_obj).items()):
+        if name in bands:
+            attrs = {**cube[name].attrs}
+        layer = result[:, k]
+        if dtype != np.float32:
+            layer = layer.astype(dtype)
+        v = xr.DataArray(layer, dims=dims, attrs={**attrs, **gm_attrs})
         v.encoding.update(gm_enc)
         data_vars[name] = v
     data_vars["gamma"] = xr.DataArray(

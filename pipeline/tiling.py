@@ -70,12 +70,17 @@ class TilingConfig:
     retries: how often a failed tile is retried before it is reported as failed.
     tiles_in_flight: tiles processed at once (None: one per worker process, at least 2);
         peak memory per worker depends on this and the chunk size, never on the area.
+    seamless: read each tile with the restore halo and restore every tile with the run
+        area's scene state, so the store equals the area restored as one grid (default);
+        False: no halo and scene parameters per tile (cheaper; values step at tile edges,
+        and a tile fails only on its own pixels' reads, not its neighbours').
     """
 
     tile_size: int = 2048
     crs: str | None = None
     retries: int = 2
     tiles_in_flight: int | None = None
+    seamless: bool = True
 
     def __post_init__(self) -> None:
         if self.tile_size < 64:
@@ -176,6 +181,18 @@ class GridSpec:
         n = self.tile_size
         y, x = slice(row * n, (row + 1) * n), slice(col * n, (col + 1) * n)
         return Tile(row, col, y, x, self.geobox[y, x])
+
+    def padded(self, tile: Tile, halo: int) -> Tile:
+        """``tile`` grown by ``halo`` px on every side, clipped to the grid (same row, col and
+        key): what a tile reads so that every window around its own pixels is whole, as it
+        is when the grid is restored in one piece. Clipped, because the grid's edge is an
+        edge for the one-piece restoration too."""
+        if halo < 0:
+            raise ValueError(f"halo must be >= 0 px, got {halo}")
+        ny, nx = self.shape
+        y = slice(max(0, tile.y.start - halo), min(ny, tile.y.stop + halo))
+        x = slice(max(0, tile.x.start - halo), min(nx, tile.x.stop + halo))
+        return Tile(tile.row, tile.col, y, x, self.geobox[y, x])
 
     def tiles(self) -> Iterator[Tile]:
         for row in range(self.rows):
