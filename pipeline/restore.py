@@ -734,14 +734,10 @@ def restore(
     ny, nx = int(arr.shape[2]), int(arr.shape[3])
     stride = max(1, round(math.sqrt(ny * nx / max(1, math.prod(state.sample_shape)))))
     if origin is not None or grid_shape is not None:
-        origin = tuple(int(v) for v in (origin or (0, 0)))
-        grid_shape = tuple(int(v) for v in (grid_shape or (origin[0] + ny, origin[1] + nx)))
-        if (
-            origin[0] < 0
-            or origin[1] < 0
-            or origin[0] + ny > grid_shape[0]
-            or origin[1] + nx > grid_shape[1]
-        ):
+        oy, ox = (int(v) for v in (origin or (0, 0)))
+        gy, gx = (int(v) for v in (grid_shape or (oy + ny, ox + nx)))
+        origin, grid_shape = (oy, ox), (gy, gx)
+        if oy < 0 or ox < 0 or oy + ny > gy or ox + nx > gx:
             raise ValueError(
                 f"a {ny} x {nx} px cube at origin {origin} does not fit in a grid of "
                 f"{grid_shape}; fix: origin is the cube's first (row, column) in the grid"
