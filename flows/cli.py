@@ -47,10 +47,27 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     from pipeline.catalog import DEFAULT_COLLECTION, PLANETARY_COMPUTER_STAC
 
     area = p.add_mutually_exclusive_group(required=True)
-    area.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="area in degrees (lon/lat); write --bbox=-10,35,5,44 when west is negative")
-    area.add_argument("--geometry", metavar="FILE", help="area as a GeoJSON file (Feature, FeatureCollection or geometry)")
-    p.add_argument("--datetime", required=True, metavar="START/END", help="e.g. 2024-05-01/2024-06-30")
-    p.add_argument("--max-cloud", type=float, default=None, metavar="PCT", help="keep items with eo:cloud_cover below PCT")
+    area.add_argument(
+        "--bbox",
+        type=_bbox,
+        metavar="W,S,E,N",
+        help="area in degrees (lon/lat); write --bbox=-10,35,5,44 when west is negative",
+    )
+    area.add_argument(
+        "--geometry",
+        metavar="FILE",
+        help="area as a GeoJSON file (Feature, FeatureCollection or geometry)",
+    )
+    p.add_argument(
+        "--datetime", required=True, metavar="START/END", help="e.g. 2024-05-01/2024-06-30"
+    )
+    p.add_argument(
+        "--max-cloud",
+        type=float,
+        default=None,
+        metavar="PCT",
+        help="keep items with eo:cloud_cover below PCT",
+    )
     p.add_argument("--tile", default=None, metavar="MGRS", help="only this MGRS tile, e.g. 33UUP")
     p.add_argument("--collection", default=DEFAULT_COLLECTION)
     p.add_argument(
@@ -78,9 +95,18 @@ def _search_params(args: argparse.Namespace):
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dask cluster")
-    g.add_argument("--scheduler", metavar="ADDRESS", help="attach to a running scheduler, e.g. tcp://host:8786")
-    g.add_argument("--cluster", choices=("local", "cuda", "kubernetes"), default="local", help="cluster to start (default local)")
-    g.add_argument("--workers", type=int, default=None, help="worker processes (default: min(cores, 4))")
+    g.add_argument(
+        "--scheduler", metavar="ADDRESS", help="attach to a running scheduler, e.g. tcp://host:8786"
+    )
+    g.add_argument(
+        "--cluster",
+        choices=("local", "cuda", "kubernetes"),
+        default="local",
+        help="cluster to start (default local)",
+    )
+    g.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: min(cores, 4))"
+    )
     g.add_argument("--threads", type=int, default=None, help="threads per worker")
     g.add_argument("--memory-limit", default=None, help="per worker, e.g. 4GiB")
     g.add_argument("--dashboard", default=":8787", help="dashboard address (default :8787)")
@@ -112,23 +138,69 @@ def _cluster_config(args: argparse.Namespace):
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
-    g.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="3 (default); 2 for GDAL < 3.13 / QGIS")
-    g.add_argument("--chunk-size", type=int, default=1024, help="spatial chunk of cube and archive, px (default 1024)")
-    g.add_argument("--shard-size", type=int, default=None, metavar="PX", help="Zarr 3: one object per PX x PX block of chunks (default: tiled runs one shard per tile, single-grid runs none)")
-    g.add_argument("--no-shards", action="store_true", help="one object per chunk, even for tiled Zarr 3 runs")
-    g.add_argument("--no-overviews", action="store_true", help="do not write overview levels (1/2, 1/4, ...) into the store")
-    g.add_argument("--no-stac", action="store_true", help="do not write the STAC Collection beside the store")
+    g.add_argument(
+        "--zarr-format",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="3 (default); 2 for GDAL < 3.13 / QGIS",
+    )
+    g.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1024,
+        help="spatial chunk of cube and archive, px (default 1024)",
+    )
+    g.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="Zarr 3: one object per PX x PX block of chunks (default: tiled runs one shard per tile, single-grid runs none)",
+    )
+    g.add_argument(
+        "--no-shards", action="store_true", help="one object per chunk, even for tiled Zarr 3 runs"
+    )
+    g.add_argument(
+        "--no-overviews",
+        action="store_true",
+        help="do not write overview levels (1/2, 1/4, ...) into the store",
+    )
+    g.add_argument(
+        "--no-stac", action="store_true", help="do not write the STAC Collection beside the store"
+    )
     when = g.add_mutually_exclusive_group()
-    when.add_argument("--resume", action="store_true", help="finish an interrupted run into the existing store")
+    when.add_argument(
+        "--resume", action="store_true", help="finish an interrupted run into the existing store"
+    )
     when.add_argument("--overwrite", action="store_true", help="replace an existing store")
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tiles (areas larger than one tile go tile by tile into one store)")
-    g.add_argument("--tile-size", type=int, default=2048, help="tile side in px, a multiple of --chunk-size (default 2048)")
-    g.add_argument("--tile-retries", type=int, default=2, help="retries of a failed tile before it is reported (default 2)")
-    g.add_argument("--tiles-in-flight", type=int, default=None, help="tiles processed at once (default: one per worker, at least 2)")
-    g.add_argument("--tiled", action="store_true", help="tiled store layout even for an area of one tile (periodic composites)")
+    g.add_argument(
+        "--tile-size",
+        type=int,
+        default=2048,
+        help="tile side in px, a multiple of --chunk-size (default 2048)",
+    )
+    g.add_argument(
+        "--tile-retries",
+        type=int,
+        default=2,
+        help="retries of a failed tile before it is reported (default 2)",
+    )
+    g.add_argument(
+        "--tiles-in-flight",
+        type=int,
+        default=None,
+        help="tiles processed at once (default: one per worker, at least 2)",
+    )
+    g.add_argument(
+        "--tiled",
+        action="store_true",
+        help="tiled store layout even for an area of one tile (periodic composites)",
+    )
     g.add_argument(
         "--no-seamless-tiles", dest="seamless_tiles", action="store_false",
         help="read no halo around tiles and estimate scene parameters per tile (cheaper; values step at tile edges)",
@@ -150,11 +222,39 @@ def _add_prior_args(p: argparse.ArgumentParser) -> None:
     from pipeline.priors import DEFAULT_PRIOR, available_priors, available_sources
 
     g = p.add_argument_group("prior (physics, or physics refined by a Qwen VL model)")
-    g.add_argument("--prior", type=_prior_name, default=DEFAULT_PRIOR, metavar="PRIOR", help=f"a base prior ({', '.join(available_priors())}) optionally joined by '+' with cloud-evidence sources ({', '.join(available_sources())}), e.g. physics+stack (default {DEFAULT_PRIOR})")
-    g.add_argument("--vlm-model", metavar="PATH_OR_ID", help="Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder (or hub id where there is internet); needs --prior vlm")
-    g.add_argument("--vlm-region-px", type=int, default=None, metavar="PX", help="side of a VLM region (crop) in output pixels (default 256)")
-    g.add_argument("--vlm-batch-size", type=int, default=None, metavar="N", help="crops per forward pass (default 16)")
-    g.add_argument("--vlm-gpu", type=float, default=None, metavar="UNITS", help="each restore task asks Dask for this much worker resource 'GPU' (workers started with --resources GPU=1)")
+    g.add_argument(
+        "--prior",
+        type=_prior_name,
+        default=DEFAULT_PRIOR,
+        metavar="PRIOR",
+        help=f"a base prior ({', '.join(available_priors())}) optionally joined by '+' with cloud-evidence sources ({', '.join(available_sources())}), e.g. physics+stack (default {DEFAULT_PRIOR})",
+    )
+    g.add_argument(
+        "--vlm-model",
+        metavar="PATH_OR_ID",
+        help="Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder (or hub id where there is internet); needs --prior vlm",
+    )
+    g.add_argument(
+        "--vlm-region-px",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="side of a VLM region (crop) in output pixels (default 256)",
+    )
+    g.add_argument(
+        "--vlm-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="crops per forward pass (default 16)",
+    )
+    g.add_argument(
+        "--vlm-gpu",
+        type=float,
+        default=None,
+        metavar="UNITS",
+        help="each restore task asks Dask for this much worker resource 'GPU' (workers started with --resources GPU=1)",
+    )
 
 
 def _prior_name(value: str) -> str:
@@ -188,7 +288,9 @@ def _prior_options(args: argparse.Namespace) -> dict:
             raise ValueError("the --vlm-* options need --prior vlm")
         return {}
     if not args.vlm_model:
-        raise ValueError(f"--prior {args.prior} needs --vlm-model PATH_OR_ID (a Qwen VL checkpoint folder)")
+        raise ValueError(
+            f"--prior {args.prior} needs --vlm-model PATH_OR_ID (a Qwen VL checkpoint folder)"
+        )
     return given
 
 
@@ -219,13 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Start with 'phyvlm-cr demo' (offline, a few minutes). Docs: README.md.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p_search = sub.add_parser("search", help="list the items a search finds", description="Search a STAC catalog and print what was found (after de-duplication).")
+    p_search = sub.add_parser(
+        "search",
+        help="list the items a search finds",
+        description="Search a STAC catalog and print what was found (after de-duplication).",
+    )
     _add_search_args(p_search)
-    p_search.add_argument("--json", action="store_true", help="print the items as a GeoJSON FeatureCollection")
+    p_search.add_argument(
+        "--json", action="store_true", help="print the items as a GeoJSON FeatureCollection"
+    )
 
     p_run = sub.add_parser(
         "run",
@@ -233,19 +345,74 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search, load a lazy datacube, restore every date (or a composite) on Dask and write Zarr.",
     )
     _add_search_args(p_run)
-    p_run.add_argument("--output", "-o", required=True, metavar="STORE", help="Zarr store path or fsspec URL")
-    p_run.add_argument("--bands", type=_bands, default=DEFAULT_BANDS, help=f"comma-separated asset keys (default {','.join(DEFAULT_BANDS)})")
-    p_run.add_argument("--resolution", type=float, default=10.0, help="pixel size in CRS units (default 10)")
-    p_run.add_argument("--crs", default=None, help="output CRS, e.g. EPSG:32633 (default: one tile: the items' most common; tiled: the area's UTM zone, else equal-area EPSG:3035 in Europe / EPSG:6933)")
-    p_run.add_argument("--mode", choices=("dates", "composite"), default="dates", help="restore every date (default) or one composite per period")
-    p_run.add_argument("--period", default=None, help="composite period: monthly, quarterly, yearly or a start-anchored pandas alias (MS, QS, 14D); default the whole range. Tiled with --resume: a later --datetime appends its periods, a finished period is a no-op")
+    p_run.add_argument(
+        "--output", "-o", required=True, metavar="STORE", help="Zarr store path or fsspec URL"
+    )
+    p_run.add_argument(
+        "--bands",
+        type=_bands,
+        default=DEFAULT_BANDS,
+        help=f"comma-separated asset keys (default {','.join(DEFAULT_BANDS)})",
+    )
+    p_run.add_argument(
+        "--resolution", type=float, default=10.0, help="pixel size in CRS units (default 10)"
+    )
+    p_run.add_argument(
+        "--crs",
+        default=None,
+        help="output CRS, e.g. EPSG:32633 (default: one tile: the items' most common; tiled: the area's UTM zone, else equal-area EPSG:3035 in Europe / EPSG:6933)",
+    )
+    p_run.add_argument(
+        "--mode",
+        choices=("dates", "composite"),
+        default="dates",
+        help="restore every date (default) or one composite per period",
+    )
+    p_run.add_argument(
+        "--period",
+        default=None,
+        help="composite period: monthly, quarterly, yearly or a start-anchored pandas alias (MS, QS, 14D); default the whole range. Tiled with --resume: a later --datetime appends its periods, a finished period is a no-op",
+    )
     p_run.add_argument("--no-scl", action="store_true", help="do not load SCL as evidence")
-    p_run.add_argument("--on-read-error", choices=("raise", "count"), default="raise", help="fail on a read error (default) or write nodata and count it")
-    p_run.add_argument("--no-validation", action="store_true", help="skip the self-validation (held-out clear pixels under simulated cloud; recorded in the archive)")
-    p_run.add_argument("--validation-window", type=int, default=64, metavar="PX", help="side of a self-validation window (default 64)")
-    p_run.add_argument("--validation-windows", type=int, default=8, metavar="N", help="self-validation windows over the whole run, spread over the area and its tiles (default 8)")
-    p_run.add_argument("--time-window-dates", type=int, default=None, metavar="N", help="references from at most N dates on each side; restores in time blocks, memory bounded (default: unbounded)")
-    p_run.add_argument("--time-block", type=int, default=None, metavar="N", help="target dates per time block (default: the most that fit the workers' memory limit)")
+    p_run.add_argument(
+        "--on-read-error",
+        choices=("raise", "count"),
+        default="raise",
+        help="fail on a read error (default) or write nodata and count it",
+    )
+    p_run.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="skip the self-validation (held-out clear pixels under simulated cloud; recorded in the archive)",
+    )
+    p_run.add_argument(
+        "--validation-window",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="side of a self-validation window (default 64)",
+    )
+    p_run.add_argument(
+        "--validation-windows",
+        type=int,
+        default=8,
+        metavar="N",
+        help="self-validation windows over the whole run, spread over the area and its tiles (default 8)",
+    )
+    p_run.add_argument(
+        "--time-window-dates",
+        type=int,
+        default=None,
+        metavar="N",
+        help="references from at most N dates on each side; restores in time blocks, memory bounded (default: unbounded)",
+    )
+    p_run.add_argument(
+        "--time-block",
+        type=int,
+        default=None,
+        metavar="N",
+        help="target dates per time block (default: the most that fit the workers' memory limit)",
+    )
     _add_prior_args(p_run)
     _add_output_args(p_run)
     _add_tiling_args(p_run)
@@ -260,16 +427,34 @@ def build_parser() -> argparse.ArgumentParser:
             "against the truth and save a quicklook PNG. No internet, no credentials."
         ),
     )
-    p_demo.add_argument("--output", "-o", default="phyvlm-demo", metavar="DIR", help="folder for COGs, store and PNG (default ./phyvlm-demo)")
-    p_demo.add_argument("--size", type=int, default=512, help="image side in pixels at 10 m (default 512)")
+    p_demo.add_argument(
+        "--output",
+        "-o",
+        default="phyvlm-demo",
+        metavar="DIR",
+        help="folder for COGs, store and PNG (default ./phyvlm-demo)",
+    )
+    p_demo.add_argument(
+        "--size", type=int, default=512, help="image side in pixels at 10 m (default 512)"
+    )
     p_demo.add_argument("--dates", type=int, default=10, help="number of dates (default 10)")
     p_demo.add_argument("--seed", type=int, default=0)
-    p_demo.add_argument("--chunk-size", type=int, default=256, help="spatial chunk, px (default 256)")
+    p_demo.add_argument(
+        "--chunk-size", type=int, default=256, help="spatial chunk, px (default 256)"
+    )
     p_demo.add_argument("--workers", type=int, default=2)
     p_demo.add_argument("--threads", type=int, default=1)
     p_demo.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
-    p_demo.add_argument("--overwrite", action="store_true", help="replace the demo folder's store if it exists")
-    p_demo.add_argument("--overview-min-size", type=int, default=256, metavar="PX", help="overview levels halve the resolution until the image fits PX (default 256)")
+    p_demo.add_argument(
+        "--overwrite", action="store_true", help="replace the demo folder's store if it exists"
+    )
+    p_demo.add_argument(
+        "--overview-min-size",
+        type=int,
+        default=256,
+        metavar="PX",
+        help="overview levels halve the resolution until the image fits PX (default 256)",
+    )
     _add_prior_args(p_demo)
 
     p_bench = sub.add_parser(
@@ -280,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = p_bench.add_subparsers(dest="benchmark", required=True, metavar="KIND")
     for name in BENCHMARKS:
         module = importlib.import_module(f"flows.benchmarks.{name}")
-        module.add_arguments(kinds.add_parser(name, help=module.HELP, description=module.DESCRIPTION))
+        module.add_arguments(
+            kinds.add_parser(name, help=module.HELP, description=module.DESCRIPTION)
+        )
     return parser
 
 
@@ -289,13 +476,19 @@ def _configure_logging(args: argparse.Namespace) -> None:
     import distributed  # noqa: F401  (it installs its own handlers on import: tame them after)
 
     ours = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose >= 2 else logging.INFO)
-    others = logging.DEBUG if args.verbose >= 3 else (logging.INFO if args.verbose >= 2 else logging.WARNING)
+    others = (
+        logging.DEBUG
+        if args.verbose >= 3
+        else (logging.INFO if args.verbose >= 2 else logging.WARNING)
+    )
     logging.basicConfig(
         level=others, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger().setLevel(others)
     for name in ("distributed", "bokeh", "tornado", "rasterio", "urllib3", "fsspec", "numba"):
-        logging.getLogger(name).setLevel(max(others, logging.WARNING if args.verbose < 3 else others))
+        logging.getLogger(name).setLevel(
+            max(others, logging.WARNING if args.verbose < 3 else others)
+        )
     for name in ("pipeline", "flows", "phyvlm_cr"):
         logging.getLogger(name).setLevel(ours)
 
@@ -360,7 +553,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     if summary.read_failures:
-        print(f"WARNING: {len(summary.read_failures)} read failure(s) written as nodata:", file=sys.stderr)
+        print(
+            f"WARNING: {len(summary.read_failures)} read failure(s) written as nodata:",
+            file=sys.stderr,
+        )
         for failure in summary.read_failures[:20]:
             print(f"  {failure}", file=sys.stderr)
     return EXIT_OK
@@ -402,7 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.archive import ArchiveExistsError, ArchiveMismatchError
     from pipeline.catalog import CatalogUnreachable, NoItemsFound, SearchError
 
-    handlers = {"search": _cmd_search, "run": _cmd_run, "demo": _cmd_demo, "benchmark": _cmd_benchmark}
+    handlers = {
+        "search": _cmd_search,
+        "run": _cmd_run,
+        "demo": _cmd_demo,
+        "benchmark": _cmd_benchmark,
+    }
     try:
         return handlers[args.command](args)
     except NoItemsFound as exc:
@@ -422,7 +623,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - the last line of defence prints, logs and exits 1
         log.debug("run failed", exc_info=True)
-        print(f"error: {type(exc).__name__}: {exc} (run with -vv for the traceback)", file=sys.stderr)
+        print(
+            f"error: {type(exc).__name__}: {exc} (run with -vv for the traceback)", file=sys.stderr
+        )
         return EXIT_FAILED
 
 

@@ -166,7 +166,11 @@ class RunSummary:
                 if self.overview_factors
                 else []
             ),
-            *([f"objects          {self.objects} in the store"] if self.objects is not None else []),
+            *(
+                [f"objects          {self.objects} in the store"]
+                if self.objects is not None
+                else []
+            ),
             *([f"STAC collection  {self.stac}"] if self.stac else []),
             f"time             {self.seconds:.1f} s",
             *(

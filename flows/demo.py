@@ -115,7 +115,13 @@ def _masks(stack: Any, t: int | slice) -> dict[str, np.ndarray]:
     thick = np.asarray(stack.thick[t], dtype=bool)
     shadow = np.asarray(stack.shadow[t], dtype=bool)
     clear = ~(thin | thick | shadow)
-    return {"all": np.ones_like(clear), "clear": clear, "thin": thin & ~thick, "thick": thick, "shadow": shadow & ~thick}
+    return {
+        "all": np.ones_like(clear),
+        "clear": clear,
+        "thin": thin & ~thick,
+        "thick": thick,
+        "shadow": shadow & ~thick,
+    }
 
 
 def _stacked(ds: xr.Dataset, bands: tuple[str, ...]) -> np.ndarray:
@@ -152,7 +158,13 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
         )
     out.mkdir(parents=True, exist_ok=True)
 
-    log.info("generating a synthetic %d-date %dx%d px stack (seed %d)", config.dates, config.size, config.size, config.seed)
+    log.info(
+        "generating a synthetic %d-date %dx%d px stack (seed %d)",
+        config.dates,
+        config.size,
+        config.size,
+        config.seed,
+    )
     stack = make_stack(shape=(config.dates, config.size, config.size), seed=config.seed)
     items = write_stac_items(stack, catalog)
     bands = tuple(b for b in stack.truth.data_vars)
@@ -160,7 +172,9 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
     times = stack.truth["time"].values
     first = np.datetime_as_string(times.min(), unit="D")
     last = np.datetime_as_string(times.max(), unit="D")
-    params = SearchParams(bbox=_lonlat_bbox(items), datetime=f"{first}/{last}", catalog=str(catalog / "items.json"))
+    params = SearchParams(
+        bbox=_lonlat_bbox(items), datetime=f"{first}/{last}", catalog=str(catalog / "items.json")
+    )
     found = search(params)  # the same search code path as a Planetary Computer run
     log.info("search found %d of %d written items", len(found), len(items))
 
@@ -173,7 +187,11 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
             chunk_size=config.chunk_size,
             mode="overwrite" if config.overwrite else "create",
         ),
-        cluster=ClusterConfig(n_workers=config.workers, threads_per_worker=config.threads, dashboard_address="127.0.0.1:0"),
+        cluster=ClusterConfig(
+            n_workers=config.workers,
+            threads_per_worker=config.threads,
+            dashboard_address="127.0.0.1:0",
+        ),
         prior=config.prior,
         prior_options=config.prior_options,
         overview_min_size=config.overview_min_size,
@@ -186,7 +204,9 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
     loaded = load_cube(found, run_config.cube, geobox=stack.truth.odc.geobox).compute()
     n = restored.sizes["time"]
     if n != stack.truth.sizes["time"]:
-        raise RuntimeError(f"the archive has {n} dates, the synthetic stack {stack.truth.sizes['time']}")
+        raise RuntimeError(
+            f"the archive has {n} dates, the synthetic stack {stack.truth.sizes['time']}"
+        )
     masks = _stacked_masks(stack, n)
     truth = _stacked(stack.truth, bands)
     scores = {
@@ -196,7 +216,9 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
     calibration = {}
     if ERROR_LAYER in restored and summary.validation and summary.validation.error_model:
         cloudy = ~_stacked_masks(stack, n)["clear"]
-        est_layer = np.asarray(restored[ERROR_LAYER].values).transpose(1, 0, 2).reshape(cloudy.shape)
+        est_layer = (
+            np.asarray(restored[ERROR_LAYER].values).transpose(1, 0, 2).reshape(cloudy.shape)
+        )
         calibration = error_layer_calibration(
             est_layer,
             summary.validation.error_model.interval90,

@@ -34,7 +34,12 @@ BANDS_10M = ("B02", "B03", "B04", "B08")
 BANDS_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
 BANDS_60M = ("B01", "B09")
 NATIVE_RESOLUTION_M: MappingProxyType[str, int] = MappingProxyType(
-    {**dict.fromkeys(BANDS_10M, 10), **dict.fromkeys(BANDS_20M, 20), **dict.fromkeys(BANDS_60M, 60), "SCL": 20}
+    {
+        **dict.fromkeys(BANDS_10M, 10),
+        **dict.fromkeys(BANDS_20M, 20),
+        **dict.fromkeys(BANDS_60M, 60),
+        "SCL": 20,
+    }
 )
 
 #: The default band set: every 10 m and 20 m reflectance band.

@@ -59,7 +59,9 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "address", "cuda", "kubernetes"):
-            raise ValueError(f"unknown cluster kind {self.kind!r}: use local, address, cuda or kubernetes")
+            raise ValueError(
+                f"unknown cluster kind {self.kind!r}: use local, address, cuda or kubernetes"
+            )
         if self.kind == "address" and not self.address:
             raise ValueError("cluster kind 'address' needs an address, e.g. tcp://scheduler:8786")
         if not self.kubernetes_image.strip() or any(c.isspace() for c in self.kubernetes_image):

@@ -23,7 +23,9 @@ def _prepare(truth: np.ndarray, estimate: np.ndarray, mask: np.ndarray | None):
     truth = np.asarray(truth, dtype="float64")
     estimate = np.asarray(estimate, dtype="float64")
     if truth.shape != estimate.shape or truth.ndim != 3:
-        raise ValueError(f"truth {truth.shape} and estimate {estimate.shape} must both be (bands, y, x)")
+        raise ValueError(
+            f"truth {truth.shape} and estimate {estimate.shape} must both be (bands, y, x)"
+        )
     valid = np.isfinite(truth).all(axis=0) & np.isfinite(estimate).all(axis=0)
     if mask is not None:
         valid &= np.asarray(mask, dtype=bool)
@@ -77,7 +79,11 @@ def ssim_map(truth, estimate, *, sigma: float = 1.5) -> np.ndarray:
         var_t = gaussian_filter(tb * tb, sigma) - mu_t**2
         var_e = gaussian_filter(eb * eb, sigma) - mu_e**2
         cov = gaussian_filter(tb * eb, sigma) - mu_t * mu_e
-        total += (2 * mu_t * mu_e + c1) * (2 * cov + c2) / ((mu_t**2 + mu_e**2 + c1) * (var_t + var_e + c2))
+        total += (
+            (2 * mu_t * mu_e + c1)
+            * (2 * cov + c2)
+            / ((mu_t**2 + mu_e**2 + c1) * (var_t + var_e + c2))
+        )
     return np.where(finite, total / len(t), np.nan)
 
 

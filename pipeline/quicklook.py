@@ -40,7 +40,9 @@ def save_quicklook(
     panels.append(("confidence", np.asarray(restored["confidence"].values), "viridis"))
     if "gate" in restored:
         panels.append(("gate (physics weight)", np.asarray(restored["gate"].values), "magma"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.9), constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels), 3.9), constrained_layout=True
+    )
     for ax, (name, img, cmap) in zip(axes, panels, strict=True):
         if cmap is None:
             ax.imshow(img, interpolation="nearest")

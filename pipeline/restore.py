@@ -209,7 +209,12 @@ def _split_options(
         )
     if fusion_kw:
         cfg = replace(cfg, **fusion_kw)
-    return get_prior(prior, **prior_kw), cfg, sample_pixels, (None if time_block is None else int(time_block))
+    return (
+        get_prior(prior, **prior_kw),
+        cfg,
+        sample_pixels,
+        (None if time_block is None else int(time_block)),
+    )
 
 
 # --------------------------------------------------------------------------- arrays

@@ -163,9 +163,7 @@ def tile_write(
     for dim in (ydim, xdim):
         sl = region[dim]
         if sl.start % unit or (sl.stop - sl.start) % unit:
-            raise ValueError(
-                f"region {dict(region)} is not aligned to {unit}-px chunks (shards)"
-            )
+            raise ValueError(f"region {dict(region)} is not aligned to {unit}-px chunks (shards)")
     part = part.drop_vars(list(part.coords)).chunk({"time": 1, **spatial})
     for var in part.data_vars.values():
         var.encoding = {}

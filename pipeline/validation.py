@@ -131,9 +131,17 @@ def _features(gate, transmission, reference_days, cloud_probability):
     """
     g = gate.clip(0, 1)
     t = transmission.clip(0, 1)
-    days = abs(reference_days).fillna(0.0) if hasattr(reference_days, "fillna") else np.nan_to_num(np.abs(reference_days))
+    days = (
+        abs(reference_days).fillna(0.0)
+        if hasattr(reference_days, "fillna")
+        else np.nan_to_num(np.abs(reference_days))
+    )
     age = days.clip(0, 180) / 30.0 if hasattr(days, "clip") else np.clip(days, 0, 180) / 30.0
-    p = cloud_probability.fillna(0.5) if hasattr(cloud_probability, "fillna") else np.nan_to_num(cloud_probability, nan=0.5)
+    p = (
+        cloud_probability.fillna(0.5)
+        if hasattr(cloud_probability, "fillna")
+        else np.nan_to_num(cloud_probability, nan=0.5)
+    )
     return [g * 0 + 1.0, 1 - g, (1 - g) * age, g * (1 - t), p]
 
 
@@ -180,7 +188,9 @@ class ErrorModel:
             "held-out clear pixels under simulated cloud: self_validation attribute)",
             **{k: v for k, v in restored[band].attrs.items() if k == "grid_mapping"},
         }
-        est.encoding.update({k: v for k, v in restored[band].encoding.items() if k == "grid_mapping"})
+        est.encoding.update(
+            {k: v for k, v in restored[band].encoding.items() if k == "grid_mapping"}
+        )
         return est.rename(ERROR_LAYER)
 
 
@@ -234,7 +244,11 @@ def fit_error_model(
     pred = np.maximum(pred, floor)
     w = np.ones(err.shape) if weights is None else np.asarray(weights, np.float64)
     ratio = err[cal] / pred[cal]
-    kappa = float(np.sqrt(np.average(ratio**2, weights=w[cal]))) if w[cal].sum() > 0 else float(np.sqrt(np.mean(ratio**2)))
+    kappa = (
+        float(np.sqrt(np.average(ratio**2, weights=w[cal])))
+        if w[cal].sum() > 0
+        else float(np.sqrt(np.mean(ratio**2)))
+    )
     z90 = _weighted_quantile(ratio / kappa, w[cal], 0.9)
     return ErrorModel(
         coefficients=[float(c) for c in np.maximum(coef, 0)],
@@ -304,7 +318,11 @@ class ValidationResult:
 
     def line(self) -> str:
         if not self.pixels:
-            return f"no clear pixel to hold out ({self.note})" if self.note else "no clear pixel to hold out"
+            return (
+                f"no clear pixel to hold out ({self.note})"
+                if self.note
+                else "no clear pixel to hold out"
+            )
         classes = ", ".join(
             f"{k} {v['psnr']:.1f} dB [{v['psnr_low']:.1f}, {v['psnr_high']:.1f}]"
             for k, v in self.per_class.items()
@@ -351,7 +369,12 @@ def window_origins(
         x_lo, x_hi = c * nx // cols, (c + 1) * nx // cols
         y = int(rng.integers(y_lo, max(y_lo, y_hi - 1) + 1))
         x = int(rng.integers(x_lo, max(x_lo, x_hi - 1) + 1))
-        out.append((min(max(0, y - size // 2), max(ny - size, 0)), min(max(0, x - size // 2), max(nx - size, 0))))
+        out.append(
+            (
+                min(max(0, y - size // 2), max(ny - size, 0)),
+                min(max(0, x - size // 2), max(nx - size, 0)),
+            )
+        )
     return out
 
 
@@ -386,7 +409,19 @@ class _Collector:
     def __init__(self, nb: int) -> None:
         self.nb = nb
         self.rows: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("sq", "abs", "cls", "stratum", "case", "tile", "gate", "transmission", "reference_days", "cloud")
+            k: []
+            for k in (
+                "sq",
+                "abs",
+                "cls",
+                "stratum",
+                "case",
+                "tile",
+                "gate",
+                "transmission",
+                "reference_days",
+                "cloud",
+            )
         }
         self.band_sq: list[np.ndarray] = []
         self.class_counts = dict.fromkeys(("clear", "thin", "thick"), 0)
@@ -394,7 +429,9 @@ class _Collector:
         self.t_counts = np.zeros(len(T_EDGES) + 1)
         self.cases = 0
 
-    def add_run_shares(self, base: xr.Dataset, data: np.ndarray, bands: tuple[str, ...], clear: np.ndarray) -> None:
+    def add_run_shares(
+        self, base: xr.Dataset, data: np.ndarray, bands: tuple[str, ...], clear: np.ndarray
+    ) -> None:
         observed = np.isfinite(data).all(axis=1)
         cp = np.nan_to_num(base["cloud_probability"].values, nan=0.5)
         t = np.nan_to_num(base["transmission"].values, nan=1.0)
@@ -471,7 +508,9 @@ def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> Va
     rows = col.arrays()
     n = int(rows["sq"].size)
     # post-stratification: each stratum weighted to its share among all clear observations
-    held = np.bincount(rows["stratum"][rows["stratum"] >= 0].astype(int), minlength=6)[:6].astype(float)
+    held = np.bincount(rows["stratum"][rows["stratum"] >= 0].astype(int), minlength=6)[:6].astype(
+        float
+    )
     target = col.strata_counts / max(col.strata_counts.sum(), 1.0)
     ratio = np.where(held > 0, target / np.maximum(held / max(held.sum(), 1.0), 1e-12), 0.0)
     weights = np.where(rows["stratum"] >= 0, ratio[np.maximum(rows["stratum"], 0).astype(int)], 1.0)
@@ -523,7 +562,9 @@ def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> Va
         psnr=_psnr(rmse_all),
         rmse=rmse_all,
         mae=float(rows["abs"].sum() / max(rows["nb"].sum(), 1)),
-        rmse_per_band={b: float(np.sqrt(band_sq[i][cloudy].mean())) for i, b in enumerate(bands)} if cloudy.any() else {},
+        rmse_per_band={b: float(np.sqrt(band_sq[i][cloudy].mean())) for i, b in enumerate(bands)}
+        if cloudy.any()
+        else {},
         per_class=per_class,
         cases=col.cases,
         config=asdict(cfg),
@@ -567,7 +608,9 @@ def self_validate(
     wl = np.array([WAVELENGTH_NM[b] for b in bands])
     rng = np.random.default_rng(cfg.seed)
     col = _Collector(len(bands))
-    per_cube = [cfg.windows // len(cubes) + (k < cfg.windows % len(cubes)) for k in range(len(cubes))]
+    per_cube = [
+        cfg.windows // len(cubes) + (k < cfg.windows % len(cubes)) for k in range(len(cubes))
+    ]
     context = cfg.context if cfg.context >= 0 else _restore_halo(prior, options)
     for k, c in enumerate(cubes):
         ny, nx, nt = c.sizes["y"], c.sizes["x"], c.sizes["time"]
@@ -583,7 +626,9 @@ def self_validate(
             try:
                 win = c.isel(y=slice(cy0, cy1), x=slice(cx0, cx1)).compute()
             except Exception as exc:  # noqa: BLE001 - a read failure costs a window, not the run
-                log.warning("self-validation skipped a window of %s at (%d, %d): %s", labels[k], y0, x0, exc)
+                log.warning(
+                    "self-validation skipped a window of %s at (%d, %d): %s", labels[k], y0, x0, exc
+                )
                 continue
             _validate_window(
                 win, inner, bands, wl, k, cfg, prior, options, rng, col, simulate, restore
@@ -591,8 +636,17 @@ def self_validate(
     result = (
         _summarise(col, cfg, bands, labels, rng)
         if col.cases
-        else ValidationResult(0, math.nan, math.nan, math.nan, {}, {}, 0, asdict(cfg),
-                              note="needs at least two dates and clear pixels in a window")
+        else ValidationResult(
+            0,
+            math.nan,
+            math.nan,
+            math.nan,
+            {},
+            {},
+            0,
+            asdict(cfg),
+            note="needs at least two dates and clear pixels in a window",
+        )
     )
     result.seconds = time.perf_counter() - started
     log.info("self-validation: %s", result.line())
@@ -642,11 +696,18 @@ def _validate_window(
         win, prior=prior, **{k: v for k, v in options.items() if k not in fusion_names}
     )
     observed = np.isfinite(data).all(axis=1)
-    clear = observed & (np.nan_to_num(base["cloud_probability"].values, nan=1.0) <= cfg.clear_probability)
+    clear = observed & (
+        np.nan_to_num(base["cloud_probability"].values, nan=1.0) <= cfg.clear_probability
+    )
     scored = np.zeros(clear.shape[1:], dtype=bool)
     scored[inner] = True
     clear &= scored[None]
-    col.add_run_shares(base.isel(y=inner[0], x=inner[1]), data[:, :, inner[0], inner[1]], bands, clear[:, inner[0], inner[1]])
+    col.add_run_shares(
+        base.isel(y=inner[0], x=inner[1]),
+        data[:, :, inner[0], inner[1]],
+        bands,
+        clear[:, inner[0], inner[1]],
+    )
     candidates = [t for t in range(data.shape[0]) if clear[t][inner].mean() > 0.2]
     if not candidates:
         return
@@ -655,7 +716,14 @@ def _validate_window(
     sims = {}
     filled = np.nan_to_num(data, nan=0.0)
     for target in targets:
-        sim = simulate(filled, wl, target=target, kind=cfg.kind, cover=cfg.cover, seed=int(rng.integers(0, 2**31 - 1)))
+        sim = simulate(
+            filled,
+            wl,
+            target=target,
+            kind=cfg.kind,
+            cover=cfg.cover,
+            seed=int(rng.integers(0, 2**31 - 1)),
+        )
         cloudy[target] = np.where(np.isfinite(data[target]), sim.cloudy[target], np.nan)
         sims[target] = sim
     trial = win.copy()
@@ -681,7 +749,14 @@ def _validate_window(
             "reference_days": out["reference_days"].values[target][held],
             "cloud": out["cloud_probability"].values[target][held],
         }
-        col.add(est[:, held], data[target][:, held], cls, strata(data[target], bands)[held], tile, layers)
+        col.add(
+            est[:, held],
+            data[target][:, held],
+            cls,
+            strata(data[target], bands)[held],
+            tile,
+            layers,
+        )
         log.debug("self-validation case: date %d, %d px", target, int(held.sum()))
 
 
@@ -728,7 +803,12 @@ def error_layer_calibration(
     if mask is not None:
         ok &= mask
     if not ok.any():
-        return {"coverage90": float("nan"), "spearman": float("nan"), "rms_ratio": float("nan"), "pixels": 0}
+        return {
+            "coverage90": float("nan"),
+            "spearman": float("nan"),
+            "rms_ratio": float("nan"),
+            "pixels": 0,
+        }
     e, s = err[ok], est[ok]
     return {
         "coverage90": float(np.mean(e <= interval90 * s)),

@@ -85,7 +85,9 @@ def test_boundary_mask():
 
 def _stack(values):
     """values (T, B) -> constant (T, B, 4, 4) stack."""
-    return np.broadcast_to(np.asarray(values, "float32")[:, :, None, None], (*np.shape(values), 4, 4)).copy()
+    return np.broadcast_to(
+        np.asarray(values, "float32")[:, :, None, None], (*np.shape(values), 4, 4)
+    ).copy()
 
 
 def test_nearest_clear_date_takes_nearer_clear_date():
@@ -110,7 +112,9 @@ def test_masked_median_equals_median_of_clear_values():
     clear = ~(x.mean(axis=1) > 0.2)
     for y in range(5):
         for xx in range(5):
-            np.testing.assert_allclose(out[:, y, xx], np.median(x[clear[:, y, xx], :, y, xx], axis=0))
+            np.testing.assert_allclose(
+                out[:, y, xx], np.median(x[clear[:, y, xx], :, y, xx], axis=0)
+            )
 
 
 def test_dark_channel_dehaze_improves_hazy_flat_scene():
@@ -133,7 +137,9 @@ def test_dark_channel_dehaze_improves_hazy_flat_scene():
 def test_two_stage_fills_thick_and_dehazes_thin():
     rng = np.random.default_rng(0)
     ny, nx = 40, 40
-    truth = (np.array([0.03, 0.06, 0.05])[:, None, None] * (1 + 0.1 * rng.standard_normal((3, ny, nx)))).astype("float32")
+    truth = (
+        np.array([0.03, 0.06, 0.05])[:, None, None] * (1 + 0.1 * rng.standard_normal((3, ny, nx)))
+    ).astype("float32")
     other = truth * 1.02
     target = truth.copy()
     t, a = 0.7, 0.9

@@ -12,8 +12,21 @@ from flows.cli import main
 @pytest.mark.slow
 def test_tiles_benchmark_reports_worker_peaks_per_area(tmp_path, capsys):
     code = main(
-        ["-q", "benchmark", "tiles", "--tile-size", "128", "--chunk-size", "64", "--grids", "1,2",
-         "--dates", "2", "--output", str(tmp_path)]
+        [
+            "-q",
+            "benchmark",
+            "tiles",
+            "--tile-size",
+            "128",
+            "--chunk-size",
+            "64",
+            "--grids",
+            "1,2",
+            "--dates",
+            "2",
+            "--output",
+            str(tmp_path),
+        ]
     )
     assert code == 0
     report = json.loads((tmp_path / "tiles.json").read_text())

@@ -44,12 +44,24 @@ def test_entry_point_help_lists_subcommands():
     assert proc.returncode == 0
     for sub in ("search", "run", "demo"):
         assert sub in proc.stdout
-    proc = subprocess.run([str(ENTRY_POINT), "run", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(ENTRY_POINT), "run", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert "--resume" in proc.stdout and "--scheduler" in proc.stdout and "--bands" in proc.stdout
 
 
 def test_invalid_bbox_is_a_usage_error(capsys, pc_items_dir):
-    code = main(["search", "--bbox", "20,10,10,20", "--datetime", AUSTRIA_DATES, "--catalog", str(pc_items_dir)])
+    code = main(
+        [
+            "search",
+            "--bbox",
+            "20,10,10,20",
+            "--datetime",
+            AUSTRIA_DATES,
+            "--catalog",
+            str(pc_items_dir),
+        ]
+    )
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "bbox" in err and "west" in err
@@ -63,13 +75,32 @@ def test_malformed_bbox_exits_2_from_argparse(capsys):
 
 
 def test_reversed_dates_is_a_usage_error(capsys, pc_items_dir):
-    code = main(["search", "--bbox", AUSTRIA_BBOX, "--datetime", "2021-10-01/2021-06-01", "--catalog", str(pc_items_dir)])
+    code = main(
+        [
+            "search",
+            "--bbox",
+            AUSTRIA_BBOX,
+            "--datetime",
+            "2021-10-01/2021-06-01",
+            "--catalog",
+            str(pc_items_dir),
+        ]
+    )
     assert code == EXIT_USAGE
     assert "2021-10-01" in capsys.readouterr().err
 
 
 def test_nothing_found_exit_code(capsys, pc_items_dir):
-    code = main(["search", "--bbox=-10,-10,-9,-9", "--datetime", "2019-01-01/2019-01-02", "--catalog", str(pc_items_dir)])
+    code = main(
+        [
+            "search",
+            "--bbox=-10,-10,-9,-9",
+            "--datetime",
+            "2019-01-01/2019-01-02",
+            "--catalog",
+            str(pc_items_dir),
+        ]
+    )
     assert code == EXIT_NOTHING_FOUND
     assert "error:" in capsys.readouterr().err
 
@@ -78,13 +109,32 @@ def test_unreachable_api_exit_code(capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again at the end of the block: nobody listens
-    code = main(["search", "--bbox", AUSTRIA_BBOX, "--datetime", AUSTRIA_DATES, "--catalog", f"http://127.0.0.1:{port}/api"])
+    code = main(
+        [
+            "search",
+            "--bbox",
+            AUSTRIA_BBOX,
+            "--datetime",
+            AUSTRIA_DATES,
+            "--catalog",
+            f"http://127.0.0.1:{port}/api",
+        ]
+    )
     assert code == EXIT_UNREACHABLE
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_search_prints_a_table_of_real_items(capsys, pc_items_dir):
-    code = main(["search", "--bbox=-180,-90,180,90", "--datetime", "2024-04-19/2024-04-19", "--catalog", str(pc_items_dir)])
+    code = main(
+        [
+            "search",
+            "--bbox=-180,-90,180,90",
+            "--datetime",
+            "2024-04-19/2024-04-19",
+            "--catalog",
+            str(pc_items_dir),
+        ]
+    )
     assert code == EXIT_OK
     out = capsys.readouterr().out
     for tile in ("47XML", "47XMJ", "46XES", "46XER"):
@@ -94,14 +144,35 @@ def test_search_prints_a_table_of_real_items(capsys, pc_items_dir):
 
 def _run_args(catalog: Path, output: Path, *extra: str) -> list[str]:
     return [
-        "-q", "run", "--bbox", AUSTRIA_BBOX, "--datetime", AUSTRIA_DATES, "--catalog", str(catalog),
-        "--bands", ",".join(AUSTRIA_BANDS), "--no-scl", "--output", str(output), "--chunk-size", "256",
-        "--workers", "2", "--threads", "1", "--dashboard", "127.0.0.1:0", *extra,
+        "-q",
+        "run",
+        "--bbox",
+        AUSTRIA_BBOX,
+        "--datetime",
+        AUSTRIA_DATES,
+        "--catalog",
+        str(catalog),
+        "--bands",
+        ",".join(AUSTRIA_BANDS),
+        "--no-scl",
+        "--output",
+        str(output),
+        "--chunk-size",
+        "256",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--dashboard",
+        "127.0.0.1:0",
+        *extra,
     ]
 
 
 @pytest.mark.slow
-def test_run_on_real_data_writes_an_archive_and_refuses_to_overwrite(austria_catalog, tmp_path, capsys):
+def test_run_on_real_data_writes_an_archive_and_refuses_to_overwrite(
+    austria_catalog, tmp_path, capsys
+):
     store = tmp_path / "austria.zarr"
     assert main(_run_args(austria_catalog, store, "--zarr-format", "2")) == EXIT_OK
     out = capsys.readouterr().out
@@ -110,7 +181,14 @@ def test_run_on_real_data_writes_an_archive_and_refuses_to_overwrite(austria_cat
     ds = xr.open_zarr(store, decode_coords="all")
     assert ds.rio.crs.to_epsg() == 32633
     assert ds.sizes["time"] == 2
-    for name in (*AUSTRIA_BANDS, "confidence", "gate", "transmission", "reference_days", "no_valid_observation"):
+    for name in (
+        *AUSTRIA_BANDS,
+        "confidence",
+        "gate",
+        "transmission",
+        "reference_days",
+        "no_valid_observation",
+    ):
         assert name in ds, name
     conf = ds["confidence"].values
     assert np.nanmin(conf) >= 0 and np.nanmax(conf) <= 1
@@ -119,8 +197,14 @@ def test_run_on_real_data_writes_an_archive_and_refuses_to_overwrite(austria_cat
     from pipeline.catalog import SearchParams, search
     from pipeline.cube import CubeConfig, load_cube
 
-    items = search(SearchParams(bbox=(13.1, 48.274, 13.18, 48.31), datetime=AUSTRIA_DATES, catalog=str(austria_catalog)))
-    cube = load_cube(items, CubeConfig(bands=AUSTRIA_BANDS, include_scl=False), geobox=ds.odc.geobox).compute()
+    items = search(
+        SearchParams(
+            bbox=(13.1, 48.274, 13.18, 48.31), datetime=AUSTRIA_DATES, catalog=str(austria_catalog)
+        )
+    )
+    cube = load_cube(
+        items, CubeConfig(bands=AUSTRIA_BANDS, include_scl=False), geobox=ds.odc.geobox
+    ).compute()
     diff = np.abs(ds["B04"].values - cube["B04"].values)
     assert np.nanmedian(diff) < 0.01
 
@@ -144,7 +228,9 @@ def test_missing_asset_is_reported(austria_catalog, tmp_path, capsys):
 @pytest.mark.slow
 def test_composite_mode_writes_one_step_per_period(austria_catalog, tmp_path, capsys):
     store = tmp_path / "composite.zarr"
-    assert main(_run_args(austria_catalog, store, "--mode", "composite", "--period", "QS")) == EXIT_OK
+    assert (
+        main(_run_args(austria_catalog, store, "--mode", "composite", "--period", "QS")) == EXIT_OK
+    )
     ds = xr.open_zarr(store, decode_coords="all")
     # 2021-06-17 and 2021-09-25 fall in two quarters (Q2, Q3).
     assert [str(t)[:10] for t in ds.time.values] == ["2021-04-01", "2021-07-01"]

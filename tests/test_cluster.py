@@ -24,7 +24,9 @@ def test_attach_to_an_existing_scheduler_leaves_it_running():
     with LocalCluster(
         n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
     ) as cluster:
-        with dask_client(ClusterConfig(kind="address", address=cluster.scheduler_address)) as client:
+        with dask_client(
+            ClusterConfig(kind="address", address=cluster.scheduler_address)
+        ) as client:
             assert client.submit(lambda x: x + 1, 41).result() == 42
         # the cluster we attached to is not ours to close
         assert cluster.status.name == "running"
@@ -35,7 +37,9 @@ def test_unreachable_scheduler_names_the_address_and_the_fix():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ConnectionError, match=rf"127.0.0.1:{port}.*drop --scheduler"):
-        with dask_client(ClusterConfig(kind="address", address=f"tcp://127.0.0.1:{port}", connect_timeout_s=2)):
+        with dask_client(
+            ClusterConfig(kind="address", address=f"tcp://127.0.0.1:{port}", connect_timeout_s=2)
+        ):
             pass
 
 

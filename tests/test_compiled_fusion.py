@@ -270,8 +270,21 @@ def test_gate_matches_the_array_formula(relative):
         flag,
     )
     want, want_c, want_g, want_bad = reference_gate(
-        obs, j, ref, has, valid, conf.astype(float), t, q_ref, ref_var, a, factor, relative,
-        shadow, passing, cfg,
+        obs,
+        j,
+        ref,
+        has,
+        valid,
+        conf.astype(float),
+        t,
+        q_ref,
+        ref_var,
+        a,
+        factor,
+        relative,
+        shadow,
+        passing,
+        cfg,
     )
     np.testing.assert_array_equal(flag.astype(bool), want_bad)
     assert 0 < want_bad.sum() < n  # both flagged and restored pixels are exercised

@@ -4,6 +4,7 @@ Each reference below is the straightforward array formulation of a kernel's docu
 formula (box-filter moments, np.nanmedian, einsum IRLS); the compiled kernels must agree
 with them on random data with NaN, at every window radius, within float rounding.
 """
+
 import warnings
 
 import numpy as np
@@ -27,7 +28,9 @@ def old_smoothstep(x, lo, hi):
 
 def box_sum(a, r):
     size = (1,) * (a.ndim - 2) + (2 * r + 1, 2 * r + 1)
-    return ndimage.uniform_filter(a.astype(np.float64), size=size, mode="constant") * (2 * r + 1) ** 2
+    return (
+        ndimage.uniform_filter(a.astype(np.float64), size=size, mode="constant") * (2 * r + 1) ** 2
+    )
 
 
 def old_ridge(s0, sx, sy, sxx, sxy, g0, o0, ridge, shrink):
@@ -39,7 +42,9 @@ def old_ridge(s0, sx, sy, sxx, sxy, g0, o0, ridge, shrink):
         g = np.clip((s0 * cov + ridge * g0) / (s0 * var + ridge), 0.5, 2.0)
         o = my - g * mx
     a = old_smoothstep(s0, 0.2 * shrink, shrink)
-    return np.where(s0 > 1e-9, a * g + (1 - a) * g0, g0), np.where(s0 > 1e-9, a * o + (1 - a) * o0, o0)
+    return np.where(s0 > 1e-9, a * g + (1 - a) * g0, g0), np.where(
+        s0 > 1e-9, a * o + (1 - a) * o0, o0
+    )
 
 
 def old_harmonise(t, s, weight, r, pg, po, ridge, shrink):
@@ -72,8 +77,6 @@ def old_consistency(surface, eligible, sigma):
     return np.where(np.isfinite(c), c, 1.0)
 
 
-
-
 def old_pair(sample, weight, ridge=4e-3, shrink=30.0, scale=0.1, iterations=3):
     t, nb, n = sample.shape
     x = sample.astype(np.float64)
@@ -98,7 +101,6 @@ def old_pair(sample, weight, ridge=4e-3, shrink=30.0, scale=0.1, iterations=3):
     idx = np.arange(t)
     gains[idx, idx], offsets[idx, idx] = 1.0, 0.0
     return gains.astype(F32), offsets.astype(F32)
-
 
 
 def _close(a, b, tol):
@@ -142,9 +144,17 @@ def test_inversion_and_floor_match_the_formulas():
     a64 = air.astype(np.float64)[:, :, None, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         cap = 1.0 - np.clip(obs.astype(np.float64), 0.0, None) / np.maximum(a64, 1e-3)
-    _close(np.where(np.isfinite(cap), np.maximum(tb, cap), tb).astype(F32), floor_transmission(obs, air, tb), 1e-6)
+    _close(
+        np.where(np.isfinite(cap), np.maximum(tb, cap), tb).astype(F32),
+        floor_transmission(obs, air, tb),
+        1e-6,
+    )
     t64 = tb.astype(np.float64)
-    _close(((obs - a64 * (1.0 - t64)) / np.maximum(t64, 0.1)).astype(F32), invert(obs, air, tb, 0.1), 1e-5)
+    _close(
+        ((obs - a64 * (1.0 - t64)) / np.maximum(t64, 0.1)).astype(F32),
+        invert(obs, air, tb, 0.1),
+        1e-5,
+    )
 
 
 def test_robust_pair_fit_matches_einsum_irls():
@@ -203,8 +213,17 @@ def test_coarse_local_harmonisation_matches_its_array_statement(radius, step, or
     w = rng.uniform(0.2, 1, (70, 90))
     pg, po = np.array([1.0, 1.1, 0.9]), np.array([0.0, 0.01, -0.01])
     new = harmonise_local(
-        t, s, w, radius, pg, po, ridge=4e-3, shrink_pixels=100.0, residual=True,
-        grid_step=step, origin=origin,
+        t,
+        s,
+        w,
+        radius,
+        pg,
+        po,
+        ridge=4e-3,
+        shrink_pixels=100.0,
+        residual=True,
+        grid_step=step,
+        origin=origin,
     )
     ref = coarse_harmonise(t, s, w, radius, step, origin, pg, po, 4e-3, 100.0)
     for a, b in zip(ref, new, strict=True):
@@ -230,8 +249,13 @@ def test_coarse_local_harmonisation_is_chunk_independent_and_close_to_the_exact_
     h, (oy, ox) = coarse_reach(32, 8), (50, 61)
     block = (slice(oy, oy + 120), slice(ox, ox + 130))
     part = harmonise_local(
-        t[:, block[0], block[1]], s[:, block[0], block[1]], w[block], *args, residual=True,
-        grid_step=8, origin=(oy, ox),
+        t[:, block[0], block[1]],
+        s[:, block[0], block[1]],
+        w[block],
+        *args,
+        residual=True,
+        grid_step=8,
+        origin=(oy, ox),
     )
     for a, b in zip(whole, part, strict=True):
         core = (Ellipsis, slice(h, 120 - h), slice(h, 130 - h))

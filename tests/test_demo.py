@@ -17,7 +17,20 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_archive.
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    args = ["-q", "demo", "--output", str(out), "--size", "160", "--dates", "6", "--chunk-size", "96", "--overview-min-size", "64"]
+    args = [
+        "-q",
+        "demo",
+        "--output",
+        str(out),
+        "--size",
+        "160",
+        "--dates",
+        "6",
+        "--chunk-size",
+        "96",
+        "--overview-min-size",
+        "64",
+    ]
     return out, args
 
 
@@ -27,7 +40,16 @@ def test_demo_end_to_end_then_notebook(demo_run, capsys):
     assert main(args) == EXIT_OK
     printed = capsys.readouterr().out
     # The accuracy table, with every pixel class, and where things are.
-    for word in ("Restored vs truth", "clear", "thin", "thick", "shadow", "psnr", "restored.zarr", "quicklook.png"):
+    for word in (
+        "Restored vs truth",
+        "clear",
+        "thin",
+        "thick",
+        "shadow",
+        "psnr",
+        "restored.zarr",
+        "quicklook.png",
+    ):
         assert word in printed, word
     # The summary names the STAC collection, the overview levels and the store's objects.
     assert f"STAC collection  {out / 'restored.stac' / 'collection.json'}" in printed
@@ -65,11 +87,22 @@ def test_demo_end_to_end_then_notebook(demo_run, capsys):
     env_before = os.environ.get("PHYVLM_STORE")
     os.environ["PHYVLM_STORE"] = str(store)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+        NotebookClient(
+            nb,
+            timeout=300,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+        ).execute()
     finally:
         if env_before is None:
             os.environ.pop("PHYVLM_STORE", None)
         else:
             os.environ["PHYVLM_STORE"] = env_before
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
     assert len(images) >= 2

@@ -71,8 +71,11 @@ def test_lower_envelope_is_the_lower_quantile_of_the_valid_dates():
 def test_a_date_hazy_over_the_whole_scene_reads_as_not_clear():
     obs = _series()
     obs[3] = _haze(obs[3], 0.75)  # blue about doubles on vegetation, as the real case
-    p_cloud, _ = stack_evidence(obs, BANDS6, scene_excess=scene_haze_excess(
-        obs.reshape(obs.shape[0], obs.shape[1], -1), BANDS6))
+    p_cloud, _ = stack_evidence(
+        obs,
+        BANDS6,
+        scene_excess=scene_haze_excess(obs.reshape(obs.shape[0], obs.shape[1], -1), BANDS6),
+    )
     assert (p_cloud[3] >= 0.5).mean() >= 0.95
     others = np.delete(p_cloud, 3, axis=0)
     assert (others < 0.5).mean() >= 0.95
@@ -148,13 +151,19 @@ def test_log_odds_combination_lets_every_source_raise_or_lower_the_belief():
     clear = CloudEvidence(np.full(shape, 0.1, np.float32))
     silent = CloudEvidence(np.full(shape, np.nan, np.float32))
     # two independent sources at 0.9: odds 9 x 9 = 81 -> 81 / 82
-    np.testing.assert_allclose(combine_evidence([(1, cloudy), (1, cloudy)], shape).cloud, 81 / 82, rtol=1e-5)
+    np.testing.assert_allclose(
+        combine_evidence([(1, cloudy), (1, cloudy)], shape).cloud, 81 / 82, rtol=1e-5
+    )
     # a clear opinion lowers a cloudy one to even
-    np.testing.assert_allclose(combine_evidence([(1, cloudy), (1, clear)], shape).cloud, 0.5, atol=1e-6)
+    np.testing.assert_allclose(
+        combine_evidence([(1, cloudy), (1, clear)], shape).cloud, 0.5, atol=1e-6
+    )
     # half weight: odds 9 ** 0.5 = 3 -> 0.75
     np.testing.assert_allclose(combine_evidence([(0.5, cloudy)], shape).cloud, 0.75, rtol=1e-5)
     # a source without an opinion adds nothing; no opinion anywhere stays NaN
-    np.testing.assert_allclose(combine_evidence([(1, cloudy), (1, silent)], shape).cloud, 0.9, rtol=1e-5)
+    np.testing.assert_allclose(
+        combine_evidence([(1, cloudy), (1, silent)], shape).cloud, 0.9, rtol=1e-5
+    )
     assert np.isnan(combine_evidence([(1, silent)], shape).cloud).all()
 
 

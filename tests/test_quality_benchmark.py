@@ -77,8 +77,24 @@ def test_score_case_counts_invented_and_missing_pixels():
 
 
 def test_targets_compare_ours_with_the_best_peer():
-    ours = {"thin_psnr": 30.0, "thick_psnr": 20.0, "all_psnr": 25.0, "all_ssim": 0.9, "all_sam": 3.0, "seam": 0.01, "invented": 0.0}
-    peer = {"thin_psnr": 26.0, "thick_psnr": 21.0, "all_psnr": 24.0, "all_ssim": 0.8, "all_sam": 4.0, "seam": 0.03, "invented": 5.0}
+    ours = {
+        "thin_psnr": 30.0,
+        "thick_psnr": 20.0,
+        "all_psnr": 25.0,
+        "all_ssim": 0.9,
+        "all_sam": 3.0,
+        "seam": 0.01,
+        "invented": 0.0,
+    }
+    peer = {
+        "thin_psnr": 26.0,
+        "thick_psnr": 21.0,
+        "all_psnr": 24.0,
+        "all_ssim": 0.8,
+        "all_sam": 4.0,
+        "seam": 0.03,
+        "invented": 5.0,
+    }
     t = check_targets({"s": {"ours": ours, "two_stage": peer}})["s"]
     assert t["thin_psnr_3db_above_best"]["met"] is True  # 30 >= 26 + 3
     assert t["thick_psnr_not_worse"]["met"] is False  # 20 < 21
@@ -114,20 +130,44 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
     inputs = "synthetic,austria" if AUSTRIA.exists() else "synthetic"
     scenarios = ("none", "hazy_neighbours", "cloudy_neighbours", "snow_melt", "harvest")
     code = main(
-        ["-q", "benchmark", "quality", "--inputs", inputs, "--kinds", "mixed", "--covers", "0.5",
-         "--scenarios", ",".join(scenarios), "--scenario-kinds", "thick", "--scenario-covers", "0.3",
-         "--synthetic-size", "48", "--synthetic-dates", "4", "-o", str(tmp_path)]
+        [
+            "-q",
+            "benchmark",
+            "quality",
+            "--inputs",
+            inputs,
+            "--kinds",
+            "mixed",
+            "--covers",
+            "0.5",
+            "--scenarios",
+            ",".join(scenarios),
+            "--scenario-kinds",
+            "thick",
+            "--scenario-covers",
+            "0.3",
+            "--synthetic-size",
+            "48",
+            "--synthetic-dates",
+            "4",
+            "-o",
+            str(tmp_path),
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "quality.json").read_text())
     assert (tmp_path / "quality.png").stat().st_size > 10_000
     stacks = report["summary"]
-    bases = ["synthetic-4x48"] + (["austria-2021-06-17", "austria-2021-09-25"] if AUSTRIA.exists() else [])
+    bases = ["synthetic-4x48"] + (
+        ["austria-2021-06-17", "austria-2021-09-25"] if AUSTRIA.exists() else []
+    )
     keys = [b if sc == "none" else f"{b}/{sc}" for b in bases for sc in scenarios]
     assert set(stacks) == set(keys)
     ran = [m for m in METHODS if m not in report["skipped"]]
-    assert set(report["skipped"]) <= {"oracle_reference"}  # only while restore lacks forced_reference
+    assert set(report["skipped"]) <= {
+        "oracle_reference"
+    }  # only while restore lacks forced_reference
     for name, methods in stacks.items():
         assert f"[{name}]" in printed
         assert set(methods) == set(ran)
@@ -136,8 +176,14 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
             assert method in printed
         assert methods["input"]["invented"] == 0  # the input claims no surface
         targets = report["targets"][name]
-        assert set(targets) >= {"thin_psnr_3db_above_best", "seam_half_of_two_stage", "no_invented_pixels"}
-        assert {"clear_psnr_within_0.1db_of_input", "thick_psnr_1db_above_nearest_clear"} <= set(targets)
+        assert set(targets) >= {
+            "thin_psnr_3db_above_best",
+            "seam_half_of_two_stage",
+            "no_invented_pixels",
+        }
+        assert {"clear_psnr_within_0.1db_of_input", "thick_psnr_1db_above_nearest_clear"} <= set(
+            targets
+        )
         wide = name.endswith(("hazy_neighbours", "cloudy_neighbours"))
         assert ("scene_wide_dates_95pct_not_clear" in targets) == wide
         share = methods["ours"]["scene_wide_not_clear"]

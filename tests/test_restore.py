@@ -294,8 +294,15 @@ def test_all_nan_block_shortcut_matches_the_kernels_on_never_seen_pixels():
     rng = np.random.default_rng(3)
     t, y, x = 3, 24, 64
     cube = xr.Dataset(
-        {b: (("time", "y", "x"), (0.05 + 0.2 * rng.random((t, y, x))).astype("float32")) for b in ("B02", "B03", "B04", "B08")},
-        coords={"time": pd.date_range("2024-01-01", periods=t, freq="10D"), "y": -10.0 * np.arange(y), "x": 10.0 * np.arange(x)},
+        {
+            b: (("time", "y", "x"), (0.05 + 0.2 * rng.random((t, y, x))).astype("float32"))
+            for b in ("B02", "B03", "B04", "B08")
+        },
+        coords={
+            "time": pd.date_range("2024-01-01", periods=t, freq="10D"),
+            "y": -10.0 * np.arange(y),
+            "x": 10.0 * np.arange(x),
+        },
     )
     for b in cube.data_vars:
         cube[b][:, :, :40] = np.nan  # never observed

@@ -59,7 +59,9 @@ def test_clear_pixels_and_surface_changes_are_not_haze():
 def test_per_band_transmission_never_falls_with_wavelength():
     rng = np.random.default_rng(1)
     j = _surface()
-    hazy = forward_model(j[None], A[None], band_transmission(np.full((1, 32, 32), 0.6), WL, np.array([1.0])))[0]
+    hazy = forward_model(
+        j[None], A[None], band_transmission(np.full((1, 32, 32), 0.6), WL, np.array([1.0]))
+    )[0]
     noisy = hazy + 0.02 * rng.standard_normal(hazy.shape)
     t, usable = temporal_band_transmission(noisy, j, A, WL, radius=0)
     both = usable[:-1] & usable[1:]
@@ -84,7 +86,9 @@ def test_gate_prefers_the_inversion_on_clear_pixels_and_the_reference_under_opaq
     assert w[0, 0] > 0.9 and w[0, 2] < 0.01
     assert w[0, 0] > w[0, 1] > w[0, 2]
     # a worse reference (larger harmonisation residual) shifts the balance to the inversion
-    w_bad_ref = _physics_weight(ref, t, np.full(3, 0.8), np.full((1, 3), 0.1**2), np.ones((1, 3)), cfg)
+    w_bad_ref = _physics_weight(
+        ref, t, np.full(3, 0.8), np.full((1, 3), 0.1**2), np.ones((1, 3)), cfg
+    )
     assert w_bad_ref[0, 1] > w[0, 1]
 
 
@@ -94,7 +98,9 @@ def test_a_priors_own_factor_survives_the_refinement():
     surface = np.full((1, 3, 2, 2), 0.1)
     from pipeline.kernels import inversion_confidence
 
-    physical = inversion_confidence(t, surface, t_low=cfg.temporal_t_low, t_high=cfg.temporal_t_high)
+    physical = inversion_confidence(
+        t, surface, t_low=cfg.temporal_t_low, t_high=cfg.temporal_t_high
+    )
     factor = _prior_factor(0.4 * physical, t, surface, cfg)
     np.testing.assert_allclose(factor, 0.4, rtol=1e-5)
 

@@ -167,7 +167,9 @@ def test_one_grid_and_tiles_stamp_the_same_dates(catalog, reference, client, tmp
 
     store = tmp_path / "one-grid.zarr"
     config = dataclasses.replace(
-        _config(catalog, store), tiled=False, cluster=ClusterConfig(kind="address", address=client.scheduler.address)
+        _config(catalog, store),
+        tiled=False,
+        cluster=ClusterConfig(kind="address", address=client.scheduler.address),
     )
     summary = run(config, progress=False)
     assert summary.tiles is None and summary.regions_written > 0

@@ -26,14 +26,18 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -53,10 +57,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "or paths to a GeoTIFF/Zarr/NetCDF stack (default %(default)s)"
         ),
     )
-    p.add_argument("--kinds", type=_words, default=d.kinds, help="cloud kinds (default %(default)s)")
-    p.add_argument("--covers", type=_floats, default=d.covers, help="cloud covers in [0.1, 0.9] (default %(default)s)")
-    p.add_argument("--seeds", type=_ints, default=d.seeds, help="simulation seeds (default %(default)s)")
-    p.add_argument("--methods", type=_words, default=d.methods, help="methods to run (default: all)")
+    p.add_argument(
+        "--kinds", type=_words, default=d.kinds, help="cloud kinds (default %(default)s)"
+    )
+    p.add_argument(
+        "--covers",
+        type=_floats,
+        default=d.covers,
+        help="cloud covers in [0.1, 0.9] (default %(default)s)",
+    )
+    p.add_argument(
+        "--seeds", type=_ints, default=d.seeds, help="simulation seeds (default %(default)s)"
+    )
+    p.add_argument(
+        "--methods", type=_words, default=d.methods, help="methods to run (default: all)"
+    )
     p.add_argument(
         "--scenarios",
         type=_words,
@@ -80,9 +95,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.scenario_covers,
         help="cloud covers for the scenarios other than 'none' (default %(default)s)",
     )
-    p.add_argument("--synthetic-size", type=int, default=d.synthetic_size, help="synthetic image side, px (default %(default)s)")
-    p.add_argument("--synthetic-dates", type=int, default=d.synthetic_dates, help="synthetic dates (default %(default)s)")
-    p.add_argument("--output", "-o", default="benchmark-quality", metavar="DIR", help="folder for quality.json and quality.png")
+    p.add_argument(
+        "--synthetic-size",
+        type=int,
+        default=d.synthetic_size,
+        help="synthetic image side, px (default %(default)s)",
+    )
+    p.add_argument(
+        "--synthetic-dates",
+        type=int,
+        default=d.synthetic_dates,
+        help="synthetic dates (default %(default)s)",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        default="benchmark-quality",
+        metavar="DIR",
+        help="folder for quality.json and quality.png",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

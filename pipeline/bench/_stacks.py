@@ -124,7 +124,10 @@ class BenchStack:
         ny, nx = cube.shape[2:]
         coords = {"time": self.times, "y": 10.0 * np.arange(ny)[::-1], "x": 10.0 * np.arange(nx)}
         return xr.Dataset(
-            {b: (("time", "y", "x"), np.ascontiguousarray(cube[:, i], dtype="float32")) for i, b in enumerate(self.bands)},
+            {
+                b: (("time", "y", "x"), np.ascontiguousarray(cube[:, i], dtype="float32"))
+                for i, b in enumerate(self.bands)
+            },
             coords=coords,
         )
 
@@ -154,9 +157,7 @@ def austria_stacks(path: str | Path | None = None) -> list[BenchStack]:
     order = ("B02", "B03", "B04", "B08")  # wavelength order, as the cube loader gives
     data = np.stack([per_date[:, AUSTRIA_BAND_ORDER.index(b)] for b in order], axis=1)
     times = pd.to_datetime(list(AUSTRIA_DATES)).values.astype("datetime64[ns]")
-    return [
-        BenchStack(f"austria-{AUSTRIA_DATES[t][:10]}", data, t, times, order) for t in range(2)
-    ]
+    return [BenchStack(f"austria-{AUSTRIA_DATES[t][:10]}", data, t, times, order) for t in range(2)]
 
 
 def synthetic_stack(size: int, dates: int, seed: int) -> BenchStack:
@@ -191,15 +192,23 @@ def path_stack(path: str) -> BenchStack:
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"benchmark input {path!r} does not exist (expected a Zarr store or NetCDF file)")
-    ds = xr.open_zarr(p) if p.suffix == ".zarr" or (p / "zarr.json").exists() or (p / ".zgroup").exists() else xr.open_dataset(p)
+        raise FileNotFoundError(
+            f"benchmark input {path!r} does not exist (expected a Zarr store or NetCDF file)"
+        )
+    ds = (
+        xr.open_zarr(p)
+        if p.suffix == ".zarr" or (p / "zarr.json").exists() or (p / ".zgroup").exists()
+        else xr.open_dataset(p)
+    )
     bands = tuple(str(v) for v in ds.data_vars if v in WAVELENGTH_NM)
     if not bands or "time" not in ds.dims:
         raise ValueError(
             f"{path}: needs (time, y, x) reflectance variables named by band (B02, B03, ...); "
             f"found variables {list(ds.data_vars)} and dims {dict(ds.sizes)}"
         )
-    data = np.stack([ds[b].transpose("time", "y", "x").values for b in bands], axis=1).astype("float32")
+    data = np.stack([ds[b].transpose("time", "y", "x").values for b in bands], axis=1).astype(
+        "float32"
+    )
     times = pd.to_datetime(ds["time"].values).values.astype("datetime64[ns]")
     return BenchStack(p.name, data, data.shape[0] // 2, times, bands)
 
@@ -210,7 +219,11 @@ def load_stacks(config: Any) -> list[BenchStack]:
         if source == "austria":
             stacks += austria_stacks()
         elif source == "synthetic":
-            stacks.append(synthetic_stack(config.synthetic_size, config.synthetic_dates, config.synthetic_seed))
+            stacks.append(
+                synthetic_stack(
+                    config.synthetic_size, config.synthetic_dates, config.synthetic_seed
+                )
+            )
         else:
             stacks.append(path_stack(source))
     return stacks

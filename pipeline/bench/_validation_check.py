@@ -35,7 +35,9 @@ def _true_mse(est: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     return float((diff[:, ok] ** 2).mean()) if ok.any() else float("nan")
 
 
-def validation_check(stack: Any, cloudy: np.ndarray, sim: Any, invalid: np.ndarray) -> dict[str, Any]:
+def validation_check(
+    stack: Any, cloudy: np.ndarray, sim: Any, invalid: np.ndarray
+) -> dict[str, Any]:
     """Estimate vs truth on the target date of one case (see the module docstring)."""
     ds = stack.to_dataset(cloudy)
     out = restore(ds)
@@ -72,7 +74,9 @@ def validation_check(stack: Any, cloudy: np.ndarray, sim: Any, invalid: np.ndarr
     if model is not None:
         layer = model.apply(out).values[t]
         cloudy_mask = valid & (sim.thin | sim.thick | sim.shadow)
-        check["error_layer"] = error_layer_calibration(layer, model.interval90, est, truth, cloudy_mask)
+        check["error_layer"] = error_layer_calibration(
+            layer, model.interval90, est, truth, cloudy_mask
+        )
     return check
 
 

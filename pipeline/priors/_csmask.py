@@ -196,9 +196,7 @@ class CSMaskModel:
 
 
 def _describe_model(spec: ModelSpec, model: CSMaskModel) -> str:
-    return (
-        f"{Path(spec.model_file).name} ({model.version}) with {', '.join(model.providers)}"
-    )
+    return f"{Path(spec.model_file).name} ({model.version}) with {', '.join(model.providers)}"
 
 
 #: The process's loaded ONNX sessions (one per model file, providers and threads).

@@ -52,7 +52,9 @@ class WorkerCache(Generic[K, V]):
                 self._models[spec] = model
                 details = self._describe(spec, model)
                 self._events.append(LoadEvent(os.getpid(), spec, seconds, details))
-                log.info("loaded %s %s in %.2f s (pid %d)", self._what, details, seconds, os.getpid())
+                log.info(
+                    "loaded %s %s in %.2f s (pid %d)", self._what, details, seconds, os.getpid()
+                )
         return model
 
     def events(self) -> tuple[LoadEvent, ...]:
