@@ -561,7 +561,10 @@ def _restore_block(
     stored_at = nb + int(params["has_scl"])
     stored = block[:, stored_at : stored_at + nl] if params["stored_layers"] else None
     gy, gx = params.get("grid_origin", (0, 0))
-    location = BlockLocation((origin[0] + gy, origin[1] + gx), params["shape"], stored)
+    # the block's first pixel in the whole grid: the priors' global layouts and the coarse
+    # harmonisation grid are anchored there, so a tile read with a halo matches a whole run
+    origin = (origin[0] + gy, origin[1] + gx)
+    location = BlockLocation(origin, params["shape"], stored)
     pb, layers = prior.block_at(data, bands, params["scene"], scl, location)
     if nl and layers is not None:
         out[:, nb + len(QUALITY_LAYERS) :] = np.asarray(layers)[targets]
