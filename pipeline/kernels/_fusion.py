@@ -2,13 +2,19 @@
 
     J_out = g(c) J_phys + (1 - g(c)) R,   g(c) = S(c; gate_low, gate_high)   (smoothstep)
 
+then, with the priors' cloud evidence, the clear pass-through J <- p_clear I + (1 - p_clear)
+J_out (see ``fuse_dates``).
+
 Limitations
 -----------
-* The temporal shadow cue compares brightness with the reference only; a real surface change
-  to darker (burn scar, flooding) is also handed to the reference. Cloud-shadow geometry
-  (projection of detected clouds along the sun azimuth) would make it specific.
+* The shadow cue is specific to a uniform dimming against a snow-free reference
+  (``_shadow_specificity``), but a real darkening that dims every band alike (flooding of a
+  bright surface) is still handed to the reference. Cloud-shadow geometry (projection of
+  detected clouds along the sun azimuth) is not used: the cube carries no sun angles.
 * A pixel with no reference and a low confidence is flagged and set to NaN rather than
   inpainted spatially.
+* The reference choice cannot see a change of surface state under thick cloud: a snowy
+  neighbour is taken for a snow-free target it hides (quality benchmark, ``snow_melt``).
 """
 
 from __future__ import annotations
