@@ -99,6 +99,11 @@ class BlockLocation(NamedTuple):
     stored: np.ndarray | None = None
 
 
+def whole_image(data: np.ndarray) -> BlockLocation:
+    """The location of a (T, B, Y, X) block taken as a whole image of its own."""
+    return BlockLocation((0, 0), (int(data.shape[2]), int(data.shape[3])))
+
+
 class Prior(ABC):
     """Interface of a cloud prior (see the module docstring)."""
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import BlockLocation, Prior, PriorBlock, SceneParams
+from ._base import BlockLocation, Prior, PriorBlock, SceneParams, whole_image
 from ._evidence import CloudEvidence, EvidenceSource, combine_evidence, physics_opinion
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,7 @@ class CombinedPrior(Prior):
         scene: SceneParams,
         scl: np.ndarray | None = None,
     ) -> PriorBlock:
-        location = BlockLocation((0, 0), (int(data.shape[2]), int(data.shape[3])))
-        return self.block_at(data, bands, scene, scl, location)[0]
+        return self.block_at(data, bands, scene, scl, whole_image(data))[0]
 
     def sample_block(
         self,

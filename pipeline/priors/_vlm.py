@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import wavelengths_of
-from ._base import BlockLocation, Prior, PriorBlock, SceneParams
+from ._base import BlockLocation, Prior, PriorBlock, SceneParams, whole_image
 from ._physics import PhysicsConfig, PhysicsPrior
 from ._vlm_mapping import (
     DEFAULT_LABELS,
@@ -227,8 +227,7 @@ class VLMPrior(Prior):
         scl: np.ndarray | None = None,
     ) -> PriorBlock:
         """The block as a whole image (its own crop grid from its first pixel)."""
-        location = BlockLocation((0, 0), (int(data.shape[2]), int(data.shape[3])))
-        return self.block_at(data, bands, scene, scl, location)[0]
+        return self.block_at(data, bands, scene, scl, whole_image(data))[0]
 
     def block_at(
         self,
