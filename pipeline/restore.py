@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Any, NamedTuple
@@ -344,21 +345,35 @@ def _coarse_sample(
 
 
 def cloud_evidence(
-    cube: xr.Dataset, *, prior: str | Prior = DEFAULT_PRIOR, **prior_options: Any
+    cube: xr.Dataset,
+    *,
+    prior: str | Prior = DEFAULT_PRIOR,
+    scene: SceneState | None = None,
+    origin: tuple[int, int] = (0, 0),
+    grid_shape: tuple[int, int] | None = None,
+    **prior_options: Any,
 ) -> xr.Dataset:
     """The prior's fused cloud evidence for an in-memory cube, without the fusion step:
     ``cloud_probability`` (1 - p_clear, as ``restore`` writes it) and the prior's
     ``transmission``, (time, y, x). A fraction of a restore's cost (the self-validation uses
-    it to choose its hold-out)."""
+    it to choose its hold-out). ``scene``, ``origin`` and ``grid_shape`` as in ``restore``."""
     cube, bands, scl = _validate(cube)
     prior_obj = get_prior(prior, **prior_options)
     arr = np.asarray(_stack(cube, bands, scl))
     nb = len(bands)
-    sample, _ = _sample(arr, DEFAULT_SAMPLE_PIXELS)
-    scene = prior_obj.estimate_scene(sample[:, :nb], bands, sample[:, nb] if scl else None)
+    if scene is not None:
+        scene_params = scene.for_cube(cube).scene
+    else:
+        sample, _ = _sample(arr, DEFAULT_SAMPLE_PIXELS)
+        scene_params = prior_obj.estimate_scene(
+            sample[:, :nb], bands, sample[:, nb] if scl else None
+        )
     data = np.ascontiguousarray(arr[:, :nb], dtype=np.float32)
-    location = BlockLocation((0, 0), (int(arr.shape[2]), int(arr.shape[3])))
-    pb, layers = prior_obj.block_at(data, bands, scene, arr[:, nb] if scl else None, location)
+    shape = grid_shape or (int(arr.shape[2]), int(arr.shape[3]))
+    location = BlockLocation(tuple(int(v) for v in origin), shape)
+    pb, layers = prior_obj.block_at(
+        data, bands, scene_params, arr[:, nb] if scl else None, location
+    )
     ev = pb.evidence if pb.evidence is not None else own_evidence(prior_obj, pb, layers)
     dims = ("time", "y", "x")
     coords = {k: v for k, v in cube.coords.items() if set(v.dims) <= set(dims)}
@@ -645,6 +660,7 @@ def restore(
     origin: tuple[int, int] | None = None,
     grid_shape: tuple[int, int] | None = None,
     forced_reference: np.ndarray | None = None,
+    dates: Sequence[int] | None = None,
     **options: Any,
 ) -> xr.Dataset:
     """Remove clouds from a (time, y, x) Sentinel-2 L2A reflectance cube.
@@ -683,6 +699,11 @@ def restore(
         (T, Y, X) int: the reference date index per target date and pixel (-1: chosen as
         usual), for in-memory cubes only. The quality benchmark's oracle row uses it to show
         what the reference choice costs; a production run leaves it None.
+    dates
+        Indices of the dates to restore (default: all). The other dates still serve as
+        references and inform the scene parameters; the output holds these dates only.
+        In-memory cubes restored in one time block (the self-validation restores just the
+        dates it clouded).
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
         ``sample_pixels`` (size of the scene-parameter sample), ``period`` (composite mode),
@@ -778,6 +799,8 @@ def restore(
         params["forced_reference"] = forced.astype(np.intp)
     nout = nb + len(QUALITY_LAYERS) + len(prior_obj.layers)
     nt = len(days)
+    if dates is not None:
+        return _restore_dates(cube, arr, params, blocks, dates, mode, stride, source)
     if isinstance(arr, da.Array):
         pieces = [_restore_lazy(arr, _block_params(params, b, nt), b, cfg, nout) for b in blocks]
         result = pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=0)
@@ -795,6 +818,38 @@ def restore(
     out.attrs["time_block"] = int(blocks[0].stop - blocks[0].start)
     if mode == "composite":
         return composite(out, period=period)
+    return out
+
+
+def _restore_dates(cube, arr, params, blocks, dates, mode, stride, source) -> xr.Dataset:
+    """``restore(..., dates=)``: only the given dates of an in-memory cube, one block."""
+    nt = len(params["days"])
+    targets = np.asarray(dates, dtype=np.intp).reshape(-1)
+    if isinstance(arr, da.Array) or len(blocks) != 1 or mode != "dates":
+        raise ValueError(
+            "restore(dates=...) restores some dates of an in-memory cube in one time block; "
+            "fix: cube.load(), no time_block / time window, mode='dates'"
+        )
+    if targets.size == 0 or targets.min() < 0 or targets.max() >= nt:
+        raise ValueError(f"restore(dates=...) needs indices in [0, {nt}), got {targets.tolist()}")
+    result = _restore_block(arr, {**params, "targets": targets})
+    scene = params["scene"]
+    picked = replace(
+        scene,
+        gamma=np.asarray(scene.gamma)[targets],
+        airlight=np.asarray(scene.airlight)[targets],
+    )
+    out = _build_dataset(
+        cube.isel(time=targets),
+        params["bands"],
+        result,
+        picked,
+        params["prior"],
+        params["fusion"],
+        stride,
+    )
+    out.attrs["scene_sample"] = source
+    out.attrs["time_block"] = int(targets.size)
     return out
 
 

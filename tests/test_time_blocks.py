@@ -191,3 +191,14 @@ def test_composites_stream_period_by_period_and_stay_exact():
             equal_nan=True,
             err_msg=name,
         )
+
+
+def test_restoring_some_dates_equals_those_dates_of_the_whole_restore(series, whole):
+    picked = [1, 4]
+    part = restore(series, dates=picked)
+    assert part.sizes["time"] == len(picked)
+    _assert_same(part, whole.isel(time=picked), atol=0.0)
+    with pytest.raises(ValueError, match="indices"):
+        restore(series, dates=[series.sizes["time"]])
+    with pytest.raises(ValueError, match="in-memory"):
+        restore(series.chunk({"x": 16}), dates=picked)
