@@ -269,17 +269,34 @@ def time_options(cube: Any, config: RunConfig, prior: Any) -> dict[str, Any]:
 
 
 def validation_step(
-    cube: Any, config: RunConfig, labels: list[str] | None = None
+    cube: Any,
+    config: RunConfig,
+    labels: list[str] | None = None,
+    *,
+    scene: Any = None,
+    origins: list[tuple[int, int]] | None = None,
+    grid_shape: tuple[int, int] | None = None,
 ) -> ValidationResult | None:
     """Self-validation of ``cube`` (or of one cube per tile, named by ``labels``) with the
-    run's prior and options (None when disabled)."""
+    run's prior and options (None when disabled). ``scene`` (the run's ``SceneState``),
+    ``origins`` (each cube's first row and column in the run's grid) and ``grid_shape``
+    restore the windows as the run restores its chunks. Its windows run as tasks on the
+    run's cluster."""
     if not config.validation.enabled:
         return None
     from pipeline.validation import self_validate
 
     prior = prior_of(config)
     log.info("self-validation on held-out clear pixels (%s)", config.validation)
-    return self_validate(cube, prior=prior, config=config.validation, labels=labels)
+    return self_validate(
+        cube,
+        prior=prior,
+        config=config.validation,
+        labels=labels,
+        scene=scene,
+        origins=origins,
+        grid_shape=grid_shape,
+    )
 
 
 #: attrs of the error layer of a run without a calibration (and of a tiled store's template)
