@@ -51,6 +51,9 @@ __all__ = [
     "append_time_steps",
     "mark_tile_done",
     "record_attrs",
+    "record_regions_done",
+    "region_sum",
+    "regions_done",
     "store_record",
     "tile_write",
     "tiles_done",
@@ -149,20 +152,26 @@ def append_time_steps(
 
 
 def tile_write(
-    part: xr.Dataset, store: str | os.PathLike, region: Mapping[str, slice], config: ArchiveConfig
+    part: xr.Dataset,
+    store: str | os.PathLike,
+    region: Mapping[str, slice],
+    config: ArchiveConfig,
+    *,
+    extent: tuple[int, int] | None = None,
 ) -> Any:
     """A lazy write of one tile's output (time, y, x variables) into its region of the store.
 
     Returns the dask Delayed of the write; compute it (with anything it shares a graph with).
     Coordinates are in the template already and are not rewritten, so concurrent tiles never
-    touch the same chunk of anything.
+    touch the same chunk of anything. ``extent``: the grid's (height, width); a region may end
+    short of a whole chunk (shard) only there.
     """
     ydim, xdim = _spatial_dims(part)
     unit = config.write_unit  # a shard is written whole, by one task
     spatial = {ydim: unit, xdim: unit}
-    for dim in (ydim, xdim):
+    for dim, end in zip((ydim, xdim), extent or (None, None), strict=True):
         sl = region[dim]
-        if sl.start % unit or (sl.stop - sl.start) % unit:
+        if sl.start % unit or ((sl.stop - sl.start) % unit and sl.stop != end):
             raise ValueError(f"region {dict(region)} is not aligned to {unit}-px chunks (shards)")
     part = part.drop_vars(list(part.coords)).chunk({"time": 1, **spatial})
     for var in part.data_vars.values():
@@ -186,6 +195,30 @@ def mark_tile_done(
     group = zarr.open_group(str(store), mode="r+", zarr_format=config.zarr_format)
     array = group[TILE_DONE_VAR]
     array[time, row, col] = 1  # type: ignore[index]
+
+
+def regions_done(store: str | os.PathLike) -> set[str]:
+    """Keys of the regions recorded by ``record_regions_done`` (read fresh)."""
+    import zarr
+
+    keys = zarr.open_group(str(store), mode="r").attrs.get(DONE_ATTR) or []
+    return {str(k) for k in keys}  # type: ignore[union-attr]
+
+
+def record_regions_done(store: str | os.PathLike, keys: list[str], config: ArchiveConfig) -> None:
+    """Record regions as written (``DONE_ATTR``; call from one thread): a run of one tile
+    resumes region by region, as a run of many resumes tile by tile (``tile_done``)."""
+    if keys:
+        _record(str(store), {DONE_ATTR: sorted(regions_done(store) | set(keys))}, config)
+
+
+def region_sum(store: str | os.PathLike, name: str, region: Mapping[str, slice]) -> int:
+    """Sum of variable ``name`` over ``region`` (time, y, x slices) as it is in the store."""
+    import zarr
+
+    array = zarr.open_group(str(store), mode="r")[name]
+    index = tuple(region[dim] for dim in ("time", "y", "x"))
+    return int(np.asarray(array[index]).sum(dtype="int64"))  # type: ignore[index]
 
 
 def tiles_done(store: str | os.PathLike, time: slice) -> np.ndarray:
