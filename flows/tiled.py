@@ -348,6 +348,8 @@ class TileResult:
     seconds: float = 0.0
     regions_written: int = 0
     regions_skipped: int = 0
+    #: the last error (a run of one tile on its own grid raises it, as any failed call does)
+    exception: Exception | None = dataclasses.field(default=None, repr=False)
 
 
 class TileWorker:
@@ -446,20 +448,24 @@ class TileWorker:
         return len(todo), len(regions) - len(todo)
 
     def write_overviews(self, tile: Tile) -> None:
-        """The tile's overview blocks, from what landed in the store."""
+        """The tile's overview blocks, from what landed in the store (one computation)."""
         from pipeline.overviews import write_region_overviews
 
         size = self.plan.region_size(self.config.archive)
-        for block in window_regions({"y": tile.y, "x": tile.x}, size):
-            self._compute(*write_region_overviews(
+        writes = [
+            write
+            for block in window_regions({"y": tile.y, "x": tile.x}, size)
+            for write in write_region_overviews(
                 self.config.output, {"time": self.time_slice, **block}, region_size=size,
                 compute=False,
-            ))  # fmt: skip
+            )
+        ]  # fmt: skip
+        self._compute(*writes)
 
     def __call__(self, tile: Tile) -> TileResult:
         started = time.perf_counter()
         attempts = 1 + self.config.tiling.retries
-        error = ""
+        error, last = "", None
         for attempt in range(1, attempts + 1):
             try:
                 written, skipped = self.write(tile)
@@ -472,14 +478,16 @@ class TileWorker:
                     regions_written=written, regions_skipped=skipped,
                 )  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - a tile's failure must not stop the others
+                last = exc
                 error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
                 log.warning(
                     "tile %s failed (attempt %d of %d): %s", tile.key, attempt, attempts, error
                 )
                 log.debug("tile %s traceback", tile.key, exc_info=True)
         return TileResult(
-            tile.key, False, attempts, error=error, seconds=time.perf_counter() - started
-        )
+            tile.key, False, attempts, error=error, seconds=time.perf_counter() - started,
+            exception=last,
+        )  # fmt: skip
 
     def _compute(self, *values: Any) -> tuple:
         if self.client is not None:
@@ -761,6 +769,10 @@ def run_area(
         dashboard = active.dashboard_link if active is not None else ""
 
     failed = {r.key: f"{r.error} (after {r.attempts} attempt(s))" for r in results if not r.ok}
+    if own_grid and failed:  # the whole area failed: its error, as a one-piece call gives it
+        (error,) = [r.exception for r in results if not r.ok]
+        log.error("the run failed; rerun with --resume to finish it (written regions are kept)")
+        raise error if error is not None else RuntimeError(next(iter(failed.values())))
     if config.overviews and todo:  # the levels coarser than a block, from the blocks' levels
         from pipeline.overviews import finish_overviews
 

@@ -1,12 +1,15 @@
 """Cloud-free Zarr archives: template, chunk-aligned region writes, CRS, provenance, resume.
 
-The single-store protocol (``write_archive``): the template (all metadata, coordinates,
-empty arrays) is written first; data then lands region by region, each region a whole number
-of archive chunks, so no two writers ever touch the same chunk. Finished regions are recorded
-in the store's attributes; a rerun with ``mode="resume"`` skips them, and a store is marked
-complete only when every region is in. The tiled protocol (a template for a whole grid, tiles
-recorded as done per time step) is ``pipeline.tiled_archive``; it uses this module's
-encoding, CRS and attribute handling (``prepare_for_zarr``, ``check_destination``).
+The parts every store shares: the encoding and CRS (``prepare_for_zarr``), the refusal to
+overwrite (``check_destination``), chunk-aligned regions (``regions``, ``window_regions``)
+and how their writes reach a store (``write_regions``: no two writers ever touch one chunk).
+
+``write_archive`` writes a dataset the caller already has (a notebook's ``restore`` output)
+into one store: the template (all metadata, coordinates, empty arrays) first, then region by
+region, each region recorded in the store's attributes as it lands; a rerun with
+``mode="resume"`` skips them, and a store is marked complete only when every region is in.
+A run (``flows``) writes through ``pipeline.tiled_archive`` instead: a template for its whole
+grid, tiles recorded as done per time step (the one tile of a small area, region by region).
 
 Readers: ``xarray.open_zarr(store, decode_coords="all")`` gets the CRS back because every
 data variable keeps ``grid_mapping`` pointing at ``spatial_ref``. Zarr format 3 is the

@@ -262,30 +262,13 @@ def time_blocks(days: np.ndarray, cfg: FusionConfig, time_block: int | None) -> 
     return blocks
 
 
-def _scene_dates(scene: SceneParams, c0: int, c1: int, nt: int) -> SceneParams:
-    """``scene`` restricted to dates [c0, c1) (its per-date arrays and per-date extras)."""
-
-    def cut(a: Any) -> Any:
-        a = np.asarray(a)
-        return a[c0:c1] if a.ndim >= 1 and a.shape[0] == nt else a
-
-    return replace(
-        scene,
-        airlight=cut(scene.airlight),
-        gamma=cut(scene.gamma),
-        hot_slope=cut(scene.hot_slope),
-        hot_intercept=cut(scene.hot_intercept),
-        extras={k: cut(v) for k, v in scene.extras.items()},
-    )
-
-
 def _block_params(params: dict[str, Any], block: TimeBlock, nt: int) -> dict[str, Any]:
     """The per-date entries of ``params`` for one time block (pair maps: its own T x T slice)."""
     c0, c1 = block.c0, block.c1
     out = dict(params)
     out.update(
         days=params["days"][c0:c1],
-        scene=_scene_dates(params["scene"], c0, c1, nt),
+        scene=_scene_take(params["scene"], slice(c0, c1), nt),
         pair_gain=params["pair_gain"][c0:c1, c0:c1],
         pair_offset=params["pair_offset"][c0:c1, c0:c1],
         date_clearness=params["date_clearness"][c0:c1],
@@ -449,8 +432,9 @@ class SceneState:
         )
 
 
-def _scene_take(scene: SceneParams, idx: np.ndarray, nt: int) -> SceneParams:
-    """``scene`` at the dates ``idx`` (its per-date arrays and per-date extras)."""
+def _scene_take(scene: SceneParams, idx: np.ndarray | slice, nt: int) -> SceneParams:
+    """``scene`` at the dates ``idx`` (indices, or a slice [c0, c1)): its per-date arrays
+    and per-date extras; arrays that are not per date are kept whole."""
 
     def take(a: Any) -> Any:
         a = np.asarray(a)

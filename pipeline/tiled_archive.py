@@ -1,9 +1,9 @@
-"""Tiled stores: one Zarr store for an area of any size, written tile by tile.
+"""The stores runs write: one Zarr store for an area of any size, written tile by tile.
 
-A tiled run (``flows.tiled``) writes one store for an area of any size. The template covers
-the whole grid and is written once; each tile then lands in its own chunk-aligned region. Which
-tiles are finished is recorded per time step in the ``tile_done`` variable (dims time,
-tile_row, tile_col; 1 = written), so:
+Every run (``flows.tiled.run_area``) writes one of these. The template covers the whole grid
+and is written once; each tile then lands in its own chunk-aligned regions. Which tiles are
+finished is recorded per time step in the ``tile_done`` variable (dims time, tile_row,
+tile_col; 1 = written), so:
 
 * a rerun with mode "resume" skips finished tiles (and the record is data, not one growing
   attribute: a continent of 10 000 tiles costs one small chunk per time step);
@@ -11,12 +11,13 @@ tile_row, tile_col; 1 = written), so:
   ``tile_done`` chunks, without touching any chunk of an earlier period;
 * ``xarray.open_zarr`` shows analysts which tiles a store holds.
 
+A run of one tile (an area that fits one tile, on its own grid) also records its regions as
+they land (``record_regions_done``), so a resumed run skips the regions already written.
+
 The run that made the store leaves its fingerprint (a hash of the grid, bands, search and
 prior) in ``FINGERPRINT_ATTR``; resuming or appending with another configuration is refused.
-
-The single-store protocol (one grid, region by region, done regions recorded in an attribute)
-is ``pipeline.archive.write_archive``; both share that module's encoding, CRS and attribute
-handling.
+Encoding, CRS and attribute handling are ``pipeline.archive``'s, as for ``write_archive``
+(a dataset the caller already has, written in one piece).
 """
 
 from __future__ import annotations
