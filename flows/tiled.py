@@ -36,8 +36,8 @@ Decisions worth knowing:
   run area from the COGs' overviews (``flows.steps.scene_state_step``). A tiled run then
   equals the area restored as one grid, seams included. The halo costs
   (1 + 2 halo / tile_size)^2 - 1 more reads and compute (about 7 % for 2048 px tiles).
-  The per-date ``gamma``/``airlight`` of the scene state are not written to the store (they
-  are the run's, not the tiles').
+  The per-date ``gamma``/``airlight`` of that scene state are written once per run (``dates``
+  mode; NaN where the tiles estimate their own).
 - A tile is written region by region (archive chunks, or shards), all its regions computed
   together so they share their input chunks. A run of one tile on its own grid records each
   region as it lands and a resumed run skips them; a run of many tiles records whole tiles.
@@ -82,6 +82,7 @@ from pipeline.archive import (
 from pipeline.catalog import search
 from pipeline.cluster import dask_client
 from pipeline.compositing import composite, composite_periods, period_labels
+from pipeline.restore import scene_variables
 from pipeline.tiled_archive import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
@@ -97,6 +98,7 @@ from pipeline.tiled_archive import (
     tile_write,
     tiles_done,
     write_tiled_template,
+    write_time_steps,
 )
 from pipeline.tiling import (
     GridSpec,
@@ -267,6 +269,12 @@ class OutputSchema:
 
     variables: dict[str, tuple[np.dtype, dict[str, Any]]]
     attrs: dict[str, Any]
+    #: per-date scene parameters (``pipeline.restore.SCENE_VARIABLES``: name -> dims, attrs),
+    #: written once from the run's scene state; ``bands`` labels their ``band`` dim
+    per_date: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = dataclasses.field(
+        default_factory=dict
+    )
+    bands: tuple[str, ...] = ()
 
     def fill(self, name: str) -> Any:
         """Value of a pixel nothing was observed for."""
@@ -290,23 +298,27 @@ def output_schema(config: RunConfig) -> OutputSchema:
     (``pipeline.compositing.composite_variables``), and the error layer of a run that
     validates itself. Only the prior's description is built here: no model is loaded."""
     from pipeline.compositing import composite_variables
-    from pipeline.restore import output_variables
+    from pipeline.restore import SCENE_VARIABLES, output_variables
     from pipeline.validation import ERROR_LAYER
 
     prior = prior_of(config)
     bands = tuple(config.cube.bands)
+    per_date = {}
     if config.mode == "composite":
         variables = composite_variables(bands)
     else:
         variables = output_variables(bands, prior)
         if wants_error_layer(config):
             variables[ERROR_LAYER] = (np.dtype(np.float32), dict(UNCALIBRATED_ERROR_ATTRS))
+        per_date = {
+            name: (dims, {"long_name": desc}) for name, (dims, desc) in SCENE_VARIABLES.items()
+        }
     attrs = {
         "prior": prior.name,
         "prior_params": json.dumps(prior.params(), sort_keys=True),
         "fusion_params": json.dumps(fusion_of(config).params(), sort_keys=True),
     }
-    return OutputSchema(variables, attrs)
+    return OutputSchema(variables, attrs, per_date, bands)
 
 
 # --------------------------------------------------------------------------- one tile
@@ -518,8 +530,16 @@ def _template(grid: GridSpec, axis: pd.DatetimeIndex, schema: OutputSchema) -> x
         )
         for name, (dtype, attrs) in schema.variables.items()
     }
-    coords = {k: v for k, v in xr_coords(grid.geobox, crs_coord_name="spatial_ref").items()}
+    coords: dict[Any, Any] = dict(xr_coords(grid.geobox, crs_coord_name="spatial_ref"))
     coords["time"] = axis
+    sizes = {"time": len(axis), "band": len(schema.bands)}
+    for name, (dims, attrs) in schema.per_date.items():  # NaN until the scene state lands
+        dshape = tuple(sizes[d] for d in dims)
+        data_vars[name] = xr.DataArray(
+            da.full(dshape, np.nan, dtype=np.float32, chunks=dshape), dims=dims, attrs=attrs
+        )
+    if schema.per_date:
+        coords["band"] = list(schema.bands)
     ds = xr.Dataset(data_vars, coords=coords)
     return ds.rio.write_crs(grid.crs, grid_mapping_name="spatial_ref")
 
@@ -754,6 +774,12 @@ def run_area(
             # one scene state for the whole area: tiles restore as the area would in one piece
             if items and (config.tiling.seamless or own_grid):
                 worker.scene = _area_scene_state(config, grid, items, active)
+            if worker.scene is not None and schema.per_date:  # the run's gamma and airlight
+                per_date = scene_variables(worker.scene.scene)
+                write_time_steps(
+                    config.output, {n: per_date[n].values for n in schema.per_date},
+                    state.time_slice, config.archive,
+                )  # fmt: skip
             worker.validation = validation = _validate_tiles(worker, config, area_tiles)
             results, ledger = process_tiles(
                 worker,

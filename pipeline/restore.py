@@ -84,6 +84,7 @@ from .priors._combined import own_evidence
 __all__ = [
     "FusionConfig",
     "QUALITY_LAYERS",
+    "SCENE_VARIABLES",
     "SceneState",
     "cloud_evidence",
     "composite",
@@ -91,6 +92,7 @@ __all__ = [
     "estimate_scene_state",
     "output_variables",
     "restore",
+    "scene_variables",
 ]
 
 log = logging.getLogger(__name__)
@@ -845,6 +847,25 @@ QUALITY_DESCRIPTIONS = {
 }
 
 
+#: The per-date scene parameters ``restore`` returns beside its layers: dims and long_name.
+SCENE_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "gamma": (("time",), "Angstrom exponent of the cloud/haze transmission, per date"),
+    "airlight": (("time", "band"), "cloud/atmospheric light A_b per date and band (reflectance)"),
+}
+
+
+def scene_variables(scene: SceneParams) -> dict[str, xr.DataArray]:
+    """``gamma`` (time) and ``airlight`` (time, band) of ``scene`` as float32 variables (the
+    ``band`` coordinate is the caller's: the cube's spectral bands, in order)."""
+    values = {"gamma": scene.gamma, "airlight": scene.airlight}
+    return {
+        name: xr.DataArray(
+            np.asarray(values[name], np.float32), dims=dims, attrs={"long_name": desc}
+        )
+        for name, (dims, desc) in SCENE_VARIABLES.items()
+    }
+
+
 def output_variables(
     bands: tuple[str, ...], prior: str | Prior = DEFAULT_PRIOR
 ) -> dict[str, tuple[np.dtype, dict[str, Any]]]:
@@ -876,16 +897,7 @@ def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dat
         v = xr.DataArray(layer, dims=dims, attrs={**attrs, **gm_attrs})
         v.encoding.update(gm_enc)
         data_vars[name] = v
-    data_vars["gamma"] = xr.DataArray(
-        np.asarray(scene.gamma, np.float32),
-        dims=("time",),
-        attrs={"long_name": "Angstrom exponent of the cloud/haze transmission, per date"},
-    )
-    data_vars["airlight"] = xr.DataArray(
-        np.asarray(scene.airlight, np.float32),
-        dims=("time", "band"),
-        attrs={"long_name": "cloud/atmospheric light A_b per date and band (reflectance)"},
-    )
+    data_vars.update(scene_variables(scene))
     out = xr.Dataset(data_vars, coords={**coords, "band": list(bands)})
     out.attrs.update(cube.attrs)
     out.attrs.update(

@@ -59,6 +59,7 @@ __all__ = [
     "tile_write",
     "tiles_done",
     "write_tiled_template",
+    "write_time_steps",
 ]
 
 TILE_DONE_VAR = "tile_done"
@@ -185,6 +186,22 @@ def tile_write(
         zarr_format=config.zarr_format,
         consolidated=False,
     )
+
+
+def write_time_steps(
+    store: str | os.PathLike,
+    values: Mapping[str, np.ndarray],
+    time: slice,
+    config: ArchiveConfig,
+) -> None:
+    """Write small per-date variables (dims time, ...) at the time steps ``time`` (call from
+    one process); a variable the store does not hold (made by an older version) is skipped."""
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+", zarr_format=config.zarr_format)
+    for name, value in values.items():
+        if name in group:
+            group[name][time] = value  # type: ignore[index]
 
 
 def mark_tile_done(
