@@ -729,9 +729,6 @@ def run_area(
 
     started = time.perf_counter()
     check_destination(config.output, config.archive)  # refuse before any work, not after
-    lattice = geobox is None and config.use_tiles()
-    if lattice:  # a bad tile size is refused before the search
-        plan_grid(config)
     if items is None:  # step 1
         items = search(dataclasses.replace(config.search, sign=False))
     grid, area_tiles, own_grid = plan_run(config, items, geobox)  # step 2
