@@ -1,8 +1,8 @@
 """The library calls a run is made of, configured from a ``RunConfig`` in one place.
 
-Both ways through an area (one grid, ``flows.run``; tile by tile, ``flows.tiled``) load,
-restore, validate and describe their output through these functions, so they read the same
-data, stamp the same dates and restore with the same settings.
+The run path (``flows.tiled``) loads, restores, validates and describes its output through
+these functions, so every tile (the one tile of a small area, or a continent's) reads its
+data, stamps its dates and restores with the same settings.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def restore_step(
     origin: tuple[int, int] | None = None,
     grid_shape: tuple[int, int] | None = None,
 ) -> Any:
-    """Restore (and composite) a cube as ``config`` asks: the one place both flows call.
+    """Restore (and composite) a cube as ``config`` asks: the one place a run restores.
 
     ``scene`` (``scene_state_step``): the run area's scene state, so that a part of the area
     (a tile, at ``origin`` in a grid of ``grid_shape``) restores as the whole area does.

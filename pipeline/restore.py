@@ -85,6 +85,7 @@ from .priors._combined import own_evidence
 __all__ = [
     "FusionConfig",
     "QUALITY_LAYERS",
+    "SCENE_VARIABLES",
     "SceneState",
     "cloud_evidence",
     "composite",
@@ -92,6 +93,7 @@ __all__ = [
     "estimate_scene_state",
     "output_variables",
     "restore",
+    "scene_variables",
 ]
 
 log = logging.getLogger(__name__)
@@ -263,30 +265,13 @@ def time_blocks(days: np.ndarray, cfg: FusionConfig, time_block: int | None) -> 
     return blocks
 
 
-def _scene_dates(scene: SceneParams, c0: int, c1: int, nt: int) -> SceneParams:
-    """``scene`` restricted to dates [c0, c1) (its per-date arrays and per-date extras)."""
-
-    def cut(a: Any) -> Any:
-        a = np.asarray(a)
-        return a[c0:c1] if a.ndim >= 1 and a.shape[0] == nt else a
-
-    return replace(
-        scene,
-        airlight=cut(scene.airlight),
-        gamma=cut(scene.gamma),
-        hot_slope=cut(scene.hot_slope),
-        hot_intercept=cut(scene.hot_intercept),
-        extras={k: cut(v) for k, v in scene.extras.items()},
-    )
-
-
 def _block_params(params: dict[str, Any], block: TimeBlock, nt: int) -> dict[str, Any]:
     """The per-date entries of ``params`` for one time block (pair maps: its own T x T slice)."""
     c0, c1 = block.c0, block.c1
     out = dict(params)
     out.update(
         days=params["days"][c0:c1],
-        scene=_scene_dates(params["scene"], c0, c1, nt),
+        scene=_scene_take(params["scene"], slice(c0, c1), nt),
         pair_gain=params["pair_gain"][c0:c1, c0:c1],
         pair_offset=params["pair_offset"][c0:c1, c0:c1],
         date_clearness=params["date_clearness"][c0:c1],
@@ -464,8 +449,9 @@ class SceneState:
         )
 
 
-def _scene_take(scene: SceneParams, idx: np.ndarray, nt: int) -> SceneParams:
-    """``scene`` at the dates ``idx`` (its per-date arrays and per-date extras)."""
+def _scene_take(scene: SceneParams, idx: np.ndarray | slice, nt: int) -> SceneParams:
+    """``scene`` at the dates ``idx`` (indices, or a slice [c0, c1)): its per-date arrays
+    and per-date extras; arrays that are not per date are kept whole."""
 
     def take(a: Any) -> Any:
         a = np.asarray(a)
@@ -916,6 +902,25 @@ QUALITY_DESCRIPTIONS = {
 }
 
 
+#: The per-date scene parameters ``restore`` returns beside its layers: dims and long_name.
+SCENE_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "gamma": (("time",), "Angstrom exponent of the cloud/haze transmission, per date"),
+    "airlight": (("time", "band"), "cloud/atmospheric light A_b per date and band (reflectance)"),
+}
+
+
+def scene_variables(scene: SceneParams) -> dict[str, xr.DataArray]:
+    """``gamma`` (time) and ``airlight`` (time, band) of ``scene`` as float32 variables (the
+    ``band`` coordinate is the caller's: the cube's spectral bands, in order)."""
+    values = {"gamma": scene.gamma, "airlight": scene.airlight}
+    return {
+        name: xr.DataArray(
+            np.asarray(values[name], np.float32), dims=dims, attrs={"long_name": desc}
+        )
+        for name, (dims, desc) in SCENE_VARIABLES.items()
+    }
+
+
 def output_variables(
     bands: tuple[str, ...], prior: str | Prior = DEFAULT_PRIOR
 ) -> dict[str, tuple[np.dtype, dict[str, Any]]]:
@@ -947,16 +952,7 @@ def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dat
         v = xr.DataArray(layer, dims=dims, attrs={**attrs, **gm_attrs})
         v.encoding.update(gm_enc)
         data_vars[name] = v
-    data_vars["gamma"] = xr.DataArray(
-        np.asarray(scene.gamma, np.float32),
-        dims=("time",),
-        attrs={"long_name": "Angstrom exponent of the cloud/haze transmission, per date"},
-    )
-    data_vars["airlight"] = xr.DataArray(
-        np.asarray(scene.airlight, np.float32),
-        dims=("time", "band"),
-        attrs={"long_name": "cloud/atmospheric light A_b per date and band (reflectance)"},
-    )
+    data_vars.update(scene_variables(scene))
     out = xr.Dataset(data_vars, coords={**coords, "band": list(bands)})
     out.attrs.update(cube.attrs)
     out.attrs.update(
