@@ -106,6 +106,13 @@ QUALITY_LAYERS = (
 )
 _MODES = ("dates", "composite")
 DEFAULT_SAMPLE_PIXELS = 250_000
+#: Dates the scene sample holds ``DEFAULT_SAMPLE_PIXELS`` each for; a longer series gets
+#: fewer pixels per date, so the sample (and the scene estimation's memory, tens of float32
+#: layers of it on one worker) stays that of a 12-date search: ``scene_sample_pixels``.
+SAMPLE_BUDGET_DATES = 12
+#: Fewest pixels per date the budget leaves (128 x 128): below it, per-date scene
+#: parameters (airlight, gamma) rest on too few dark and clear pixels.
+MIN_SAMPLE_PIXELS = 16_384
 #: Target dates per time block when the fusion's time window is set and ``time_block`` is not.
 DEFAULT_TIME_BLOCK = 12
 
@@ -177,9 +184,10 @@ def _days(cube: xr.Dataset) -> np.ndarray:
 
 def _split_options(
     prior: str | Prior, fusion: FusionConfig | dict | None, options: dict[str, Any]
-) -> tuple[Prior, FusionConfig, int, int | None]:
+) -> tuple[Prior, FusionConfig, int | None, int | None]:
     options = dict(options)
-    sample_pixels = int(options.pop("sample_pixels", DEFAULT_SAMPLE_PIXELS))
+    sample_pixels = options.pop("sample_pixels", None)
+    sample_pixels = None if sample_pixels is None else int(sample_pixels)
     time_block = options.pop("time_block", None)
     if time_block is not None and (
         isinstance(time_block, bool)
@@ -299,15 +307,32 @@ def _block_params(params: dict[str, Any], block: TimeBlock, nt: int) -> dict[str
     return out
 
 
+def scene_sample_pixels(dates: int, sample_pixels: int | None = None) -> int:
+    """Pixels per date of the scene sample of a ``dates``-date series.
+
+    ``sample_pixels`` (the caller's) is kept as given; by default ``DEFAULT_SAMPLE_PIXELS``
+    per date up to ``SAMPLE_BUDGET_DATES`` dates, and beyond them a fixed budget of pixel-dates
+    shared by the dates (at least ``MIN_SAMPLE_PIXELS`` each). The scene estimation holds
+    the whole sample at once (the prior's layers over every date of it), so a year of dates
+    at the per-date default would need about 12 times the memory of a 12-date search (about
+    10 GB at 146 dates for an area of 700 px or more) on the worker that estimates it.
+    """
+    if sample_pixels is not None:
+        return int(sample_pixels)
+    budget = DEFAULT_SAMPLE_PIXELS * SAMPLE_BUDGET_DATES
+    return max(MIN_SAMPLE_PIXELS, min(DEFAULT_SAMPLE_PIXELS, budget // max(int(dates), 1)))
+
+
 def sample_stride(shape: tuple[int, int], sample_pixels: int = DEFAULT_SAMPLE_PIXELS) -> int:
     """Stride s of the scene sample: every s-th row and column keeps <= ``sample_pixels`` per date."""
     ny, nx = shape
     return max(1, math.ceil(math.sqrt(ny * nx / max(sample_pixels, 1))))
 
 
-def _sample(arr, sample_pixels: int) -> tuple[np.ndarray, int]:
-    """Strided sample of global pixel indices -> (T, C, N) float32 and the stride."""
-    stride = sample_stride(arr.shape[2:], sample_pixels)
+def _sample(arr, sample_pixels: int | None) -> tuple[np.ndarray, int]:
+    """Strided sample of global pixel indices -> (T, C, N) float32 and the stride
+    (``sample_pixels`` per date; None: ``scene_sample_pixels`` of the series)."""
+    stride = sample_stride(arr.shape[2:], scene_sample_pixels(arr.shape[0], sample_pixels))
     sub = arr[:, :, ::stride, ::stride]
     if isinstance(sub, da.Array):
         sub = sub.compute()
@@ -354,7 +379,7 @@ def cloud_evidence(
     prior_obj = get_prior(prior, **prior_options)
     arr = np.asarray(_stack(cube, bands, scl))
     nb = len(bands)
-    sample, _ = _sample(arr, DEFAULT_SAMPLE_PIXELS)
+    sample, _ = _sample(arr, None)
     scene = prior_obj.estimate_scene(sample[:, :nb], bands, sample[:, nb] if scl else None)
     data = np.ascontiguousarray(arr[:, :nb], dtype=np.float32)
     location = BlockLocation((0, 0), (int(arr.shape[2]), int(arr.shape[3])))
@@ -375,7 +400,7 @@ def estimate_scene(
     cube: xr.Dataset,
     *,
     prior: str | Prior = DEFAULT_PRIOR,
-    sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
+    sample_pixels: int | None = None,
 ) -> SceneParams:
     """Scene parameters of ``cube`` as ``restore`` estimates them (computes only the sample)."""
     cube, bands, scl = _validate(cube)
@@ -506,7 +531,7 @@ def estimate_scene_state(
     fusion: FusionConfig | dict | None = None,
     *,
     coarse: bool = False,
-    sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
+    sample_pixels: int | None = None,
 ) -> SceneState:
     """The scene state ``restore`` would estimate for ``cube_or_sample`` (see ``SceneState``).
 
@@ -685,7 +710,9 @@ def restore(
         what the reference choice costs; a production run leaves it None.
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
-        ``sample_pixels`` (size of the scene-parameter sample), ``period`` (composite mode),
+        ``sample_pixels`` (pixels per date of the scene-parameter sample; default
+        ``scene_sample_pixels``: fewer per date for a series longer than 12 dates),
+        ``period`` (composite mode),
         ``time_block`` (target dates per time block, see the module docstring; default the
         whole series without a time window, ``DEFAULT_TIME_BLOCK`` with one).
 

@@ -69,3 +69,47 @@ def test_a_sample_of_other_dates_or_bands_is_refused(stack_items):
         restore(cube, scene_sample=sample.isel(time=slice(0, 3)))
     with pytest.raises(ValueError, match=r"scene_sample lacks \['B11'\]"):
         restore(cube, scene_sample=sample.drop_vars("B11"))
+
+
+def test_a_long_series_shares_a_fixed_budget_of_sample_pixels():
+    """Up to 12 dates each gets DEFAULT_SAMPLE_PIXELS; beyond, the dates share 12 dates'
+    worth (at least MIN_SAMPLE_PIXELS each), so the scene estimation's memory stays flat."""
+    from pipeline.restore import (
+        DEFAULT_SAMPLE_PIXELS,
+        MIN_SAMPLE_PIXELS,
+        SAMPLE_BUDGET_DATES,
+        scene_sample_pixels,
+    )
+
+    budget = DEFAULT_SAMPLE_PIXELS * SAMPLE_BUDGET_DATES
+    assert scene_sample_pixels(4) == scene_sample_pixels(12) == DEFAULT_SAMPLE_PIXELS
+    for dates in (36, 73, 146):
+        per_date = scene_sample_pixels(dates)
+        assert per_date == budget // dates
+        assert per_date * dates <= budget
+    assert scene_sample_pixels(10_000) == MIN_SAMPLE_PIXELS
+    assert scene_sample_pixels(146, 64 * 64) == 64 * 64  # a caller's figure is kept
+
+
+def test_the_strided_sample_of_a_long_series_is_coarser():
+    from pipeline.restore import DEFAULT_SAMPLE_PIXELS, SAMPLE_BUDGET_DATES, _sample
+
+    frame = np.zeros((1, 1, 800, 800), np.float32)
+    short = np.broadcast_to(frame, (12, 1, 800, 800))
+    year = np.broadcast_to(frame, (146, 1, 800, 800))
+    (_, stride12), (s146, stride146) = _sample(short, None), _sample(year, None)
+    assert stride12 == 2 and stride146 == 6  # 250 000 px per date; 3 M / 146 = 20 547
+    # pixel-dates held: no more than 12 full dates' worth
+    assert s146.size <= DEFAULT_SAMPLE_PIXELS * SAMPLE_BUDGET_DATES < stride146**2 * s146.size
+
+
+def test_the_coarse_sample_of_a_long_series_is_coarser(tmp_path):
+    """``load_scene_sample`` (what the flows estimate the scene state from) counts the
+    items' dates: 48 dates of a 256 px area are sampled at 1/2 where 12 are read whole."""
+    stack = make_stack((48, 256, 256), bands=("B02", "B04"), seed=1, interval_days=2.5)
+    items = write_stac_items(stack, tmp_path, blocksize=64)
+    config = CubeConfig(bands=("B02", "B04"), chunk_size=128, include_scl=True)
+    geobox = stack.truth.odc.geobox
+    assert load_scene_sample(items[:12], config, geobox).sizes == {"time": 12, "y": 256, "x": 256}
+    # 250 000 x 12 / 48 = 62 500 px per date, fewer than the grid's 65 536
+    assert load_scene_sample(items, config, geobox).sizes == {"time": 48, "y": 128, "x": 128}
