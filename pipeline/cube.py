@@ -230,7 +230,7 @@ def load_scene_sample(
 ) -> xr.Dataset:
     """The cube of ``items`` on ``geobox`` zoomed out to about ``sample_pixels`` per date, in memory
     (``compute=False``: lazy, for a caller that estimates from it on a worker). By default
-    ``pipeline.restore.scene_sample_pixels`` of the items' solar days: fewer pixels per date
+    ``pipeline.restore.scene_sample_stride`` of the items' solar days: fewer pixels per date
     for a series longer than 12 dates, so the sample and the estimation's memory stay those
     of a 12-date search.
 
@@ -240,10 +240,10 @@ def load_scene_sample(
     mixing of cloud and clear pixels), a small fraction of the cube's bytes, where the
     strided sample of a lazy cube decodes every chunk in full.
     """
-    from .restore import sample_stride, scene_sample_pixels
+    from .restore import scene_sample_stride
 
     dates = len({_solar_date(it) for it in items})
-    stride = sample_stride(tuple(geobox.shape), scene_sample_pixels(dates, sample_pixels))
+    stride = scene_sample_stride(tuple(geobox.shape), dates, sample_pixels)
     coarse = geobox.zoom_out(stride) if stride > 1 else geobox
     whole = max(64, *coarse.shape)  # one chunk: the sample is small by construction
     sample = load_cube(

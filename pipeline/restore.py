@@ -106,13 +106,12 @@ QUALITY_LAYERS = (
 )
 _MODES = ("dates", "composite")
 DEFAULT_SAMPLE_PIXELS = 250_000
-#: Dates the scene sample holds ``DEFAULT_SAMPLE_PIXELS`` each for; a longer series gets
-#: fewer pixels per date, so the sample (and the scene estimation's memory, tens of float32
-#: layers of it on one worker) stays that of a 12-date search: ``scene_sample_pixels``.
+#: A series longer than this many dates is sampled more sparsely per date, so the scene
+#: sample holds no more pixel-dates than a series this long would (``scene_sample_stride``).
 SAMPLE_BUDGET_DATES = 12
-#: Fewest pixels per date the budget leaves (128 x 128): below it, per-date scene
-#: parameters (airlight, gamma) rest on too few dark and clear pixels.
-MIN_SAMPLE_PIXELS = 16_384
+#: Fewest pixels per date that sparser sampling leaves (64 x 64): per-date scene parameters
+#: (airlight, gamma, the clear-sky line) rest on percentiles and fits over these pixels.
+MIN_SAMPLE_PIXELS = 4_096
 #: Target dates per time block when the fusion's time window is set and ``time_block`` is not.
 DEFAULT_TIME_BLOCK = 12
 
@@ -307,20 +306,34 @@ def _block_params(params: dict[str, Any], block: TimeBlock, nt: int) -> dict[str
     return out
 
 
-def scene_sample_pixels(dates: int, sample_pixels: int | None = None) -> int:
-    """Pixels per date of the scene sample of a ``dates``-date series.
+def scene_sample_stride(
+    shape: tuple[int, int], dates: int, sample_pixels: int | None = None
+) -> int:
+    """Stride of the scene sample of a ``dates``-date series on a grid of ``shape``.
 
-    ``sample_pixels`` (the caller's) is kept as given; by default ``DEFAULT_SAMPLE_PIXELS``
-    per date up to ``SAMPLE_BUDGET_DATES`` dates, and beyond them a fixed budget of pixel-dates
-    shared by the dates (at least ``MIN_SAMPLE_PIXELS`` each). The scene estimation holds
-    the whole sample at once (the prior's layers over every date of it), so a year of dates
-    at the per-date default would need about 12 times the memory of a 12-date search (about
-    10 GB at 146 dates for an area of 700 px or more) on the worker that estimates it.
+    ``sample_pixels`` (the caller's, per date) is kept as given. By default the stride keeps
+    about ``DEFAULT_SAMPLE_PIXELS`` per date up to ``SAMPLE_BUDGET_DATES`` dates; a longer
+    series gets the coarsest stride whose sample holds no more pixel-dates than a
+    ``SAMPLE_BUDGET_DATES``-date series of the same grid (but at least ``MIN_SAMPLE_PIXELS``
+    per date). Why: the scene estimation holds the whole sample at once on one worker (the
+    prior's layers over every date of it, and the pair fit's float64 copies), so at the
+    per-date default a year of 146 dates needed 12 times the memory of a 12-date search
+    (several GiB for a 1024 px area); it now needs about as much. The price: for a long
+    series each date's parameters rest on fewer pixels (146 dates of a 1024 px area: about
+    9 000 per date instead of 117 000).
     """
-    if sample_pixels is not None:
-        return int(sample_pixels)
-    budget = DEFAULT_SAMPLE_PIXELS * SAMPLE_BUDGET_DATES
-    return max(MIN_SAMPLE_PIXELS, min(DEFAULT_SAMPLE_PIXELS, budget // max(int(dates), 1)))
+    stride = sample_stride(shape, DEFAULT_SAMPLE_PIXELS if sample_pixels is None else sample_pixels)
+    if sample_pixels is not None or dates <= SAMPLE_BUDGET_DATES:
+        return stride
+    ny, nx = shape
+
+    def pixels(s: int) -> int:
+        return math.ceil(ny / s) * math.ceil(nx / s)
+
+    budget = SAMPLE_BUDGET_DATES * pixels(stride)
+    while dates * pixels(stride) > budget and pixels(stride + 1) >= MIN_SAMPLE_PIXELS:
+        stride += 1
+    return stride
 
 
 def sample_stride(shape: tuple[int, int], sample_pixels: int = DEFAULT_SAMPLE_PIXELS) -> int:
@@ -331,8 +344,8 @@ def sample_stride(shape: tuple[int, int], sample_pixels: int = DEFAULT_SAMPLE_PI
 
 def _sample(arr, sample_pixels: int | None) -> tuple[np.ndarray, int]:
     """Strided sample of global pixel indices -> (T, C, N) float32 and the stride
-    (``sample_pixels`` per date; None: ``scene_sample_pixels`` of the series)."""
-    stride = sample_stride(arr.shape[2:], scene_sample_pixels(arr.shape[0], sample_pixels))
+    (about ``sample_pixels`` per date; None: ``scene_sample_stride`` of the series)."""
+    stride = scene_sample_stride(tuple(arr.shape[2:]), int(arr.shape[0]), sample_pixels)
     sub = arr[:, :, ::stride, ::stride]
     if isinstance(sub, da.Array):
         sub = sub.compute()
@@ -711,7 +724,7 @@ def restore(
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
         ``sample_pixels`` (pixels per date of the scene-parameter sample; default
-        ``scene_sample_pixels``: fewer per date for a series longer than 12 dates),
+        ``scene_sample_stride``: fewer per date for a series longer than 12 dates),
         ``period`` (composite mode),
         ``time_block`` (target dates per time block, see the module docstring; default the
         whole series without a time window, ``DEFAULT_TIME_BLOCK`` with one).

@@ -71,36 +71,40 @@ def test_a_sample_of_other_dates_or_bands_is_refused(stack_items):
         restore(cube, scene_sample=sample.drop_vars("B11"))
 
 
-def test_a_long_series_shares_a_fixed_budget_of_sample_pixels():
-    """Up to 12 dates each gets DEFAULT_SAMPLE_PIXELS; beyond, the dates share 12 dates'
-    worth (at least MIN_SAMPLE_PIXELS each), so the scene estimation's memory stays flat."""
-    from pipeline.restore import (
-        DEFAULT_SAMPLE_PIXELS,
-        MIN_SAMPLE_PIXELS,
-        SAMPLE_BUDGET_DATES,
-        scene_sample_pixels,
-    )
+def test_a_long_series_is_sampled_no_denser_than_twelve_dates():
+    """Up to 12 dates keep the per-date default; a longer series gets a coarser stride whose
+    sample holds no more pixel-dates than 12 dates of the same grid (at least 4096 px per
+    date), so the scene estimation's memory does not grow with the search."""
+    from pipeline.restore import MIN_SAMPLE_PIXELS, scene_sample_stride
 
-    budget = DEFAULT_SAMPLE_PIXELS * SAMPLE_BUDGET_DATES
-    assert scene_sample_pixels(4) == scene_sample_pixels(12) == DEFAULT_SAMPLE_PIXELS
-    for dates in (36, 73, 146):
-        per_date = scene_sample_pixels(dates)
-        assert per_date == budget // dates
-        assert per_date * dates <= budget
-    assert scene_sample_pixels(10_000) == MIN_SAMPLE_PIXELS
-    assert scene_sample_pixels(146, 64 * 64) == 64 * 64  # a caller's figure is kept
+    def held(shape, dates):
+        s = scene_sample_stride(shape, dates)
+        return dates * -(-shape[0] // s) * -(-shape[1] // s)
+
+    for shape in ((256, 256), (512, 512), (1024, 1024), (700, 1300)):
+        twelve = held(shape, 12)
+        assert scene_sample_stride(shape, 4) == scene_sample_stride(shape, 12)
+        assert scene_sample_stride(shape, 12) == sample_stride(shape)
+        for dates in (36, 73, 146):
+            assert held(shape, dates) <= twelve
+            assert held(shape, dates) >= MIN_SAMPLE_PIXELS * dates
+    assert scene_sample_stride((1024, 1024), 12) == 3
+    assert scene_sample_stride((1024, 1024), 146) == 11  # 94 x 94 px per date
+    # never below 64 x 64 px per date, even where the budget asks for less
+    assert scene_sample_stride((256, 256), 10_000) == 4
+    assert scene_sample_stride((256, 256), 146, 64 * 64) == 4  # a caller's figure is kept
+    assert scene_sample_stride((256, 256), 146, 256 * 256) == 1
 
 
 def test_the_strided_sample_of_a_long_series_is_coarser():
-    from pipeline.restore import DEFAULT_SAMPLE_PIXELS, SAMPLE_BUDGET_DATES, _sample
+    from pipeline.restore import _sample
 
     frame = np.zeros((1, 1, 800, 800), np.float32)
     short = np.broadcast_to(frame, (12, 1, 800, 800))
     year = np.broadcast_to(frame, (146, 1, 800, 800))
-    (_, stride12), (s146, stride146) = _sample(short, None), _sample(year, None)
-    assert stride12 == 2 and stride146 == 6  # 250 000 px per date; 3 M / 146 = 20 547
-    # pixel-dates held: no more than 12 full dates' worth
-    assert s146.size <= DEFAULT_SAMPLE_PIXELS * SAMPLE_BUDGET_DATES < stride146**2 * s146.size
+    (s12, stride12), (s146, stride146) = _sample(short, None), _sample(year, None)
+    assert (stride12, stride146) == (2, 8)
+    assert s146.size <= s12.size  # pixel-dates held: no more than 12 dates' worth
 
 
 def test_the_coarse_sample_of_a_long_series_is_coarser(tmp_path):
@@ -111,5 +115,4 @@ def test_the_coarse_sample_of_a_long_series_is_coarser(tmp_path):
     config = CubeConfig(bands=("B02", "B04"), chunk_size=128, include_scl=True)
     geobox = stack.truth.odc.geobox
     assert load_scene_sample(items[:12], config, geobox).sizes == {"time": 12, "y": 256, "x": 256}
-    # 250 000 x 12 / 48 = 62 500 px per date, fewer than the grid's 65 536
     assert load_scene_sample(items, config, geobox).sizes == {"time": 48, "y": 128, "x": 128}

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +261,10 @@ def main(args: argparse.Namespace) -> int:
         bands=_BANDS[: args.bands],
     )
     started = time.perf_counter()
-    catalog = write_year_catalog(workdir, spec)
+    # written in a child process: the generator's arrays would stay in this process's RSS
+    # (freed, not returned to the system) and inflate the driver's figures
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        catalog = pool.submit(write_year_catalog, workdir, spec).result()
     items = read_year_catalog(catalog)
     print(f"catalog: {len(items)} dates of {spec.size} px in {time.perf_counter() - started:.0f} s")
 
