@@ -112,6 +112,8 @@ SAMPLE_BUDGET_DATES = 12
 #: Fewest pixels per date that sparser sampling leaves (64 x 64): per-date scene parameters
 #: (airlight, gamma, the clear-sky line) rest on percentiles and fits over these pixels.
 MIN_SAMPLE_PIXELS = 4_096
+#: Dates per group of the scene state's pair fit (``pair_maps``).
+PAIR_FIT_GROUP_DATES = 6
 #: Target dates per time block when the fusion's time window is set and ``time_block`` is not.
 DEFAULT_TIME_BLOCK = 12
 
@@ -529,13 +531,38 @@ def _state_from_sample(
     date_clearness = np.array(
         [p_clear[t][observed[t]].mean() if observed[t].any() else 0.0 for t in range(len(sample))]
     )
-    pair_gain, pair_offset = pair_gain_offset(
-        sb.surface,
-        (quality * p_clear) ** 2,
-        ridge=cfg.harmonise_ridge,
-        shrink_pixels=cfg.harmonise_shrink_pixels,
-    )
+    pair_gain, pair_offset = pair_maps(sb.surface, (quality * p_clear) ** 2, cfg)
     return SceneState(scene, pair_gain, pair_offset, date_clearness, time, sample_shape)
+
+
+def pair_maps(
+    surface: np.ndarray, weight: np.ndarray, cfg: FusionConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pair_gain_offset`` of every date pair of a (T, B, N) sample, fitted two groups of
+    ``PAIR_FIT_GROUP_DATES`` dates at a time.
+
+    Why: the robust fit keeps a weight per pair and pixel (T x T x N float64), which grew
+    with the square of the dates (0.7 GiB at 146 dates where 12 dates need 46 MB). Each
+    pair's fit uses only its own two dates, so fitting the pairs group by group gives the
+    same values as one fit over all dates (``tests/test_time_blocks.py`` checks it), in the
+    memory of a ``2 x PAIR_FIT_GROUP_DATES``-date series; the dates within a group are fitted
+    again with every other group (about twice the arithmetic of one fit: a second or two).
+    """
+    kwargs = {"ridge": cfg.harmonise_ridge, "shrink_pixels": cfg.harmonise_shrink_pixels}
+    nt, nb = surface.shape[:2]
+    size = PAIR_FIT_GROUP_DATES
+    if nt <= 2 * size:
+        return pair_gain_offset(surface, weight, **kwargs)
+    gain = np.ones((nt, nt, nb), np.float32)
+    offset = np.zeros((nt, nt, nb), np.float32)
+    groups = [np.arange(start, min(start + size, nt)) for start in range(0, nt, size)]
+    for a, first in enumerate(groups):
+        for second in groups[a + 1 :]:
+            idx = np.concatenate([first, second])
+            g, o = pair_gain_offset(surface[idx], weight[idx], **kwargs)
+            pairs = np.ix_(idx, idx)
+            gain[pairs], offset[pairs] = g, o
+    return gain, offset
 
 
 def estimate_scene_state(
