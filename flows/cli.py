@@ -23,7 +23,7 @@ log = logging.getLogger("phyvlm_cr")
 #: ``phyvlm-cr benchmark KIND``: each is a module ``flows.benchmarks.KIND`` with HELP,
 #: DESCRIPTION, ``add_arguments(parser)`` and ``main(args) -> exit code``; the modules import
 #: their heavy dependencies inside ``main`` so that building the parser stays fast.
-BENCHMARKS: tuple[str, ...] = ("quality", "speed", "prior", "tiles", "layout")
+BENCHMARKS: tuple[str, ...] = ("quality", "speed", "prior", "tiles", "layout", "memory")
 
 
 def _bbox(text: str) -> tuple[float, float, float, float]:

@@ -229,7 +229,10 @@ def load_scene_sample(
     compute: bool = True,
 ) -> xr.Dataset:
     """The cube of ``items`` on ``geobox`` zoomed out to about ``sample_pixels`` per date, in memory
-    (``compute=False``: lazy, for a caller that estimates from it on a worker).
+    (``compute=False``: lazy, for a caller that estimates from it on a worker). By default
+    ``pipeline.restore.scene_sample_stride`` of the items' solar days: fewer pixels per date
+    for a series longer than 12 dates, so the sample and the estimation's memory stay those
+    of a 12-date search.
 
     It is what ``pipeline.restore(cube, scene_sample=...)`` estimates the scene parameters
     from: the zoom factor is the stride of the strided sample, and odc-stac reads such a
@@ -237,9 +240,10 @@ def load_scene_sample(
     mixing of cloud and clear pixels), a small fraction of the cube's bytes, where the
     strided sample of a lazy cube decodes every chunk in full.
     """
-    from .restore import DEFAULT_SAMPLE_PIXELS, sample_stride
+    from .restore import scene_sample_stride
 
-    stride = sample_stride(tuple(geobox.shape), sample_pixels or DEFAULT_SAMPLE_PIXELS)
+    dates = len({_solar_date(it) for it in items})
+    stride = scene_sample_stride(tuple(geobox.shape), dates, sample_pixels)
     coarse = geobox.zoom_out(stride) if stride > 1 else geobox
     whole = max(64, *coarse.shape)  # one chunk: the sample is small by construction
     sample = load_cube(

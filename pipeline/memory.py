@@ -70,9 +70,12 @@ The per-date term shrinks as T grows; with few dates it is the larger part. Coun
 kernels of this module's last change; after a kernel change recount:
 ``tests/test_bench_speed.py`` compares this count with the heap peak numpy really allocates in
 ``restore`` (tracemalloc) and fails when they drift apart by more than 15 %. The scene
-estimation runs on a fixed-size sample (``DEFAULT_SAMPLE_PIXELS`` per date) outside the worker
-tasks and does not scale with the chunk; ``restore`` frees the sample's prior layers before
-the blocks are restored. Its robust pair fit holds up to 40 000 pixels x T x B float64 (38 MB
+estimation runs on a sample outside the restore tasks (in the flows, one task on a worker)
+and does not scale with the chunk: about ``DEFAULT_SAMPLE_PIXELS`` per date, and for a
+series longer than 12 dates no more pixel-dates than 12 dates of the same grid
+(``pipeline.restore.scene_sample_stride``; at the per-date default it held the whole series
+and grew with it: 9.9 GiB on one worker at 146 dates of a 256 px area, ``benchmark
+memory``); ``restore`` frees the sample's prior layers before the blocks are restored. Its robust pair fit holds up to 40 000 pixels x T x B float64 (38 MB
 at T = 12, B = 10), which is the peak of an in-memory ``restore`` of a cube smaller than about
 250 px at that T and B (measured 1.15 x this count at 160 px, 1.00 x at 256 px).
 

@@ -109,6 +109,14 @@ QUALITY_LAYERS = (
 )
 _MODES = ("dates", "composite")
 DEFAULT_SAMPLE_PIXELS = 250_000
+#: A series longer than this many dates is sampled more sparsely per date, so the scene
+#: sample holds no more pixel-dates than a series this long would (``scene_sample_stride``).
+SAMPLE_BUDGET_DATES = 12
+#: Fewest pixels per date that sparser sampling leaves (64 x 64): per-date scene parameters
+#: (airlight, gamma, the clear-sky line) rest on percentiles and fits over these pixels.
+MIN_SAMPLE_PIXELS = 4_096
+#: Dates per group of the scene state's pair fit (``pair_maps``).
+PAIR_FIT_GROUP_DATES = 6
 #: Target dates per time block when the fusion's time window is set and ``time_block`` is not.
 DEFAULT_TIME_BLOCK = 12
 
@@ -180,9 +188,10 @@ def _days(cube: xr.Dataset) -> np.ndarray:
 
 def _split_options(
     prior: str | Prior, fusion: FusionConfig | dict | None, options: dict[str, Any]
-) -> tuple[Prior, FusionConfig, int, int | None]:
+) -> tuple[Prior, FusionConfig, int | None, int | None]:
     options = dict(options)
-    sample_pixels = int(options.pop("sample_pixels", DEFAULT_SAMPLE_PIXELS))
+    sample_pixels = options.pop("sample_pixels", None)
+    sample_pixels = None if sample_pixels is None else int(sample_pixels)
     time_block = options.pop("time_block", None)
     if time_block is not None and (
         isinstance(time_block, bool)
@@ -285,15 +294,46 @@ def _block_params(params: dict[str, Any], block: TimeBlock, nt: int) -> dict[str
     return out
 
 
+def scene_sample_stride(
+    shape: tuple[int, int], dates: int, sample_pixels: int | None = None
+) -> int:
+    """Stride of the scene sample of a ``dates``-date series on a grid of ``shape``.
+
+    ``sample_pixels`` (the caller's, per date) is kept as given. By default the stride keeps
+    about ``DEFAULT_SAMPLE_PIXELS`` per date up to ``SAMPLE_BUDGET_DATES`` dates; a longer
+    series gets the coarsest stride whose sample holds no more pixel-dates than a
+    ``SAMPLE_BUDGET_DATES``-date series of the same grid (but at least ``MIN_SAMPLE_PIXELS``
+    per date). Why: the scene estimation holds the whole sample at once on one worker (the
+    prior's layers over every date of it, and the pair fit's float64 copies), so at the
+    per-date default a year of 146 dates needed 12 times the memory of a 12-date search
+    (several GiB for a 1024 px area); it now needs about as much. The price: for a long
+    series each date's parameters rest on fewer pixels (146 dates of a 1024 px area: about
+    9 000 per date instead of 117 000).
+    """
+    stride = sample_stride(shape, DEFAULT_SAMPLE_PIXELS if sample_pixels is None else sample_pixels)
+    if sample_pixels is not None or dates <= SAMPLE_BUDGET_DATES:
+        return stride
+    ny, nx = shape
+
+    def pixels(s: int) -> int:
+        return math.ceil(ny / s) * math.ceil(nx / s)
+
+    budget = SAMPLE_BUDGET_DATES * pixels(stride)
+    while dates * pixels(stride) > budget and pixels(stride + 1) >= MIN_SAMPLE_PIXELS:
+        stride += 1
+    return stride
+
+
 def sample_stride(shape: tuple[int, int], sample_pixels: int = DEFAULT_SAMPLE_PIXELS) -> int:
     """Stride s of the scene sample: every s-th row and column keeps <= ``sample_pixels`` per date."""
     ny, nx = shape
     return max(1, math.ceil(math.sqrt(ny * nx / max(sample_pixels, 1))))
 
 
-def _sample(arr, sample_pixels: int) -> tuple[np.ndarray, int]:
-    """Strided sample of global pixel indices -> (T, C, N) float32 and the stride."""
-    stride = sample_stride(arr.shape[2:], sample_pixels)
+def _sample(arr, sample_pixels: int | None) -> tuple[np.ndarray, int]:
+    """Strided sample of global pixel indices -> (T, C, N) float32 and the stride
+    (about ``sample_pixels`` per date; None: ``scene_sample_stride`` of the series)."""
+    stride = scene_sample_stride(tuple(arr.shape[2:]), int(arr.shape[0]), sample_pixels)
     sub = arr[:, :, ::stride, ::stride]
     if isinstance(sub, da.Array):
         sub = sub.compute()
@@ -349,7 +389,7 @@ def cloud_evidence(
     if scene is not None:
         scene_params = scene.for_cube(cube).scene
     else:
-        sample, _ = _sample(arr, DEFAULT_SAMPLE_PIXELS)
+        sample, _ = _sample(arr, None)
         scene_params = prior_obj.estimate_scene(
             sample[:, :nb], bands, sample[:, nb] if scl else None
         )
@@ -375,7 +415,7 @@ def estimate_scene(
     cube: xr.Dataset,
     *,
     prior: str | Prior = DEFAULT_PRIOR,
-    sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
+    sample_pixels: int | None = None,
 ) -> SceneParams:
     """Scene parameters of ``cube`` as ``restore`` estimates them (computes only the sample)."""
     cube, bands, scl = _validate(cube)
@@ -492,13 +532,38 @@ def _state_from_sample(
     date_clearness = np.array(
         [p_clear[t][observed[t]].mean() if observed[t].any() else 0.0 for t in range(len(sample))]
     )
-    pair_gain, pair_offset = pair_gain_offset(
-        sb.surface,
-        (quality * p_clear) ** 2,
-        ridge=cfg.harmonise_ridge,
-        shrink_pixels=cfg.harmonise_shrink_pixels,
-    )
+    pair_gain, pair_offset = pair_maps(sb.surface, (quality * p_clear) ** 2, cfg)
     return SceneState(scene, pair_gain, pair_offset, date_clearness, time, sample_shape)
+
+
+def pair_maps(
+    surface: np.ndarray, weight: np.ndarray, cfg: FusionConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pair_gain_offset`` of every date pair of a (T, B, N) sample, fitted two groups of
+    ``PAIR_FIT_GROUP_DATES`` dates at a time.
+
+    Why: the robust fit keeps a weight per pair and pixel (T x T x N float64), which grew
+    with the square of the dates (0.7 GiB at 146 dates where 12 dates need 46 MB). Each
+    pair's fit uses only its own two dates, so fitting the pairs group by group gives the
+    same values as one fit over all dates (``tests/test_time_blocks.py`` checks it), in the
+    memory of a ``2 x PAIR_FIT_GROUP_DATES``-date series; the dates within a group are fitted
+    again with every other group (about twice the arithmetic of one fit: a second or two).
+    """
+    kwargs = {"ridge": cfg.harmonise_ridge, "shrink_pixels": cfg.harmonise_shrink_pixels}
+    nt, nb = surface.shape[:2]
+    size = PAIR_FIT_GROUP_DATES
+    if nt <= 2 * size:
+        return pair_gain_offset(surface, weight, **kwargs)
+    gain = np.ones((nt, nt, nb), np.float32)
+    offset = np.zeros((nt, nt, nb), np.float32)
+    groups = [np.arange(start, min(start + size, nt)) for start in range(0, nt, size)]
+    for a, first in enumerate(groups):
+        for second in groups[a + 1 :]:
+            idx = np.concatenate([first, second])
+            g, o = pair_gain_offset(surface[idx], weight[idx], **kwargs)
+            pairs = np.ix_(idx, idx)
+            gain[pairs], offset[pairs] = g, o
+    return gain, offset
 
 
 def estimate_scene_state(
@@ -507,7 +572,7 @@ def estimate_scene_state(
     fusion: FusionConfig | dict | None = None,
     *,
     coarse: bool = False,
-    sample_pixels: int = DEFAULT_SAMPLE_PIXELS,
+    sample_pixels: int | None = None,
 ) -> SceneState:
     """The scene state ``restore`` would estimate for ``cube_or_sample`` (see ``SceneState``).
 
@@ -692,7 +757,9 @@ def restore(
         dates it clouded).
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
-        ``sample_pixels`` (size of the scene-parameter sample), ``period`` (composite mode),
+        ``sample_pixels`` (pixels per date of the scene-parameter sample; default
+        ``scene_sample_stride``: fewer per date for a series longer than 12 dates),
+        ``period`` (composite mode),
         ``time_block`` (target dates per time block, see the module docstring; default the
         whole series without a time window, ``DEFAULT_TIME_BLOCK`` with one).
 

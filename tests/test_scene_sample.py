@@ -69,3 +69,50 @@ def test_a_sample_of_other_dates_or_bands_is_refused(stack_items):
         restore(cube, scene_sample=sample.isel(time=slice(0, 3)))
     with pytest.raises(ValueError, match=r"scene_sample lacks \['B11'\]"):
         restore(cube, scene_sample=sample.drop_vars("B11"))
+
+
+def test_a_long_series_is_sampled_no_denser_than_twelve_dates():
+    """Up to 12 dates keep the per-date default; a longer series gets a coarser stride whose
+    sample holds no more pixel-dates than 12 dates of the same grid (at least 4096 px per
+    date), so the scene estimation's memory does not grow with the search."""
+    from pipeline.restore import MIN_SAMPLE_PIXELS, scene_sample_stride
+
+    def held(shape, dates):
+        s = scene_sample_stride(shape, dates)
+        return dates * -(-shape[0] // s) * -(-shape[1] // s)
+
+    for shape in ((256, 256), (512, 512), (1024, 1024), (700, 1300)):
+        twelve = held(shape, 12)
+        assert scene_sample_stride(shape, 4) == scene_sample_stride(shape, 12)
+        assert scene_sample_stride(shape, 12) == sample_stride(shape)
+        for dates in (36, 73, 146):
+            assert held(shape, dates) <= twelve
+            assert held(shape, dates) >= MIN_SAMPLE_PIXELS * dates
+    assert scene_sample_stride((1024, 1024), 12) == 3
+    assert scene_sample_stride((1024, 1024), 146) == 11  # 94 x 94 px per date
+    # never below 64 x 64 px per date, even where the budget asks for less
+    assert scene_sample_stride((256, 256), 10_000) == 4
+    assert scene_sample_stride((256, 256), 146, 64 * 64) == 4  # a caller's figure is kept
+    assert scene_sample_stride((256, 256), 146, 256 * 256) == 1
+
+
+def test_the_strided_sample_of_a_long_series_is_coarser():
+    from pipeline.restore import _sample
+
+    frame = np.zeros((1, 1, 800, 800), np.float32)
+    short = np.broadcast_to(frame, (12, 1, 800, 800))
+    year = np.broadcast_to(frame, (146, 1, 800, 800))
+    (s12, stride12), (s146, stride146) = _sample(short, None), _sample(year, None)
+    assert (stride12, stride146) == (2, 8)
+    assert s146.size <= s12.size  # pixel-dates held: no more than 12 dates' worth
+
+
+def test_the_coarse_sample_of_a_long_series_is_coarser(tmp_path):
+    """``load_scene_sample`` (what the flows estimate the scene state from) counts the
+    items' dates: 48 dates of a 256 px area are sampled at 1/2 where 12 are read whole."""
+    stack = make_stack((48, 256, 256), bands=("B02", "B04"), seed=1, interval_days=2.5)
+    items = write_stac_items(stack, tmp_path, blocksize=64)
+    config = CubeConfig(bands=("B02", "B04"), chunk_size=128, include_scl=True)
+    geobox = stack.truth.odc.geobox
+    assert load_scene_sample(items[:12], config, geobox).sizes == {"time": 12, "y": 256, "x": 256}
+    assert load_scene_sample(items, config, geobox).sizes == {"time": 48, "y": 128, "x": 128}

@@ -202,3 +202,28 @@ def test_restoring_some_dates_equals_those_dates_of_the_whole_restore(series, wh
         restore(series, dates=[series.sizes["time"]])
     with pytest.raises(ValueError, match="in-memory"):
         restore(series.chunk({"x": 16}), dates=picked)
+
+
+def test_the_pair_fit_group_by_group_equals_one_fit_over_all_dates():
+    """``pair_maps`` fits a long series' pairs two groups of dates at a time (its robust
+    weights grew with the square of the dates): every pair's gain and offset are exactly
+    those of one ``pair_gain_offset`` over all dates."""
+    from pipeline.kernels import FusionConfig, pair_gain_offset
+    from pipeline.restore import PAIR_FIT_GROUP_DATES, pair_maps
+
+    rng = np.random.default_rng(3)
+    nt, nb, n = 2 * PAIR_FIT_GROUP_DATES + 5, 3, 20_000  # three groups, the last one short
+    base = rng.uniform(0.02, 0.4, (1, nb, n))
+    gains = rng.uniform(0.8, 1.2, (nt, nb, 1))
+    surface = (base * gains + rng.normal(0, 0.01, (nt, nb, n))).astype(np.float32)
+    surface[4, :, :100] = np.nan  # a gap: pixels missing on one date
+    weight = rng.uniform(0.3, 1.0, (nt, n)) ** 2
+    cfg = FusionConfig()
+    g, o = pair_maps(surface, weight, cfg)
+    g_all, o_all = pair_gain_offset(
+        surface, weight, ridge=cfg.harmonise_ridge, shrink_pixels=cfg.harmonise_shrink_pixels
+    )
+    assert g.shape == o.shape == (nt, nt, nb) and g.dtype == np.float32
+    np.testing.assert_array_equal(g, g_all)
+    np.testing.assert_array_equal(o, o_all)
+    assert np.abs(g_all - 1).max() > 0.05  # the maps are not identity: the test has teeth
