@@ -879,18 +879,24 @@ def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
         log.info("self-validation: reusing the calibration recorded in %s", config.output)
         return stored
     step = max(1, math.ceil(len(todo) / config.validation.windows))
-    cubes, labels = [], []
+    cubes, labels, origins = [], [], []
     for tile in todo[::step]:
         cube = worker.cube(tile, purpose="validation")
         if cube is not None:
             cubes.append(cube)
             labels.append(str(tile.key))
+            origins.append((tile.y.start, tile.x.start))
     if not cubes:
         return None
+    # the windows restore with the area's scene state, placed in the area's grid, as the
+    # tiles themselves do (without one, each window estimates its own)
+    placed: dict[str, Any] = {}
+    if worker.scene is not None:
+        placed = {"scene": worker.scene, "grid_shape": worker.plan.grid.shape}
     if worker.plan.own_grid:  # the area in one piece: its windows are the area's, unlabelled
-        validation = validation_step(cubes[0], config)
+        validation = validation_step(cubes[0], config, origins=origins[:1], **placed)
     else:
-        validation = validation_step(cubes, config, labels=labels)
+        validation = validation_step(cubes, config, labels=labels, origins=origins, **placed)
     # its read failures (a window it skipped) are not the tiles': drop them from the ledgers
     from pipeline._reading import collect_read_failures
 

@@ -395,7 +395,7 @@ def cloud_evidence(
         )
     data = np.ascontiguousarray(arr[:, :nb], dtype=np.float32)
     shape = grid_shape or (int(arr.shape[2]), int(arr.shape[3]))
-    location = BlockLocation(tuple(int(v) for v in origin), shape)
+    location = BlockLocation((int(origin[0]), int(origin[1])), shape)
     pb, layers = prior_obj.block_at(
         data, bands, scene_params, arr[:, nb] if scl else None, location
     )
@@ -549,7 +549,10 @@ def pair_maps(
     memory of a ``2 x PAIR_FIT_GROUP_DATES``-date series; the dates within a group are fitted
     again with every other group (about twice the arithmetic of one fit: a second or two).
     """
-    kwargs = {"ridge": cfg.harmonise_ridge, "shrink_pixels": cfg.harmonise_shrink_pixels}
+    kwargs: dict[str, Any] = {
+        "ridge": cfg.harmonise_ridge,
+        "shrink_pixels": cfg.harmonise_shrink_pixels,
+    }
     nt, nb = surface.shape[:2]
     size = PAIR_FIT_GROUP_DATES
     if nt <= 2 * size:

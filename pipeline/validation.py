@@ -555,7 +555,7 @@ def _strata_weights(rows: dict[str, np.ndarray], strata_counts: dict[str, np.nda
     that way where the other date is clear)."""
     w = np.ones(rows["sq"].shape)
     s = _stratum_index(rows["stratum"])
-    everything = sum(strata_counts.values())
+    everything = np.sum(list(strata_counts.values()), axis=0)
     for k, c in enumerate(CLASSES):
         target = strata_counts[RUN_CLASS_OF[c]]
         if target.sum() <= 0:
