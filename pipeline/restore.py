@@ -70,6 +70,7 @@ from .kernels import (
     fuse_dates,
     pair_gain_offset,
     reference_quality,
+    surface_change,
     time_context,
 )
 from .priors import (
@@ -106,6 +107,7 @@ QUALITY_LAYERS = (
     "reference_days",
     "no_valid_observation",
     "cloud_probability",
+    "surface_change",
 )
 _MODES = ("dates", "composite")
 DEFAULT_SAMPLE_PIXELS = 250_000
@@ -664,6 +666,8 @@ def _restore_block(
     out[:, nb + 3] = fr.reference_days
     out[:, nb + 4] = fr.no_valid_observation
     out[:, nb + 5] = fr.cloud_probability
+    # the clear dates around each target, read as the fusion read them (p_clear >= 0.5)
+    out[:, nb + 6] = surface_change(data, _clear_share(evidence) >= 0.5, targets)
     return out
 
 
@@ -772,7 +776,10 @@ def restore(
     ``gate``, ``transmission`` (float32 0..1, t at 490 nm), ``reference_days`` (float32,
     reference date minus target date in days, NaN where none was used),
     ``no_valid_observation`` (uint8), ``cloud_probability`` (float32 0..1, the fused cloud
-    evidence: probability the observation is cloud-, haze- or shadow-contaminated); ``gamma`` (time) and ``airlight`` (time, band); attrs
+    evidence: probability the observation is cloud-, haze- or shadow-contaminated),
+    ``surface_change`` (float32, RMS change of the surface between the clear dates around the
+    date: what a temporal reference can miss; NaN where fewer than two tell it); ``gamma``
+    (time) and ``airlight`` (time, band); attrs
     ``prior``, ``prior_params`` and ``fusion_params`` (JSON). Lazy for dask input.
     """
     if mode not in _MODES:
@@ -969,6 +976,9 @@ QUALITY_DESCRIPTIONS = {
     "no_valid_observation": "1 where no valid observation supports the output (NaN output)",
     "cloud_probability": "probability (0..1) that the observation is cloud-, haze- or "
     "shadow-contaminated (the priors' fused evidence); below 0.1 it passed through",
+    "surface_change": "RMS change of the surface reflectance between the clear observations "
+    "nearest before and after the date (on one side: the two nearest there); what a "
+    "temporal reference can miss",
 }
 
 

@@ -127,30 +127,53 @@ class ValidationConfig:
 # --------------------------------------------------------------------------- error model
 
 #: Features of the error model, in order (see ``_features``).
-FEATURES = ("one", "reference_share", "reference_age", "haze_inverted", "evidence")
+FEATURES = (
+    "one",
+    "reference_share",
+    "reference_age",
+    "haze_inverted",
+    "evidence",
+    "reference_change",
+    "reference_change_unknown",
+)
+#: The quality layers the features are computed from.
+FEATURE_LAYERS = ("gate", "transmission", "reference_days", "cloud_probability", "surface_change")
 
 
-def _features(gate, transmission, reference_days, cloud_probability):
-    """(F, ...) basis of the error model, from the quality layers (numpy or dask via xarray).
+def _fill(a, value: float):
+    return a.fillna(value) if hasattr(a, "fillna") else np.nan_to_num(a, nan=value)
+
+
+def _features(layers: dict[str, Any]) -> dict[str, Any]:
+    """Basis of the error model by name, from the quality layers (numpy, or xarray: lazily
+    for dask).
 
     one: a floor; reference_share: 1 - gate; reference_age: (1 - gate) min(|days|, 180) / 30
     (an older reference has changed more); haze_inverted: gate (1 - t) (the inversion's
-    error grows with the haze removed); evidence: the cloud probability.
+    error grows with the haze removed); evidence: the cloud probability;
+    reference_change: (1 - gate) x ``surface_change`` (what the reference can miss: the
+    surface's change between the clear dates around the target), and
+    reference_change_unknown: (1 - gate) where fewer than two clear dates tell it.
     """
-    g = gate.clip(0, 1)
-    t = transmission.clip(0, 1)
-    days = (
-        abs(reference_days).fillna(0.0)
-        if hasattr(reference_days, "fillna")
-        else np.nan_to_num(np.abs(reference_days))
-    )
-    age = days.clip(0, 180) / 30.0 if hasattr(days, "clip") else np.clip(days, 0, 180) / 30.0
-    p = (
-        cloud_probability.fillna(0.5)
-        if hasattr(cloud_probability, "fillna")
-        else np.nan_to_num(cloud_probability, nan=0.5)
-    )
-    return [g * 0 + 1.0, 1 - g, (1 - g) * age, g * (1 - t), p]
+    g = layers["gate"].clip(0, 1)
+    t = layers["transmission"].clip(0, 1)
+    days = abs(_fill(layers["reference_days"], 0.0))
+    age = days.clip(0, 180) / 30.0
+    p = _fill(layers["cloud_probability"], 0.5)
+    change = layers.get("surface_change")
+    if change is None:  # a restore from before the layer existed: no reading anywhere
+        change = g * np.nan
+    unknown = change * 0 + 0.0
+    unknown = _fill(unknown, 1.0)
+    return {
+        "one": g * 0 + 1.0,
+        "reference_share": 1 - g,
+        "reference_age": (1 - g) * age,
+        "haze_inverted": g * (1 - t),
+        "evidence": p,
+        "reference_change": (1 - g) * _fill(change, 0.0),
+        "reference_change_unknown": (1 - g) * unknown,
+    }
 
 
 @dataclass
@@ -171,21 +194,19 @@ class ErrorModel:
     spearman: float = float("nan")  # rank correlation with the errors of the calibration half
     coverage90: float = float("nan")  # share of calibration errors within the 90 % interval
 
-    def predict(self, gate, transmission, reference_days, cloud_probability):
-        """The error estimate for arrays (numpy, or xarray, lazily for dask)."""
-        feats = _features(gate, transmission, reference_days, cloud_probability)
-        total = sum(c * f for c, f in zip(self.coefficients, feats, strict=True))
+    def predict(self, layers: dict[str, Any]):
+        """The error estimate from the quality layers by name (numpy arrays, or xarray:
+        lazily for dask)."""
+        feats = _features(layers)
+        total = sum(
+            c * feats[name] for c, name in zip(self.coefficients, self.features, strict=True)
+        )
         return self.kappa * total
 
     def apply(self, restored: xr.Dataset) -> xr.DataArray:
         """``error_estimate`` (time, y, x) float32 for a restored dataset (lazy with dask);
         NaN where there is no valid output."""
-        est = self.predict(
-            restored["gate"],
-            restored["transmission"],
-            restored["reference_days"],
-            restored["cloud_probability"],
-        )
+        est = self.predict({n: restored[n] for n in FEATURE_LAYERS if n in restored})
         est = est.where(restored["no_valid_observation"] == 0).astype(np.float32)
         band = next(str(v) for v in restored.data_vars if v in WAVELENGTH_NM)
         est.attrs = {
@@ -237,9 +258,8 @@ def fit_error_model(
     ``weights`` (the covariate-shift weights of the estimates) weight the calibration, so
     the interval holds for the run's mix of pixels rather than the hold-out's."""
     err = np.sqrt(rows["sq"] / rows["nb"])
-    feats = np.stack(
-        _features(rows["gate"], rows["transmission"], rows["reference_days"], rows["cloud"]), axis=1
-    ).astype(np.float64)
+    by_name = _features({n: rows[n] for n in FEATURE_LAYERS})
+    feats = np.stack([by_name[n] for n in FEATURES], axis=1).astype(np.float64)
     fit = case % 2 == 0
     cal = ~fit
     if fit.sum() < 20 or cal.sum() < 20:
@@ -456,10 +476,7 @@ class _Collector:
                 "stratum",
                 "case",
                 "tile",
-                "gate",
-                "transmission",
-                "reference_days",
-                "cloud",
+                *FEATURE_LAYERS,
             )
         }
         self.band_sq: list[np.ndarray] = []
@@ -492,7 +509,7 @@ class _Collector:
         self.rows["stratum"].append(stratum)
         self.rows["case"].append(np.full(cls.size, self.cases))
         self.rows["tile"].append(np.full(cls.size, tile))
-        for k in ("gate", "transmission", "reference_days", "cloud"):
+        for k in FEATURE_LAYERS:
             self.rows[k].append(layers[k])
         self.band_sq.append(diff**2)
         self.cases += 1
@@ -883,12 +900,7 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
         if not held.any():
             continue
         cls = np.select([sim.thick, sim.shadow, sim.thin], [2, 3, 1], default=0)[held]
-        layers = {
-            "gate": out["gate"].values[k][held],
-            "transmission": out["transmission"].values[k][held],
-            "reference_days": out["reference_days"].values[k][held],
-            "cloud": out["cloud_probability"].values[k][held],
-        }
+        layers = {n: out[n].values[k][held] for n in FEATURE_LAYERS}
         col.add(est[:, held], data[target][:, held], cls, proxy[target][held], window.tile, layers)
     return col
 
