@@ -211,9 +211,11 @@ def snow_change(data: np.ndarray, bands: tuple[str, ...], quantile: float) -> np
     The change's spectral shape, against the same per-pixel envelope as the haze index:
     snow brightens the visible and the NIR alike but not the SWIR (ice absorbs there); haze
     brightens the blue far more than the NIR, and water cloud brightens the SWIR too (about
-    half as much as the blue). score = S(dB; 0.03, 0.06) S(dN / dB; 0.5, 0.8)
-    (1 - S(dS / dB; 0.1, 0.25)), d the excess over the envelope of B02, NIR (B08/B8A) and
-    SWIR (B11/B12). Ice cloud (cirrus) also darkens in the SWIR; it is thin, and stays
+    half as much as the blue); patchy or melting snow over a darker ground darkens the SWIR
+    while it brightens the visible, which no cloud or haze does by more than ~0.1 of the
+    blue rise. score = S(dB; 0.03, 0.06) max(S(dN / dB; 0.5, 0.8) (1 - S(dS / dB; 0.1,
+    0.25)), S(-dS / dB; 0.15, 0.3) S(dN / dB; 0.2, 0.4)), d the excess of B02, NIR (B08/B8A)
+    and SWIR (B11/B12) over the pixel's date at the blue's lower envelope (``quantile``). Ice cloud (cirrus) also darkens in the SWIR; it is thin, and stays
     partly cloud here. 0 without NIR or SWIR bands. It catches old and wet snow, whose NDSI
     (green against SWIR) is too low for ``snow_score``.
     """
@@ -224,19 +226,33 @@ def snow_change(data: np.ndarray, bands: tuple[str, ...], quantile: float) -> np
     if blue is None or nir is None or swir is None:
         return np.zeros((shape[0],) + tuple(shape[2:]))
     observed = _observed(data)
+    # the baseline is one real observation per pixel: the date at the blue's lower envelope
+    # (clear and snow-free), all its bands together. Per-band envelopes would mix dates: in
+    # a snowy series the SWIR envelope is a snow date's (ice is dark there), and a melting
+    # snow cover would read as a SWIR *rise*.
+    b = _band(data, blue, observed)
+    n = observed.sum(axis=0)
+    order = np.argsort(np.where(observed, b, np.inf), axis=0, kind="stable")
+    rank = np.floor(quantile * np.maximum(n - 1, 0)).astype(np.intp)
+    base_date = np.take_along_axis(order, rank[None], axis=0)
 
     def excess(k: int) -> np.ndarray:
         v = _band(data, k, observed)
-        return v - lower_envelope(v, quantile)
+        return v - np.take_along_axis(v, base_date, axis=0)
 
     db, dn, ds = excess(blue), excess(nir), excess(swir)
     with np.errstate(invalid="ignore", divide="ignore"):
         safe = np.where(db > 1e-6, db, np.nan)
-        score = (
-            smoothstep(db, 0.03, 0.06)
-            * smoothstep(dn / safe, 0.5, 0.8)
-            * (1.0 - smoothstep(ds / safe, 0.1, 0.25))
-        )
+        nir_ratio, swir_ratio = dn / safe, ds / safe
+        # snow's shape: NIR up with the visible, SWIR not up
+        alike = smoothstep(nir_ratio, 0.5, 0.8) * (1.0 - smoothstep(swir_ratio, 0.1, 0.25))
+        # ice's mark: the SWIR goes *down* while the visible goes up (patchy or melting snow
+        # over a darker ground, whose NIR rises less than the visible). Cloud and haze add
+        # light in the SWIR or, over a bright-SWIR ground, take off at most ~0.1 of the blue
+        # rise: aerosol haze barely reaches the SWIR (1 - t_s ~ 0.2 (1 - t_b)) and even grey
+        # ice cloud over bare soil stays near -0.1. The NIR must still rise (a little).
+        ice = smoothstep(-swir_ratio, 0.15, 0.3) * smoothstep(nir_ratio, 0.2, 0.4)
+        score = smoothstep(db, 0.03, 0.06) * np.maximum(alike, ice)
     return np.where(np.isfinite(score), score, 0.0)
 
 
