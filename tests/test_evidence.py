@@ -138,6 +138,20 @@ def test_cloud_shadow_is_a_uniform_darkening_snow_melt_is_not():
     assert p_shadow[6:, :, 27:].max() < 0.05
 
 
+def test_mowing_is_not_a_shadow_though_most_bands_darken():
+    """A mown or ploughed field loses its NIR (and some SWIR) while the visible stays: most
+    bands darken, on average as much as under a shadow, but a shadow darkens every band."""
+    obs = _series()
+    field = (slice(5, 15), slice(5, 15))
+    nir_like = [BANDS6.index(b) for b in ("B08", "B11", "B12")]
+    obs[6][nir_like, field[0], field[1]] *= np.array([0.35, 0.5, 0.5], np.float32)[:, None, None]
+    factor = np.linspace(0.45, 0.3, len(BANDS6)).astype(np.float32)[:, None, None]
+    obs[3][:, 25:35, 25:35] *= factor  # a cloud shadow on another date
+    _, p_shadow = stack_evidence(obs, BANDS6)
+    assert p_shadow[6][7:13, 7:13].max() < 0.05
+    assert p_shadow[3][27:33, 27:33].min() > 0.5
+
+
 def test_a_single_date_gives_no_stack_opinion_and_two_dates_a_weak_one():
     obs = _series(n_dates=2)
     p1, _ = stack_evidence(obs[:1], BANDS6)

@@ -111,6 +111,11 @@ def cloud_probability_from_excess(e: np.ndarray, mid: float, scale: float) -> np
         return 1.0 / (1.0 + np.exp(-(np.asarray(e, np.float64) - mid) / scale))
 
 
+#: log(I_b / M_b) of the least darkened band: a shadow for sure below the first, none above
+#: the second (x 0.78 and x 0.90 of the clear median)
+EVERY_BAND_DARKER = (-0.25, -0.1)
+
+
 def shadow_probability(
     data: np.ndarray,
     p_cloud: np.ndarray,
@@ -124,7 +129,8 @@ def shadow_probability(
 
     M_b = per-pixel median of the dates that read clear (p_cloud < 0.5); log r_b = log(I_b /
     M_b) over bands with M_b and I_b above ``min_reflectance``; p = S(-mean; darkening)
-    (1 - S(std; spread)) (1 - p_cloud) (1 - snow(M)). NaN where the pixel is unobserved; 0
+    (1 - S(std; spread)) (1 - S(max_b log r_b; ``EVERY_BAND_DARKER``)) (1 - p_cloud)
+    (1 - snow(M)): every band must darken. NaN where the pixel is unobserved; 0
     without a median. The median's own snow score (with ``bands``, where SWIR exists) vetoes
     the test: melting snow over water or dark rock darkens the visible bands alike.
     """
@@ -135,6 +141,7 @@ def shadow_probability(
     n = np.zeros(observed.shape, np.int32)
     total = np.zeros(observed.shape)
     squares = np.zeros(observed.shape)
+    least = np.full(observed.shape, -np.inf)  # the least darkened band's log r
     median = np.empty((nb,) + observed.shape[1:])
     for k in range(nb):
         band = _band(data, k, observed)
@@ -146,10 +153,15 @@ def shadow_probability(
         n += ok
         total += logr  # 0 where not ok
         squares += logr * logr
+        least = np.where(ok, np.maximum(least, logr), least)
         del band, ok, logr
     mean = total / np.maximum(n, 1)
     var = np.maximum(squares / np.maximum(n, 1) - mean * mean, 0.0)
     dark = smoothstep(-mean, *darkening) * (1.0 - smoothstep(np.sqrt(var), *spread))
+    # a shadow takes the direct sun off every band: none stays as bright as the median (the
+    # blue darkens least, diffuse skylight being bluest). Mowing, ploughing or a harvest
+    # drop the NIR and SWIR while the visible stays: not a shadow.
+    dark = dark * (1.0 - smoothstep(least, *EVERY_BAND_DARKER))
     p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
     if bands is not None:
         snowy = snow_score(median[None], bands)
