@@ -182,7 +182,9 @@ class ErrorModel:
 
     error_estimate = kappa * sum_k coef_k feature_k (reflectance RMS units: the mean of
     (error / error_estimate)^2 is 1 on the calibration half); ``interval90`` x
-    error_estimate bounds 90 % of the calibration errors (split conformal).
+    error_estimate bounds 90 % of the calibration errors (split conformal) in each gate
+    regime (reference-filled, blended, inverted: ``GATE_REGIMES``), so at least 90 % of
+    the run's whatever its mix of regimes.
     """
 
     coefficients: list[float]
@@ -250,6 +252,27 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> flo
     return float(values[order][np.searchsorted(cw, q * cw[-1])])
 
 
+#: Gate edges of the error regimes (reference-filled, blended, inverted or passed through):
+#: the 90 % interval must hold in each, whatever the run's mix of them.
+GATE_REGIMES = (0.2, 0.8)
+#: Fewest calibration pixels for a regime's own quantile.
+MIN_REGIME_PIXELS = 50
+
+
+def _regime_quantile(z: np.ndarray, w: np.ndarray, gate: np.ndarray, q: float) -> float:
+    """The largest of the regimes' weighted ``q`` quantiles of ``z`` (regimes by gate): the
+    errors' tails differ between reference-filled and inverted pixels, and a run's mix of
+    regimes is not the hold-out's, so one pooled quantile under-covers where the run has more
+    of the heavy-tailed regime."""
+    regime = np.digitize(np.nan_to_num(gate, nan=0.0), GATE_REGIMES)
+    out = _weighted_quantile(z, w, q)
+    for r in np.unique(regime):
+        m = regime == r
+        if m.sum() >= MIN_REGIME_PIXELS and w[m].sum() > 0:
+            out = max(out, _weighted_quantile(z[m], w[m], q))
+    return out
+
+
 def fit_error_model(
     rows: dict[str, np.ndarray], case: np.ndarray, weights: np.ndarray | None = None
 ) -> ErrorModel | None:
@@ -277,7 +300,7 @@ def fit_error_model(
         if w[cal].sum() > 0
         else float(np.sqrt(np.mean(ratio**2)))
     )
-    z90 = _weighted_quantile(ratio / kappa, w[cal], 0.9)
+    z90 = _regime_quantile(ratio / kappa, w[cal], rows["gate"][cal], 0.9)
     return ErrorModel(
         coefficients=[float(c) for c in np.maximum(coef, 0)],
         kappa=kappa,
