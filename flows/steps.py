@@ -287,6 +287,13 @@ def validation_step(
     from pipeline.validation import self_validate
 
     prior = prior_of(config)
+    # the run's own time window and block (a window restores in the run's time blocks, so
+    # its memory is a run task's, whatever the length of the series)
+    options: dict[str, Any] = {}
+    if config.time_window_dates is not None:
+        options["time_window_dates"] = config.time_window_dates
+        if config.time_block is not None:
+            options["time_block"] = config.time_block
     log.info("self-validation on held-out clear pixels (%s)", config.validation)
     return self_validate(
         cube,
@@ -296,6 +303,7 @@ def validation_step(
         scene=scene,
         origins=origins,
         grid_shape=grid_shape,
+        **options,
     )
 
 

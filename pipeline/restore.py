@@ -759,9 +759,9 @@ def restore(
         what the reference choice costs; a production run leaves it None.
     dates
         Indices of the dates to restore (default: all). The other dates still serve as
-        references and inform the scene parameters; the output holds these dates only.
-        In-memory cubes restored in one time block (the self-validation restores just the
-        dates it clouded).
+        references and inform the scene parameters; the output holds these dates only, each
+        restored in its time block as the whole restore would. In-memory cubes (the
+        self-validation restores just the dates it clouded).
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
         ``sample_pixels`` (pixels per date of the scene-parameter sample; default
@@ -885,17 +885,30 @@ def restore(
 
 
 def _restore_dates(cube, arr, params, blocks, dates, mode, stride, source) -> xr.Dataset:
-    """``restore(..., dates=)``: only the given dates of an in-memory cube, one block."""
+    """``restore(..., dates=)``: only the given dates of an in-memory cube, each restored in
+    its time block as the whole restore would (a block's dates and its context, no more)."""
     nt = len(params["days"])
     targets = np.asarray(dates, dtype=np.intp).reshape(-1)
-    if isinstance(arr, da.Array) or len(blocks) != 1 or mode != "dates":
+    if isinstance(arr, da.Array) or mode != "dates":
         raise ValueError(
-            "restore(dates=...) restores some dates of an in-memory cube in one time block; "
-            "fix: cube.load(), no time_block / time window, mode='dates'"
+            "restore(dates=...) restores some dates of an in-memory cube; "
+            "fix: cube.load(), mode='dates'"
         )
     if targets.size == 0 or targets.min() < 0 or targets.max() >= nt:
         raise ValueError(f"restore(dates=...) needs indices in [0, {nt}), got {targets.tolist()}")
-    result = _restore_block(arr, {**params, "targets": targets})
+    parts: dict[int, np.ndarray] = {}
+    for block in blocks:
+        mine = targets[(targets >= block.start) & (targets < block.stop)]
+        if not mine.size:
+            continue
+        block_params = dict(params if len(blocks) == 1 else _block_params(params, block, nt))
+        forced = block_params.get("forced_reference")
+        if forced is not None:  # one row per target date of the block
+            block_params["forced_reference"] = forced[mine - block.start]
+        block_params["targets"] = mine - block.c0
+        result = _restore_block(arr[block.c0 : block.c1], block_params)
+        parts.update({int(t): result[k] for k, t in enumerate(mine)})
+    result = np.stack([parts[int(t)] for t in targets])
     scene = params["scene"]
     picked = replace(
         scene,
@@ -912,7 +925,7 @@ def _restore_dates(cube, arr, params, blocks, dates, mode, stride, source) -> xr
         stride,
     )
     out.attrs["scene_sample"] = source
-    out.attrs["time_block"] = int(targets.size)
+    out.attrs["time_block"] = int(blocks[0].stop - blocks[0].start)
     return out
 
 

@@ -817,11 +817,13 @@ def _restore_halo(prior: Any, options: dict[str, Any]) -> int:
 
     fusion_names = {f.name for f in dc_fields(FusionConfig)}
     fusion = FusionConfig(**{k: v for k, v in options.items() if k in fusion_names})
-    prior_kw = {k: v for k, v in options.items() if k not in fusion_names and k != "sample_pixels"}
+    prior_kw = {k: v for k, v in options.items() if k not in fusion_names and k not in RESTORE_ONLY}
     prior_obj = get_prior(prior, **prior_kw) if isinstance(prior, str) else prior
     return int(prior_obj.halo + fusion.halo)
 
 
+#: ``restore`` options that are neither the prior's nor the fusion's
+RESTORE_ONLY = ("sample_pixels", "time_block")
 #: Largest cloud probability a hold-out pixel may have when the evidence is never certain
 #: (a short series: with two dates the stack evidence keeps every pixel above ~0.15).
 HOLD_OUT_CAP = 0.3
@@ -870,7 +872,7 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
         prior=prior,
         scene=scene,
         **placed,
-        **{k: v for k, v in options.items() if k not in fusion_names and k != "sample_pixels"},
+        **{k: v for k, v in options.items() if k not in fusion_names and k not in RESTORE_ONLY},
     )
     observed = np.isfinite(data).all(axis=1)
     cp = np.nan_to_num(base["cloud_probability"].values, nan=1.0)

@@ -202,6 +202,14 @@ def test_restoring_some_dates_equals_those_dates_of_the_whole_restore(series, wh
         restore(series, dates=[series.sizes["time"]])
     with pytest.raises(ValueError, match="in-memory"):
         restore(series.chunk({"x": 16}), dates=picked)
+    # in time blocks with a window: each date restored in its own block, as a whole restore
+    blocked = dict(time_window_dates=1, time_block=2)
+    picked = [0, 3, 5]
+    _assert_same(
+        restore(series, dates=picked, **blocked),
+        restore(series, **blocked).isel(time=picked),
+        atol=0.0,
+    )
 
 
 def test_the_pair_fit_group_by_group_equals_one_fit_over_all_dates():

@@ -198,3 +198,9 @@ def test_runs_its_windows_on_the_dask_cluster_with_the_same_result(cube):
     assert sum(len(v) for v in ran.values()) == SMALL.windows  # each window ran on the worker
     here.seconds = there.seconds = 0.0
     assert here.to_json() == there.to_json()
+
+
+def test_validates_with_the_run_time_window_and_blocks(cube):
+    # a run with a time window restores in time blocks; its windows do the same
+    windowed = self_validate(cube, config=SMALL, time_window_dates=1, time_block=1)
+    assert windowed.pixels > 100 and windowed.cases >= 2
