@@ -378,12 +378,16 @@ def cloud_evidence(
     scene: SceneState | None = None,
     origin: tuple[int, int] = (0, 0),
     grid_shape: tuple[int, int] | None = None,
+    time_window_dates: int | None = None,
+    time_block: int | None = None,
     **prior_options: Any,
 ) -> xr.Dataset:
     """The prior's fused cloud evidence for an in-memory cube, without the fusion step:
     ``cloud_probability`` (1 - p_clear, as ``restore`` writes it) and the prior's
     ``transmission``, (time, y, x). A fraction of a restore's cost (the self-validation uses
-    it to choose its hold-out). ``scene``, ``origin`` and ``grid_shape`` as in ``restore``."""
+    it to choose its hold-out). ``scene``, ``origin``, ``grid_shape``, ``time_window_dates``
+    and ``time_block`` as in ``restore``: with a time window the evidence is read block by
+    block, each from its block's dates, as the restore reads it."""
     cube, bands, scl = _validate(cube)
     prior_obj = get_prior(prior, **prior_options)
     arr = np.asarray(_stack(cube, bands, scl))
@@ -395,20 +399,29 @@ def cloud_evidence(
         scene_params = prior_obj.estimate_scene(
             sample[:, :nb], bands, sample[:, nb] if scl else None
         )
-    data = np.ascontiguousarray(arr[:, :nb], dtype=np.float32)
     shape = grid_shape or (int(arr.shape[2]), int(arr.shape[3]))
     location = BlockLocation((int(origin[0]), int(origin[1])), shape)
-    pb, layers = prior_obj.block_at(
-        data, bands, scene_params, arr[:, nb] if scl else None, location
-    )
-    ev = pb.evidence if pb.evidence is not None else own_evidence(prior_obj, pb, layers)
+    nt = arr.shape[0]
+    cfg = FusionConfig(time_window_dates=time_window_dates)
+    cloud = np.empty((nt,) + arr.shape[2:], np.float32)
+    transmission = np.empty_like(cloud)
+    for block in time_blocks(_days(cube), cfg, time_block):
+        part = arr[block.c0 : block.c1]
+        pb, layers = prior_obj.block_at(
+            np.ascontiguousarray(part[:, :nb], dtype=np.float32),
+            bands,
+            _scene_take(scene_params, slice(block.c0, block.c1), nt),
+            part[:, nb] if scl else None,
+            location,
+        )
+        ev = pb.evidence if pb.evidence is not None else own_evidence(prior_obj, pb, layers)
+        rows = slice(block.start - block.c0, block.stop - block.c0)
+        cloud[block.start : block.stop] = (1.0 - _clear_share(ev))[rows]
+        transmission[block.start : block.stop] = np.asarray(pb.transmission)[rows]
     dims = ("time", "y", "x")
     coords = {k: v for k, v in cube.coords.items() if set(v.dims) <= set(dims)}
     return xr.Dataset(
-        {
-            "cloud_probability": (dims, (1.0 - _clear_share(ev)).astype(np.float32)),
-            "transmission": (dims, np.asarray(pb.transmission, np.float32)),
-        },
+        {"cloud_probability": (dims, cloud), "transmission": (dims, transmission)},
         coords=coords,
     )
 

@@ -872,6 +872,8 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
         prior=prior,
         scene=scene,
         **placed,
+        time_window_dates=options.get("time_window_dates"),
+        time_block=options.get("time_block"),
         **{k: v for k, v in options.items() if k not in fusion_names and k not in RESTORE_ONLY},
     )
     observed = np.isfinite(data).all(axis=1)

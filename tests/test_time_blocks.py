@@ -235,3 +235,12 @@ def test_the_pair_fit_group_by_group_equals_one_fit_over_all_dates():
     np.testing.assert_array_equal(g, g_all)
     np.testing.assert_array_equal(o, o_all)
     assert np.abs(g_all - 1).max() > 0.05  # the maps are not identity: the test has teeth
+
+
+def test_cloud_evidence_reads_each_time_block_as_the_restore_does(series):
+    from pipeline.restore import cloud_evidence
+
+    blocked = dict(time_window_dates=1, time_block=2)
+    evidence = cloud_evidence(series, **blocked)["cloud_probability"].values
+    restored = restore(series, **blocked)["cloud_probability"].values
+    np.testing.assert_array_equal(evidence, restored)
