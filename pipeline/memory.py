@@ -27,7 +27,7 @@ array                                             size (x P)     where
 ================================================  =============  ==============================
 input block (bands + SCL as float32)              B + 1          ``restore._stack`` / overlap
 contiguous copy of the bands                      B              ``_restore_block``
-output block (bands + 6 quality layers)           B + 6          ``_restore_block`` (np.empty)
+output block (bands + 7 quality layers)           B + 7          ``_restore_block`` (np.empty)
 t_b (band transmission) and J_phys (float32)      2 B            ``PhysicsPrior.block``
 t_ref, confidence (float32)                       2              ``PhysicsPrior.block``
 cloud evidence p_cloud, p_shadow (float32)        2              ``CombinedPrior.block_at``
@@ -83,7 +83,7 @@ Worker model: worker RSS = idle process RSS (Python, numpy, dask, GDAL; measured
 ``DEFAULT_WORKER_BASELINE_BYTES``) + threads x (task peak + staging), where staging is what a
 worker holds beside a running task: the stacked input chunk without halo ((B + 1) P0: it stays
 until the neighbouring tasks have cut their halo from it) and the trimmed output chunk waiting
-for its Zarr write ((B + 6) P0); P0 is P without the halo. Decoded COG tiles, compressed Zarr
+for its Zarr write ((B + 7) P0); P0 is P without the halo. Decoded COG tiles, compressed Zarr
 buffers and the allocator's free lists are not modelled; the benchmark's measured / predicted
 ratio shows how much they add.
 """
@@ -112,8 +112,8 @@ __all__ = [
 #: Float32 per-pixel layers (x P) held for the whole block, per band and fixed (module docstring).
 KERNEL_LAYERS_PER_BAND = 1 + 1 + 1 + 2 + 1  # input, copy, output, t_b + J, fused = 6
 KERNEL_LAYERS_FIXED = (
-    1 + 6 + 2 + 2 + 5.25 + 10 + 6 + 0.5
-)  # SCL, quality out, t/c, evidence, fused quality, scores, evidence in fusion, masks = 32.75
+    1 + 7 + 2 + 2 + 5.25 + 10 + 6 + 0.5
+)  # SCL, quality out, t/c, evidence, fused quality, scores, evidence in fusion, masks = 33.75
 #: Float64 single-date layers (x L) of one target date's working set, per band, per candidate
 #: date and fixed (module docstring).
 DATE_LAYERS_PER_BAND = 3  # haze readings, reference, refined J_phys
@@ -201,7 +201,7 @@ def estimate_memory(
         KERNEL_LAYERS_PER_BAND * bands + KERNEL_LAYERS_FIXED - (1 - scl) + date_layers * 2 / dates
     )
     task = int(round(layers * layer))
-    staging = (bands + scl) * layer0 + (bands + 6) * layer0
+    staging = (bands + scl) * layer0 + (bands + 7) * layer0
     worker = worker_baseline_bytes + threads_per_worker * (task + staging)
     return MemoryEstimate(
         chunk_size=chunk_size,

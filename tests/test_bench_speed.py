@@ -107,21 +107,21 @@ def test_cli_runs_every_part_and_writes_finite_figures(tiny_run):
 def test_memory_calculator_hand_computed():
     # chunk 100 px, halo 10 -> block 120 px; T = 2 -> P = 2 * 120 * 120 * 4 = 115_200 bytes,
     # P0 = 2 * 100 * 100 * 4 = 80_000 bytes, L = 2 P / T = P. B = 3 with SCL, C = min(4, T - 1)
-    # = 1: block layers 6 * 3 + 32.75 = 50.75 P, one date's working set
-    # 3 * 3 + 1 * 1 + 10 = 20 L = 20 P -> 70.75 layers.
+    # = 1: block layers 6 * 3 + 33.75 = 51.75 P, one date's working set
+    # 3 * 3 + 1 * 1 + 10 = 20 L = 20 P -> 71.75 layers.
     est = estimate_memory(100, 2, 3, halo=10, threads_per_worker=2, worker_baseline_bytes=1000)
-    assert est.kernel_layers == 70.75
+    assert est.kernel_layers == 71.75
     assert est.input_block_bytes == 4 * 115_200
-    assert est.task_bytes == 8_150_400  # 70.75 * 115_200
-    assert est.staging_bytes == 1_040_000  # (3 + 1) * 80_000 input + (3 + 6) * 80_000 output
-    assert est.worker_bytes == 1000 + 2 * (8_150_400 + 1_040_000)
+    assert est.task_bytes == 8_265_600  # 71.75 * 115_200
+    assert est.staging_bytes == 1_120_000  # (3 + 1) * 80_000 input + (3 + 7) * 80_000 output
+    assert est.worker_bytes == 1000 + 2 * (8_265_600 + 1_120_000)
 
     no_scl = estimate_memory(100, 2, 3, halo=10, has_scl=False, worker_baseline_bytes=0)
-    assert no_scl.task_bytes == 8_035_200  # 69.75 * 115_200
-    assert no_scl.worker_bytes == 8_035_200 + 960_000  # one thread, staging (3 + 9) * 80_000
-    assert KERNEL_LAYERS_PER_BAND == 6 and KERNEL_LAYERS_FIXED == 32.75
-    # T = 12, B = 10, 4 candidates: 92.75 P + (30 + 4 + 10) L * 2 / 12 = 100.0833 P
-    assert estimate_memory(1024, 12, 10, halo=0).kernel_layers == 92.75 + 44 / 6
+    assert no_scl.task_bytes == 8_150_400  # 70.75 * 115_200
+    assert no_scl.worker_bytes == 8_150_400 + 1_040_000  # one thread, staging (3 + 10) * 80_000
+    assert KERNEL_LAYERS_PER_BAND == 6 and KERNEL_LAYERS_FIXED == 33.75
+    # T = 12, B = 10, 4 candidates: 93.75 P + (30 + 4 + 10) L * 2 / 12
+    assert estimate_memory(1024, 12, 10, halo=0).kernel_layers == 93.75 + 44 / 6
 
 
 def test_memory_calculator_rejects_bad_sizes():

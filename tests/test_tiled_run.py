@@ -484,7 +484,7 @@ def test_the_validation_draws_pixels_from_every_tile_and_calibrates_the_error_la
     spread over them), and its error model gives every tile's error layer."""
     import json
 
-    from pipeline.validation import ERROR_LAYER
+    from pipeline.validation import ERROR_LAYER, FEATURES
 
     report = json.loads(reference.attrs["self_validation"])
     assert len(report["per_tile"]) == 4
@@ -494,4 +494,4 @@ def test_the_validation_draws_pixels_from_every_tile_and_calibrates_the_error_la
     assert np.isfinite(layer[valid]).all() and (layer[valid] > 0).all()
     # one calibration for the whole store: the same layers give the same estimate in every tile
     model = report["error_model"]
-    assert model["interval90"] > 0 and len(model["coefficients"]) == 5
+    assert model["interval90"] > 0 and len(model["coefficients"]) == len(FEATURES)

@@ -52,10 +52,12 @@ def surface_change(data: np.ndarray, clear: np.ndarray, targets: np.ndarray) -> 
     second = np.where(both, a1, np.where(b1 >= 0, b1, a2))
     ok = (first >= 0) & (first < nt) & (second >= 0) & (second < nt)
     f, s = np.clip(first, 0, nt - 1), np.clip(second, 0, nt - 1)
-    bands = data.shape[1]
-    shape = (targets.size, bands) + data.shape[2:]
-    x = np.take_along_axis(data, np.broadcast_to(f[:, None], shape), axis=0)
-    y = np.take_along_axis(data, np.broadcast_to(s[:, None], shape), axis=0)
+    # band by band: no (N, B, Y, X) temporaries in the restore's peak memory
+    squares = np.zeros(f.shape, np.float32)
+    for b in range(data.shape[1]):
+        band = data[:, b]
+        diff = np.take_along_axis(band, f, axis=0) - np.take_along_axis(band, s, axis=0)
+        squares += diff * diff
     with np.errstate(invalid="ignore"):
-        change = np.sqrt(np.mean((x - y) ** 2, axis=1, dtype=np.float64))
+        change = np.sqrt(squares / data.shape[1])
     return np.where(ok, change, np.nan).astype(np.float32)
