@@ -75,7 +75,11 @@ def _clip01(x: float) -> float:
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _darkening_at(st, sr, any_both, low, high):
-    """1 - S(sum_b target / sum_b reference; low, high) over the bands finite in both; 0 if unknown."""
+    """1 - S(sum_b target / sum_b reference; low, high) over the bands finite in both; 0 if unknown.
+
+    The darkening (shadow) cue: the harmonisation's robust pre-weight
+    (``_harmonisation.agreement_fit``) and the gate (``_inversion.gate_fit``) both read it.
+    """
     if not any_both:
         return 0.0
     dark = 1.0 - _smoothstep(st / sr, low, high)
@@ -326,7 +330,7 @@ def scl_table(table: dict, column: int, default: float) -> np.ndarray:
     """256-entry lookup table of an SCL evidence table (``column`` of tuple values).
 
     The compiled kernels index it with the SCL value read as: NaN -> 0 (no data), clipped
-    to [0, 255], truncated; classes missing from ``table`` get ``default``.
+    to [0, 255], truncated (``_scl_code``); classes missing from ``table`` get ``default``.
     """
     lut = np.full(256, default, dtype=np.float64)
     for cls, value in table.items():

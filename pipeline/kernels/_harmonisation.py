@@ -13,6 +13,9 @@ Limitations
   cloud and surface change on either date out of the fit, but a change that covers most of
   the window (harvest, flooding of a whole field) still biases it.
 * The global pair gain/offset uses a window-less clear score (no dark-channel window).
+* Cost grows with (dates x candidates x bands) window fits per block; ``max_candidates``
+  bounds it, and ``FusionConfig.time_window_dates`` (with ``restore``'s time blocks) bounds
+  the dates a long series holds at once.
 
 Implementation: the numpy fronts first, then their compiled passes (numba, conventions in
 ``_common``). Window sums treat pixels outside the array as absent (they add nothing), so a

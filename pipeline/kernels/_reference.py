@@ -9,9 +9,6 @@ is the fusion's (``_fusion.fuse_dates``, steps 1 to 3).
 
 Limitations
 -----------
-* Cost grows with (dates x candidates x bands) box filters per block; ``max_candidates``
-  bounds it, and ``FusionConfig.time_window_dates`` (with ``restore``'s time blocks) bounds
-  the dates a long series holds at once.
 * The reference choice cannot see a change of surface state under thick cloud: a snowy
   neighbour is taken for a snow-free target it hides (quality benchmark, ``snow_melt``).
 
