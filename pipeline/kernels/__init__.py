@@ -17,7 +17,8 @@ transmission from a reference  ``_temporal``        temporal haze cue, refinemen
 harmonisation                  ``_harmonisation``   local and date-pair gain/offset fits, pre-weight
 reference choice               ``_reference``       quality, consistency, candidate blend
 gate and inversion             ``_inversion``       J, confidence, plausibility, the gate
-fusion: the steps per date     ``_fusion``          ``FusionConfig``, ``fuse_dates``
+fusion: the steps per date     ``_fusion``          ``fuse_dates``, the time neighbourhood
+fusion settings                ``_config``          ``FusionConfig``
 composite                      ``_composite``       robust per-period reduction
 surface change (validation)    ``_surface_change``  change between the clear dates around a date
 shared helpers                 ``_common``          smoothstep, windows, array layouts, SCL tables
@@ -26,7 +27,8 @@ shared helpers                 ``_common``          smoothstep, windows, array l
 
 from ._common import box_mean_nan, min_filter_nan, smoothstep, wavelengths_of
 from ._composite import CompositeResult, composite_block
-from ._fusion import FusionConfig, FusionResult, fuse_dates, time_context, time_neighbourhood
+from ._config import FusionConfig
+from ._fusion import FusionResult, fuse_dates, time_context, time_neighbourhood
 from ._harmonisation import harmonise_local, pair_gain_offset
 from ._inversion import forward_model, gate, inversion_confidence, invert
 from ._reference import reference_quality, spectral_consistency

@@ -25,15 +25,10 @@ array. Accumulators are float64 whatever the input dtype.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from numba import njit
 
 from ._common import F32, _darkening_at, _smoothstep, band_lanes, float_array
-
-if TYPE_CHECKING:
-    from ._fusion import FusionConfig
 
 #: Gain bounds of every ridge fit (``ridge_fit_scalar``): a map outside them is not a
 #: radiometric difference between two dates of the same place.
@@ -179,13 +174,21 @@ def pair_gain_offset(
 
 
 def _agreement(
-    target: np.ndarray, source: np.ndarray, gain: np.ndarray, offset: np.ndarray, cfg: FusionConfig
+    target: np.ndarray,
+    source: np.ndarray,
+    gain: np.ndarray,
+    offset: np.ndarray,
+    *,
+    scale: float,
+    darkening: tuple[float, float],
 ) -> np.ndarray:
     """Robust pre-weight of the harmonisation fit: pixels where the two dates disagree.
 
     With the scene-level map R0 = g0 J_j + o0: w = (1 - darkening(J_i, R0)) / (1 + (d / s)^2),
-    d = RMS_b(J_i - R0), s = 2 * consistency_sigma. Shadow, residual cloud and surface
-    change on either date then do not bend the local fit.
+    d = RMS_b(J_i - R0), s = ``scale`` (the fusion: 2 consistency_sigma), darkening the
+    ratio ramp (low, high) of ``_common._darkening_at`` (the fusion: shadow_ratio_low,
+    shadow_ratio_high). Shadow, residual cloud and surface change on either date then do
+    not bend the local fit.
     """
     out = np.empty(np.shape(target)[1:])
     agreement_fit(  # one compiled pass per pixel, R0 never materialised
@@ -193,9 +196,9 @@ def _agreement(
         band_lanes(source),
         np.asarray(gain, np.float64),
         np.asarray(offset, np.float64),
-        2.0 * cfg.consistency_sigma,
-        float(cfg.shadow_ratio_low),
-        float(cfg.shadow_ratio_high),
+        float(scale),
+        float(darkening[0]),
+        float(darkening[1]),
         out.reshape(-1),
     )
     return out

@@ -29,7 +29,7 @@ stated once, for the confidence and for the gate.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -48,10 +48,8 @@ from ._common import (
     smoothstep,
     spectral_pixels,
 )
+from ._config import FusionConfig
 from ._transmission import snow_score
-
-if TYPE_CHECKING:
-    from ._fusion import FusionConfig
 
 
 def forward_model(surface: np.ndarray, airlight: np.ndarray, t_band: np.ndarray) -> np.ndarray:

@@ -18,15 +18,11 @@ Implementation: the numpy fronts first, then their compiled passes (numba, conve
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from numba import njit
 
 from ._common import band_lanes, box_mean_nan, float_array
-
-if TYPE_CHECKING:
-    from ._fusion import FusionConfig
+from ._config import FusionConfig
 
 
 def reference_quality(t_ref: np.ndarray, confidence: np.ndarray) -> np.ndarray:

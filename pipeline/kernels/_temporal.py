@@ -37,18 +37,15 @@ Implementation: the numpy fronts first, then their compiled passes (numba, conve
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
 from ._common import _smoothstep, float_array, wavelengths_of
+from ._config import FusionConfig
 from ._inversion import _invert_at
 from ._transmission import _floored, snow_score
-
-if TYPE_CHECKING:
-    from ._fusion import FusionConfig
-
 
 #: Surface-change tests of the faint readings (see ``temporal_band_transmission``): darkening
 #: in units of H that marks a mixed-sign change, tolerated rise of H from the shortest band,
