@@ -14,7 +14,7 @@ L = (chunk + 2 halo)^2 x 8 bytes = 2 P / T, one float64 layer of a single date.
 
 Kernel temporaries (counted by reading ``pipeline.restore._restore_block``,
 ``pipeline.priors._physics`` and ``pipeline.kernels``, and checked against the tracemalloc
-snapshot at the heap peak). The compiled passes (``pipeline.kernels._numba*``) leave no
+snapshot at the heap peak). The compiled (numba) passes of ``pipeline.kernels`` leave no
 whole-stack temporaries: J_phys stays float32, the prior's layers are made in one pass each,
 and one target date of ``fuse_dates`` holds a handful of single-date arrays. The peak is in
 the per-date loop, inside ``_temporal_refinement`` (``_prior_factor``, before the loop, is

@@ -2,7 +2,7 @@
 
 ``reference_transmission``, ``reference_refinement``, ``reference_candidate_weights`` and
 ``reference_gate`` below state the documented formulas of ``temporal_band_transmission``,
-``_fusion._temporal_refinement`` and steps 2, 5 and 6 of ``fuse_dates`` with whole-array numpy
+``_temporal._temporal_refinement`` and steps 2, 5 and 6 of ``fuse_dates`` with whole-array numpy
 operations (NaN-aware box mean from scipy's uniform filter, ``np.fmax.accumulate`` for the
 monotone bound); the compiled passes must agree with them on random data with NaN, at
 several window radii, within float32 rounding.
@@ -13,10 +13,11 @@ import pytest
 from scipy import ndimage
 
 from pipeline.kernels._common import wavelengths_of
-from pipeline.kernels._fusion import FusionConfig, _gate_params, _temporal_refinement
-from pipeline.kernels._numba_fusion import candidate_weights_fit, gate_fit
-from pipeline.kernels._physics import snow_score
-from pipeline.kernels._temporal import temporal_band_transmission
+from pipeline.kernels._fusion import FusionConfig
+from pipeline.kernels._inversion import _gate_params, gate_fit
+from pipeline.kernels._reference import candidate_weights_fit
+from pipeline.kernels._temporal import _temporal_refinement, temporal_band_transmission
+from pipeline.kernels._transmission import snow_score
 
 BANDS = ("B02", "B03", "B04", "B05", "B08", "B11", "B12")
 WL = wavelengths_of(BANDS)

@@ -12,9 +12,10 @@ import pytest
 from scipy import ndimage
 
 from pipeline.kernels._common import smoothstep
-from pipeline.kernels._physics import floor_transmission, invert
-from pipeline.kernels._reference import harmonise_local, spectral_consistency
-from pipeline.kernels._scene import pair_gain_offset
+from pipeline.kernels._harmonisation import harmonise_local, pair_gain_offset
+from pipeline.kernels._inversion import invert
+from pipeline.kernels._reference import spectral_consistency
+from pipeline.kernels._transmission import floor_transmission
 
 F32 = np.float32
 
@@ -233,7 +234,7 @@ def test_coarse_local_harmonisation_matches_its_array_statement(radius, step, or
 def test_coarse_local_harmonisation_is_chunk_independent_and_close_to_the_exact_fit():
     """A block with ``coarse_reach`` px of halo gives the whole array's core exactly; on a
     map smooth at the window's scale the coarse fit stays within 0.02 of the exact gains."""
-    from pipeline.kernels._numba import coarse_reach
+    from pipeline.kernels._harmonisation import coarse_reach
 
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:200, 0:230]

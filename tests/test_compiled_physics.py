@@ -1,8 +1,8 @@
-"""Compiled physics kernels (``_numba_physics``) against plain numpy statements of their formulas.
+"""Compiled physics kernels against plain numpy statements of their formulas.
 
-Each ``ref_*`` below states a documented formula of ``pipeline.kernels._physics`` as
-straightforward whole-array numpy (argsort, np.min over bands, scipy.ndimage windows on
-the whole array); the kernels must agree with it on random data with NaN (scattered band
+Each ``ref_*`` below states a documented formula of ``pipeline.kernels._transmission`` or
+``pipeline.kernels._inversion`` as straightforward whole-array numpy (argsort, np.min over
+bands, scipy.ndimage windows on the whole array); the kernels must agree with it on random data with NaN (scattered band
 gaps, never-observed pixels, a date with nothing), at the edge cases named in the tests,
 within float rounding.
 """
@@ -26,8 +26,9 @@ from pipeline.kernels import (
     transmission,
     wavelengths_of,
 )
-from pipeline.kernels._numba_physics import box_mean_nan_fit
-from pipeline.kernels._physics import SCL_CONFIDENCE_FACTOR, SCL_HAZE_EVIDENCE
+from pipeline.kernels._common import box_mean_nan_fit
+from pipeline.kernels._inversion import SCL_CONFIDENCE_FACTOR
+from pipeline.kernels._transmission import SCL_HAZE_EVIDENCE
 
 F32 = np.float32
 BANDS = ("B02", "B03", "B04", "B08", "B11")

@@ -17,7 +17,8 @@ from pipeline.kernels._evidence import (
     scene_haze_excess,
     stack_evidence,
 )
-from pipeline.kernels._fusion import FusionConfig, _shrink_correction
+from pipeline.kernels._fusion import FusionConfig
+from pipeline.kernels._inversion import _shrink_correction
 from pipeline.priors import (
     CloudEvidence,
     CombinedPrior,
@@ -308,7 +309,7 @@ def test_smooth_field_helper_is_what_the_surfaces_use():
 
 
 def test_the_darkening_cue_is_specific_to_a_uniform_dimming():
-    from pipeline.kernels._fusion import _shadow_specificity
+    from pipeline.kernels._inversion import _shadow_specificity
 
     veg = np.array([0.04, 0.08, 0.05, 0.35, 0.2, 0.1])[:, None, None]
     factor = np.linspace(0.5, 0.3, 6)[:, None, None]  # diffuse light: a little bluer

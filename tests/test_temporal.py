@@ -11,7 +11,8 @@ from pipeline.kernels import (
     invert,
     pair_gain_offset,
 )
-from pipeline.kernels._fusion import FusionConfig, _physics_weight, _prior_factor
+from pipeline.kernels._fusion import FusionConfig
+from pipeline.kernels._inversion import _physics_weight, _prior_factor
 from pipeline.kernels._temporal import temporal_band_transmission
 
 WL = np.array([490.0, 560.0, 665.0, 842.0, 1610.0, 2190.0])

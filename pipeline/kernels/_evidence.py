@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import band_index, box_mean_nan, smoothstep
-from ._physics import snow_score
+from ._transmission import snow_score
 
 #: Slope s of the HOT used for changes between dates (see the module docstring).
 CHANGE_SLOPE = 1.5

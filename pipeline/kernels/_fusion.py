@@ -1,210 +1,39 @@
-"""Soft-gated fusion of the physical inversion with the harmonised temporal reference.
+"""Fusion of one block: the time neighbourhood and ``fuse_dates`` (its settings: ``_config``),
+which runs per target date the reference choice (``_reference``), the harmonisation of the candidates
+(``_harmonisation``), the transmission read against the reference (``_temporal``) and the
+soft gate of the inversion against the reference (``_inversion``):
 
     J_out = g(c) J_phys + (1 - g(c)) R,   g(c) = S(c; gate_low, gate_high)   (smoothstep)
 
 then, with the priors' cloud evidence, the clear pass-through J <- p_clear I + (1 - p_clear)
-J_out (see ``fuse_dates``).
-
-Limitations
------------
-* The shadow cue is specific to a uniform dimming against a snow-free reference
-  (``_shadow_specificity``), but a real darkening that dims every band alike (flooding of a
-  bright surface) is still handed to the reference. Cloud-shadow geometry (projection of
-  detected clouds along the sun azimuth) is not used: the cube carries no sun angles.
-* A pixel with no reference and a low confidence is flagged and set to NaN rather than
-  inpainted spatially.
-* The reference choice cannot see a change of surface state under thick cloud: a snowy
-  neighbour is taken for a snow-free target it hides (quality benchmark, ``snow_melt``).
+J_out (see ``fuse_dates``). The limitations of each step are stated in its module.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from ._common import F32, float_array, smoothstep, wavelengths_of
-from ._numba import add_candidate_fit, agreement_fit, coarse_reach, keep_signature_fit
-from ._numba_fusion import (
-    GateParams,
-    candidate_weights_fit,
+from ._common import F32, band_lanes, float_array, smoothstep
+from ._config import FusionConfig
+from ._harmonisation import _agreement, harmonise_local
+from ._inversion import (
+    _gate_params,
+    _prior_factor,
+    _shadow_specificity,
+    _shrink_correction,
     gate_fit,
-    physics_weight_fit,
-    shrink_correction_fit,
 )
-from ._numba_temporal import refine_fit
-from ._physics import inversion_confidence, snow_score
 from ._reference import (
-    harmonise_local,
+    _add_candidate,
+    _force_reference,
+    candidate_weights_fit,
     reference_quality,
     smoothed_quality,
     spectral_consistency,
 )
-from ._temporal import haze_readings
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    """Settings of the reference choice, harmonisation and gate (frozen, tokenizable).
-
-    gate_low, gate_high: confidence where the gate starts to open / is fully open.
-    min_confidence_without_reference: below it a pixel with no reference is flagged, NaN.
-    reference_min_quality: least q = c * t of a date to serve as a reference at a pixel.
-    time_scale_days: e-folding time of the closeness-in-time factor exp(-|dt| / scale).
-    max_candidates: the reference is sought among this many dates nearest in time.
-    reference_blend_ratio, reference_blend_power: candidates scoring at least ratio x the
-        best are blended with weights score ** power (ratio 1: the best date alone).
-    consistency_sigma: reflectance RMS scale of the spectral-consistency factor.
-    consistency_floor: least value of that factor (it ranks candidates, never removes one).
-    reference_smooth_radius: window radius (px) of the quality smoothing for the choice.
-    harmonise_radius: window radius (px) of the local gain/offset fit.
-    harmonise_grid_step: the local fit is evaluated once per cell of this many px (on a grid
-        anchored to the whole array) and interpolated bilinearly: the map is smooth at the
-        window's scale. None: radius // 4 (the default approximation); 1: every pixel.
-    harmonise_shrink_pixels, harmonise_ridge: fallback strength toward the global fit.
-    harmonise_keep_signature: share of the source date's spectral shape kept in the
-        harmonised reference (``_keep_signature``; 0 = the plain per-band map).
-    harmonise_clear_t_low, harmonise_clear_t_high: t_ref ramp of the "clear" weight of the
-        pixels the local fit uses (c * S(t; low, high), squared, on both dates).
-    shadow_ratio_low, shadow_ratio_high: brightness ratio J / R below which the pixel is
-        taken as shadowed (confidence scaled down smoothly between the two).
-    temporal_weight: trust (0..1, times the reference's quality) in the transmission from
-        the harmonised reference (``temporal_band_transmission``); 0 keeps the prior's.
-    temporal_radius, temporal_min_leverage, temporal_noise: its window radius (px), least
-        A_b - R_b of a usable band, and the haze level below which it is shrunk to zero.
-    temporal_t_min, temporal_t_low, temporal_t_high: inversion floor and transmission ramp
-        of the confidence when the inversion is redone with the temporal transmission (the
-        physics prior's t_min, confidence_t_low and confidence_t_high play that role there).
-    gamma_max: largest Angstrom exponent (bounds the temporal per-band transmissions).
-    sigma_t_clear, sigma_t_haze: error model of the transmission, sigma_t = clear + haze *
-        (1 - t), behind the inverse-variance confidence (``_physics_weight``).
-    reference_sigma, reference_sigma_floor: error (reflectance RMS) of a harmonised
-        reference where the local fit has no support, and the least error ever assumed.
-    pass_low, pass_high: ramp of the evidence's clear probability (1 - p_cloud)(1 - p_shadow)
-        over which the observation itself passes through (w = S(p_clear; low, high)).
-    evidence_floor: least weight of the evidence's clearness in a candidate's score (a
-        cloudy date remains a reference of last resort, never the choice over a clear one).
-    time_window_dates, time_window_days: the neighbourhood in time a target date draws its
-        references from: dates at most this many positions away in the series and/or at
-        most this many days away (both must hold when both are set; None: unbounded). It
-        also bounds what a time block of ``restore`` holds (``time_neighbourhood``).
-    """
-
-    gate_low: float = 0.2
-    gate_high: float = 0.7
-    min_confidence_without_reference: float = 0.5
-    reference_min_quality: float = 0.5
-    time_scale_days: float = 30.0
-    max_candidates: int = 4
-    reference_blend_ratio: float = 0.5
-    reference_blend_power: float = 2.0
-    consistency_sigma: float = 0.05
-    consistency_floor: float = 0.05
-    reference_smooth_radius: int = 3
-    harmonise_radius: int = 32
-    harmonise_grid_step: int | None = None
-    harmonise_shrink_pixels: float = 1000.0
-    harmonise_ridge: float = 4e-3
-    shadow_ratio_low: float = 0.5
-    shadow_ratio_high: float = 0.85
-    temporal_weight: float = 1.0
-    temporal_radius: int = 1
-    temporal_min_leverage: float = 0.15
-    temporal_noise: float = 0.03
-    temporal_t_min: float = 0.1
-    temporal_t_low: float = 0.25
-    temporal_t_high: float = 0.6
-    harmonise_keep_signature: float = 0.5
-    harmonise_clear_t_low: float = 0.9
-    harmonise_clear_t_high: float = 0.97
-    gamma_max: float = 2.5
-    sigma_t_clear: float = 0.01
-    sigma_t_haze: float = 0.2
-    reference_sigma: float = 0.04
-    reference_sigma_floor: float = 0.01
-    pass_low: float = 0.0
-    pass_high: float = 1.0
-    evidence_floor: float = 0.02
-    time_window_dates: int | None = None
-    time_window_days: float | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.gate_low < self.gate_high <= 1.0:
-            raise ValueError(
-                f"FusionConfig needs 0 <= gate_low < gate_high <= 1, got {self.gate_low}, "
-                f"{self.gate_high}"
-            )
-        if self.max_candidates < 1:
-            raise ValueError("FusionConfig.max_candidates must be >= 1")
-        if not 0.0 < self.reference_blend_ratio <= 1.0:
-            raise ValueError("FusionConfig.reference_blend_ratio must be in (0, 1]")
-        if (
-            self.reference_smooth_radius < 0
-            or self.harmonise_radius < 0
-            or self.temporal_radius < 0
-        ):
-            raise ValueError("FusionConfig radii must be >= 0")
-        if self.harmonise_grid_step is not None and self.harmonise_grid_step < 1:
-            raise ValueError(
-                f"FusionConfig.harmonise_grid_step must be >= 1 px (1: every pixel; None: "
-                f"harmonise_radius // 4), got {self.harmonise_grid_step}"
-            )
-        if not self.gamma_max >= 0.0:
-            raise ValueError(
-                f"FusionConfig.gamma_max is the largest Angstrom exponent and must be >= 0, got "
-                f"{self.gamma_max}"
-            )
-        if not 0.0 <= self.pass_low < self.pass_high <= 1.0:
-            raise ValueError(
-                f"FusionConfig needs 0 <= pass_low < pass_high <= 1, got {self.pass_low}, "
-                f"{self.pass_high}"
-            )
-        if not 0.0 < self.evidence_floor <= 1.0:
-            raise ValueError("FusionConfig.evidence_floor must be in (0, 1]")
-        if self.time_window_dates is not None and self.time_window_dates < 1:
-            raise ValueError(
-                f"FusionConfig.time_window_dates must be >= 1 (or None: unbounded), got "
-                f"{self.time_window_dates}"
-            )
-        if self.time_window_days is not None and not self.time_window_days > 0:
-            raise ValueError(
-                f"FusionConfig.time_window_days must be > 0 (or None: unbounded), got "
-                f"{self.time_window_days}"
-            )
-        if not 0.0 <= self.temporal_weight <= 1.0:
-            raise ValueError(
-                f"FusionConfig.temporal_weight must be in [0, 1], got {self.temporal_weight}"
-            )
-
-    @property
-    def grid_step(self) -> int:
-        """The local fit's grid step (px) in effect: ``harmonise_grid_step`` or radius // 4."""
-        if self.harmonise_grid_step is not None:
-            return int(self.harmonise_grid_step)
-        return max(1, self.harmonise_radius // 4)
-
-    @property
-    def harmonise_reach(self) -> int:
-        """Pixels around an output pixel that its local harmonisation reads."""
-        if self.grid_step > 1:
-            return coarse_reach(self.harmonise_radius, self.grid_step)
-        return self.harmonise_radius
-
-    @property
-    def halo(self) -> int:
-        """Spatial radius (px) the fusion step reads around each output pixel."""
-        reach = self.harmonise_reach
-        temporal = reach + self.temporal_radius if self.temporal_weight > 0 else 0
-        return max(self.reference_smooth_radius, reach, temporal)
-
-    @property
-    def windowed(self) -> bool:
-        """Whether a target date's references are bounded in time."""
-        return self.time_window_dates is not None or self.time_window_days is not None
-
-    def params(self) -> dict:
-        return asdict(self)
+from ._temporal import _temporal_refinement
 
 
 def time_neighbourhood(days: np.ndarray, cfg: FusionConfig) -> np.ndarray:
@@ -240,229 +69,6 @@ class FusionResult(NamedTuple):
     no_valid_observation: np.ndarray  # (T, Y, X) uint8
     transmission: np.ndarray  # (T, Y, X) float32, t_ref after the temporal refinement
     cloud_probability: np.ndarray  # (T, Y, X) float32, 1 - evidence's clear probability
-
-
-def gate(confidence: np.ndarray, cfg: FusionConfig) -> np.ndarray:
-    """g(c) = S(c; gate_low, gate_high): weight of the physical inversion, C1-smooth in c."""
-    return smoothstep(confidence, cfg.gate_low, cfg.gate_high)
-
-
-def _band_lanes(a: np.ndarray) -> np.ndarray:
-    """(B, Y, X) as a C-contiguous float (B, Y * X) view for the compiled per-pixel kernels."""
-    a = float_array(a)
-    return a.reshape(a.shape[0], -1)
-
-
-def _agreement(
-    target: np.ndarray, source: np.ndarray, gain: np.ndarray, offset: np.ndarray, cfg: FusionConfig
-) -> np.ndarray:
-    """Robust pre-weight of the harmonisation fit: pixels where the two dates disagree.
-
-    With the scene-level map R0 = g0 J_j + o0: w = (1 - darkening(J_i, R0)) / (1 + (d / s)^2),
-    d = RMS_b(J_i - R0), s = 2 * consistency_sigma. Shadow, residual cloud and surface
-    change on either date then do not bend the local fit.
-    """
-    out = np.empty(np.shape(target)[1:])
-    agreement_fit(  # one compiled pass per pixel, R0 never materialised
-        _band_lanes(target),
-        _band_lanes(source),
-        np.asarray(gain, np.float64),
-        np.asarray(offset, np.float64),
-        2.0 * cfg.consistency_sigma,
-        float(cfg.shadow_ratio_low),
-        float(cfg.shadow_ratio_high),
-        out.reshape(-1),
-    )
-    return out
-
-
-def _keep_signature(mapped: np.ndarray, source: np.ndarray, share: float) -> np.ndarray:
-    """Mapped spectra (B, Y, X) turned part of the way back to the source's spectral shape.
-
-    Per-band affine maps fitted by least squares pull every band toward the scene's mean
-    independently (regression dilution), which bends a pixel's spectral signature toward
-    the average spectrum of the scene. The brightness per band is right on average, the
-    shape is not: the result keeps the mapped vector's length and points along
-    (1 - share) * unit(mapped) + share * unit(source). share 0 = the plain affine map.
-    """
-    if share <= 0:
-        return mapped
-    m = np.ascontiguousarray(mapped, dtype=np.float64)
-    out = np.empty(m.shape)
-    nb = m.shape[0]
-    # one compiled pass per pixel (``_numba._keep_signature_at``, shared with ``_add_candidate``)
-    keep_signature_fit(
-        m.reshape(nb, -1),
-        np.ascontiguousarray(source, dtype=np.float64).reshape(nb, -1),
-        float(share),
-        out.reshape(nb, -1),
-    )
-    return out
-
-
-def _add_candidate(
-    gain: np.ndarray,
-    offset: np.ndarray,
-    source: np.ndarray,
-    weight: np.ndarray,
-    resid: np.ndarray,
-    quality: np.ndarray,
-    acc: np.ndarray,
-    acc_w: np.ndarray,
-    acc_var: np.ndarray,
-    acc_q: np.ndarray,
-    cfg: FusionConfig,
-) -> None:
-    """Add one candidate's harmonised reference to the blend of step 3 of ``fuse_dates``, in place.
-
-    r = ``_keep_signature``(g J_j + o, J_j); where the blend weight w > 0 and r is finite in
-    every band: acc += w r, acc_w += w, acc_var += w * resid (``reference_sigma``^2 where the
-    residual is unknown), acc_q += w q_j. One compiled pass (``_numba.add_candidate_fit``)
-    instead of a dozen full-size temporaries per candidate.
-    """
-    if not all(a.flags.c_contiguous for a in (acc, acc_w, acc_var, acc_q)):
-        raise ValueError(
-            "_add_candidate accumulates in place: the accumulators must be C-contiguous"
-        )
-    nb = source.shape[0]
-    add_candidate_fit(
-        gain.reshape(nb, -1),
-        offset.reshape(nb, -1),
-        _band_lanes(source),
-        float(cfg.harmonise_keep_signature),
-        np.ascontiguousarray(weight, dtype=np.float64).ravel(),
-        resid.ravel(),
-        float(cfg.reference_sigma**2),
-        np.ascontiguousarray(quality, dtype=np.float64).ravel(),
-        acc.reshape(nb, -1),
-        acc_w.reshape(-1),
-        acc_var.reshape(-1),
-        acc_q.reshape(-1),
-    )
-
-
-def _gate_params(cfg: FusionConfig) -> GateParams:
-    return GateParams(
-        gate_low=cfg.gate_low,
-        gate_high=cfg.gate_high,
-        min_confidence=cfg.min_confidence_without_reference,
-        shadow_low=cfg.shadow_ratio_low,
-        shadow_high=cfg.shadow_ratio_high,
-        t_min=cfg.temporal_t_min,
-        t_low=cfg.temporal_t_low,
-        t_high=cfg.temporal_t_high,
-        sigma_t_clear=cfg.sigma_t_clear,
-        sigma_t_haze=cfg.sigma_t_haze,
-        reference_var=cfg.reference_sigma**2,
-        reference_var_floor=cfg.reference_sigma_floor**2,
-    )
-
-
-def _physics_weight(
-    expected: np.ndarray,
-    t_ref: np.ndarray,
-    airlight: np.ndarray,
-    reference_var: np.ndarray,
-    q_ref: np.ndarray,
-    cfg: FusionConfig,
-) -> np.ndarray:
-    """Inverse-variance share of the physical inversion against the reference, (Y, X) in [0, 1].
-
-    The inversion J = (I - A (1 - t)) / t has dJ/dt = (A - J) / t, so an error sigma_t of
-    the transmission gives sigma_J = sigma_t |A - J| / t: small on clear pixels, exploding
-    under opaque cloud. J there is the *expected* surface, the reference (the inversion
-    itself would say J ~ A under a cloud, hiding its own error). sigma_t = sigma_t_clear + sigma_t_haze (1 - t). The reference's
-    error is the local harmonisation residual (``harmonise_local``), floored, and inflated by
-    the reference date's own quality q_j (a hazy reference is a worse one):
-    var_R = max(resid, floor^2) / max(q_j, 0.05)^2. The weight var_R / (var_R + var_J) is
-    what minimises the expected squared error of the blend of two independent estimates.
-    """
-    shape = np.shape(t_ref)
-    out = np.empty(int(np.prod(shape)))
-    physics_weight_fit(  # the per-pixel formula of ``gate_fit``, on whole arrays
-        _band_lanes(np.asarray(expected, np.float64)),
-        np.ascontiguousarray(t_ref, dtype=np.float64).reshape(-1),
-        np.asarray(airlight, np.float64).reshape(-1),
-        np.ascontiguousarray(np.broadcast_to(reference_var, shape), dtype=np.float64).reshape(-1),
-        np.ascontiguousarray(np.broadcast_to(q_ref, shape), dtype=np.float64).reshape(-1),
-        _gate_params(cfg),
-        out,
-    )
-    return out.reshape(shape)
-
-
-def _temporal_refinement(
-    observed: np.ndarray,
-    reference: np.ndarray,
-    airlight: np.ndarray,
-    prior_tb: np.ndarray,
-    surface: np.ndarray,
-    t_ref: np.ndarray,
-    q_ref: np.ndarray,
-    bands: tuple[str, ...],
-    cfg: FusionConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Step 4 of ``fuse_dates`` for one date: (J_phys, t_ref) refined by the transmission
-    read against the harmonised reference, weighted by the reference's quality.
-
-    Where the temporal cue has no usable reading (a surface change, see
-    ``temporal_band_transmission``) or the target is snow (``snow_score(strict=True)``:
-    fresh snow against a snow-free reference reads as haze in every band) the prior's
-    transmission stays.
-    """
-    readings = haze_readings(
-        observed,
-        reference,
-        airlight,
-        wavelengths_of(bands),
-        min_leverage=cfg.temporal_min_leverage,
-        noise=cfg.temporal_noise,
-        gamma_max=cfg.gamma_max,
-    )
-    w = cfg.temporal_weight * np.clip(q_ref, 0.0, 1.0)
-    snow = snow_score(np.asarray(observed)[None], bands, strict=True)
-    if snow is not None:
-        w = w * (1.0 - snow[0])
-    surface = np.array(surface, dtype=np.float64, order="C")  # updated in place below
-    t_out = np.array(t_ref, dtype=np.float64, order="C")
-    # the window mean and bounds of the temporal cue, its blend with the prior's t_b, the
-    # floor and the inversion: one compiled pass per pixel (``_numba_temporal.refine_fit``)
-    refine_fit(
-        readings.h,
-        int(cfg.temporal_radius),
-        float(cfg.temporal_noise),
-        readings.shortest,
-        readings.order,
-        readings.exponents,
-        float_array(observed),
-        np.asarray(airlight, np.float64).reshape(-1),
-        float_array(prior_tb),
-        np.ascontiguousarray(w, dtype=np.float64),
-        float(cfg.temporal_t_min),
-        surface,
-        t_out,
-    )
-    return surface, t_out
-
-
-def _prior_factor(
-    confidence: np.ndarray, t_ref: np.ndarray, surface: np.ndarray, cfg: FusionConfig
-) -> np.ndarray:
-    """What a prior's confidence says beyond the transmission ramp, (T, Y, X) in [0, 1].
-
-    A prior's confidence is the physical part (``inversion_confidence`` of its own t and
-    J) times its own knowledge (SCL evidence, a VLM's judgement, a plug-in's scaling). The
-    fusion recomputes the physical part with the temporal transmission, so it keeps the
-    prior's factor c / c_phys and multiplies it back in; where c_phys is near zero the
-    factor is unknown and taken as 1 (the prior had nothing to add there).
-    """
-    c_phys = inversion_confidence(
-        t_ref, surface, t_low=cfg.temporal_t_low, t_high=cfg.temporal_t_high
-    ).astype(np.float64)
-    c = np.asarray(confidence, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        factor = np.where(c_phys > 0.05, c / c_phys, 1.0)
-    return np.clip(np.where(np.isfinite(factor), factor, 1.0), 0.0, 1.0)
 
 
 def fuse_dates(
@@ -649,7 +255,14 @@ def fuse_dates(
                     j_phys[i],
                     j_phys[j],
                     (clear[i] * clear[j]) ** 2
-                    * _agreement(j_phys[i], j_phys[j], pair_gain[i, j], pair_offset[i, j], cfg),
+                    * _agreement(
+                        j_phys[i],
+                        j_phys[j],
+                        pair_gain[i, j],
+                        pair_offset[i, j],
+                        scale=2.0 * cfg.consistency_sigma,
+                        darkening=(cfg.shadow_ratio_low, cfg.shadow_ratio_high),
+                    ),
                     cfg.harmonise_radius,
                     pair_gain[i, j],
                     pair_offset[i, j],
@@ -686,10 +299,10 @@ def fuse_dates(
         factor = (
             prior_factor[i].reshape(-1) if prior_factor is not None and relative else np.ones(1)
         )
-        # steps 5 and 6 in one compiled pass per pixel (``_numba_fusion.gate_fit``)
+        # steps 5 and 6 in one compiled pass per pixel (``_inversion.gate_fit``)
         gate_fit(
-            _band_lanes(obs[i]),
-            _band_lanes(ji),
+            band_lanes(obs[i]),
+            band_lanes(ji),
             reference.reshape(nb, -1),
             has.reshape(-1),
             valid[i].reshape(-1),
@@ -719,62 +332,6 @@ def fuse_dates(
     return FusionResult(out, conf_out, gate_out, ref_days, flag, t_out, cloud.astype(F32))
 
 
-def _shadow_specificity(
-    target: np.ndarray, reference: np.ndarray, bands: tuple[str, ...] | None
-) -> np.ndarray:
-    """How much a darkening of ``target`` (B, Y, X) against ``reference`` looks like shadow,
-    (Y, X) in [0, 1]: 1 - S(spread; 0.3, 0.6) x (1 - snow score of the reference).
-
-    Cloud shadow dims every band by a similar factor (the spread over bands of log(J / R)
-    is small); snow melt, harvest and burn change the spectrum's shape (a large spread), and
-    a snow-covered reference is no yardstick of brightness at all. Bands below 0.01 on either
-    date are left out (their ratio is noise); 1 where fewer than two bands remain.
-    """
-    j = np.asarray(target, np.float64)
-    r = np.asarray(reference, np.float64)
-    ok = (j > 0.01) & (r > 0.01)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        logr = np.where(ok, np.log(np.where(ok, j, 1.0) / np.where(ok, r, 1.0)), 0.0)
-        n = ok.sum(axis=0)
-        mean = logr.sum(axis=0) / np.maximum(n, 1)
-        spread = np.sqrt((np.where(ok, logr - mean, 0.0) ** 2).sum(axis=0) / np.maximum(n, 1))
-    spec = np.where(n >= 2, 1.0 - smoothstep(spread, 0.3, 0.6), 1.0)
-    if bands is not None:
-        snowy = snow_score(np.nan_to_num(r)[None], tuple(bands))
-        if snowy is not None:
-            spec = spec * (1.0 - snowy[0])
-    return np.where(np.isfinite(spec), spec, 1.0)
-
-
-def _shrink_correction(
-    observed: np.ndarray, surface: np.ndarray, t_ref: np.ndarray, cfg: FusionConfig
-) -> np.ndarray:
-    """The inversion's correction I - J shrunk by its signal-to-noise: J' = I - k (I - J).
-
-    The haze removed is proportional to 1 - t, which is known only to sigma_t = sigma_t_clear
-    + sigma_t_haze (1 - t) (checked against the simulator's known transmission: the robust
-    spread of the error of t is 0.005-0.012 near t = 1, 0.02-0.06 at t 0.9-0.97 and 0.04-0.09
-    below, on the synthetic and the Austria stacks). Where 1 - t is of the order of sigma_t the full
-    correction is as likely to add error as to remove it; the Wiener factor k = (1 - t)^2 /
-    ((1 - t)^2 + sigma_t^2) keeps the expected squared error of the corrected pixel below
-    that of both the observation and the full inversion (faint haze is left nearly as
-    observed, a clear haze is removed nearly in full).
-    """
-    nb = observed.shape[0]
-    out = np.empty(np.shape(surface), np.float64)
-    # one compiled pass (``_numba_fusion.shrink_correction_fit``): numpy needs six
-    # full-size float64 temporaries here
-    shrink_correction_fit(
-        _band_lanes(observed),
-        _band_lanes(surface),
-        np.ascontiguousarray(t_ref).reshape(-1),
-        float(cfg.sigma_t_clear),
-        float(cfg.sigma_t_haze),
-        out.reshape(nb, -1),
-    )
-    return out
-
-
 def _clear_probability(
     evidence: tuple[np.ndarray, np.ndarray | None] | None, shape: tuple[int, ...]
 ) -> np.ndarray | None:
@@ -791,18 +348,3 @@ def _clear_probability(
     if shadow is not None:
         p *= 1.0 - np.nan_to_num(np.asarray(shadow, np.float64), nan=0.0)
     return np.clip(p, 0.0, 1.0)
-
-
-def _force_reference(
-    forced: np.ndarray, cand: np.ndarray, weights: np.ndarray, best: np.ndarray
-) -> None:
-    """Set the blend weights (K, N) and ``best`` (N,) to the forced date where one is given."""
-    where = forced >= 0
-    if not where.any():
-        return
-    for k, j in enumerate(cand):
-        weights[k, where] = (forced[where] == j).astype(weights.dtype)
-    hit = weights[:, where].sum(axis=0) > 0
-    idx = np.flatnonzero(where)
-    best[idx[hit]] = np.argmax(weights[:, idx[hit]], axis=0)
-    best[idx[~hit]] = -1

@@ -1,27 +1,28 @@
-"""Temporal reference kernels: the quality that ranks reference dates, spectral consistency, and
-local radiometric harmonisation of one date onto another.
+"""Reference choice: the quality that ranks reference dates, spectral consistency, the blend
+weights of the candidates, and the blend of their harmonised maps into one reference.
 
-The choice of references and their blend are the fusion's (``_fusion``: the candidates
-scoring within ``reference_blend_ratio`` of the best, weighted by score); this module gives
-it the scores and the harmonised maps.
+The candidates scoring within ``reference_blend_ratio`` of the best are blended, weighted by
+score (``candidate_weights_fit``); each is mapped onto the target date by the local
+harmonisation (``_harmonisation``) and turned part of the way back to its own spectral shape
+(``_keep_signature``) before it enters the blend (``_add_candidate``). The order of the steps
+is the fusion's (``_fusion.fuse_dates``, steps 1 to 3).
 
 Limitations
 -----------
-* Harmonisation is a per-band affine map fitted in a square window (on a coarse grid,
-  ``harmonise_grid_step``). The fusion's robust pre-weight (``_fusion._agreement``) keeps
-  shadow, residual cloud and surface change on either date out of the fit, but a change that
-  covers most of the window (harvest, flooding of a whole field) still biases it.
-* Cost grows with (dates x candidates x bands) box filters per block; ``max_candidates``
-  bounds it, and ``FusionConfig.time_window_dates`` (with ``restore``'s time blocks) bounds
-  the dates a long series holds at once.
+* The reference choice cannot see a change of surface state under thick cloud: a snowy
+  neighbour is taken for a snow-free target it hides (quality benchmark, ``snow_melt``).
+
+Implementation: the numpy fronts first, then their compiled passes (numba, conventions in
+``_common``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from ._common import F32, box_mean_nan, float_array
-from ._numba import GAIN_BOUNDS, harmonise_fit, harmonise_fit_coarse, spectral_consistency_fit
+from ._common import band_lanes, box_mean_nan, float_array
+from ._config import FusionConfig
 
 
 def reference_quality(t_ref: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -39,7 +40,7 @@ def spectral_consistency(surface: np.ndarray, eligible: np.ndarray, sigma: float
 
     The temporal median of the good observations is a robust anchor: a candidate whose
     spectrum departs from it (undetected cloud or shadow, a one-off) scores lower. 1 where
-    there is no anchor. One compiled pass per pixel (``_numba.spectral_consistency_fit``).
+    there is no anchor. One compiled pass per pixel (``spectral_consistency_fit``).
     """
     j = float_array(surface)
     if j.ndim != 4 or np.shape(eligible) != j.shape[:1] + j.shape[2:]:
@@ -58,73 +59,266 @@ def spectral_consistency(surface: np.ndarray, eligible: np.ndarray, sigma: float
     return out.reshape((nt,) + j.shape[2:])
 
 
-def harmonise_local(
-    target: np.ndarray,
-    source: np.ndarray,
-    weight: np.ndarray,
-    radius: int,
-    prior_gain: np.ndarray,
-    prior_offset: np.ndarray,
-    *,
-    ridge: float = 4e-3,
-    shrink_pixels: float = 30.0,
-    residual: bool = False,
-    grid_step: int = 1,
-    origin: tuple[int, int] = (0, 0),
-) -> tuple[np.ndarray, ...]:
-    """Local per-band gain/offset mapping ``source`` onto ``target`` (B, Y, X) each, float32.
-
-    Fitted by weighted least squares in a (2r+1)^2 window from box-filter moments
-    S0 = sum w, Sx, Sy, Sxx, Sxy (w = clear in both dates; a pixel not finite in every band
-    of both dates has no weight; pixels outside the array are absent), so the map follows
-    slow spatial changes of the radiometric difference (phenology, BRDF, residual haze)
-    without a per-pixel loop. The gain is ridge-pulled toward the prior (scene-level pair fit) and the pair
-    (g, o) shrinks to the prior where the window holds less than ``shrink_pixels`` clear
-    weight: local where the data allow, global elsewhere, identity without either.
-
-    With ``residual=True`` a third array (Y, X) is returned: the weighted mean squared
-    residual of the fitted map over the window and the bands, mean_b E_w[(t - g s - o)^2]
-    (NaN where the window holds no weight). It is the local error of the harmonised
-    reference as a stand-in for the target's surface, measured where both are clear.
-
-    One fused compiled pass (``_numba.harmonise_fit``): the moments (float64 running sums),
-    the ridge fit (``_numba.ridge_fit_scalar``) and the residual for all bands.
-
-    ``grid_step`` > 1: an approximation for speed. The map is smooth at the window's scale,
-    so it is fitted once per cell of ``grid_step`` px on a grid anchored to multiples of
-    ``grid_step`` in the whole array (``origin``: the block's first pixel there), over a
-    window of (2m + 1) whole cells (``_numba.coarse_span``, the nearest to 2r + 1 px), and
-    interpolated bilinearly between cell centres (``_numba.harmonise_fit_coarse``). A block
-    whose halo covers ``_numba.coarse_reach(radius, grid_step)`` gives the same core as the
-    whole array.
-    """
-    t, s = float_array(target), float_array(source)
-    if t.ndim != 3 or s.shape != t.shape or np.shape(weight) != t.shape[1:]:
-        raise ValueError(
-            f"harmonise_local needs target and source (B, Y, X) and weight (Y, X), got "
-            f"{t.shape}, {s.shape} and {np.shape(weight)}"
-        )
-    if grid_step < 1:
-        raise ValueError(f"harmonise_local: grid_step must be >= 1 px, got {grid_step}")
-    nb = t.shape[0]
-    gains = np.empty(t.shape, F32)
-    offsets = np.empty(t.shape, F32)
-    resid = np.empty(t.shape[1:] if residual else (0, 0), F32)
-    w = np.ascontiguousarray(weight, dtype=np.float64)
-    g0 = np.broadcast_to(np.asarray(prior_gain, np.float64), (nb,)).copy()
-    o0 = np.broadcast_to(np.asarray(prior_offset, np.float64), (nb,)).copy()
-    fit = (float(ridge), float(shrink_pixels), *GAIN_BOUNDS, residual, gains, offsets, resid)
-    if grid_step > 1:
-        oy, ox = (int(v) for v in origin)
-        harmonise_fit_coarse(t, s, w, int(radius), int(grid_step), oy, ox, g0, o0, *fit)
-    else:
-        harmonise_fit(t, s, w, int(radius), g0, o0, *fit)
-    if residual:
-        return gains, offsets, resid
-    return gains, offsets
-
-
 def smoothed_quality(q: np.ndarray, radius: int) -> np.ndarray:
     """Box mean of q (T, Y, X) over in-array pixels: makes the reference choice spatially coherent."""
     out = box_mean_nan(q, radius)
     return np.where(np.isfinite(out), out, 0.0)
+
+
+def _force_reference(
+    forced: np.ndarray, cand: np.ndarray, weights: np.ndarray, best: np.ndarray
+) -> None:
+    """Set the blend weights (K, N) and ``best`` (N,) to the forced date where one is given."""
+    where = forced >= 0
+    if not where.any():
+        return
+    for k, j in enumerate(cand):
+        weights[k, where] = (forced[where] == j).astype(weights.dtype)
+    hit = weights[:, where].sum(axis=0) > 0
+    idx = np.flatnonzero(where)
+    best[idx[hit]] = np.argmax(weights[:, idx[hit]], axis=0)
+    best[idx[~hit]] = -1
+
+
+def _keep_signature(mapped: np.ndarray, source: np.ndarray, share: float) -> np.ndarray:
+    """Mapped spectra (B, Y, X) turned part of the way back to the source's spectral shape.
+
+    Per-band affine maps fitted by least squares pull every band toward the scene's mean
+    independently (regression dilution), which bends a pixel's spectral signature toward
+    the average spectrum of the scene. The brightness per band is right on average, the
+    shape is not: the result keeps the mapped vector's length and points along
+    (1 - share) * unit(mapped) + share * unit(source). share 0 = the plain affine map.
+    """
+    if share <= 0:
+        return mapped
+    m = np.ascontiguousarray(mapped, dtype=np.float64)
+    out = np.empty(m.shape)
+    nb = m.shape[0]
+    # one compiled pass per pixel (``_keep_signature_at``, shared with ``_add_candidate``)
+    keep_signature_fit(
+        m.reshape(nb, -1),
+        np.ascontiguousarray(source, dtype=np.float64).reshape(nb, -1),
+        float(share),
+        out.reshape(nb, -1),
+    )
+    return out
+
+
+def _add_candidate(
+    gain: np.ndarray,
+    offset: np.ndarray,
+    source: np.ndarray,
+    weight: np.ndarray,
+    resid: np.ndarray,
+    quality: np.ndarray,
+    acc: np.ndarray,
+    acc_w: np.ndarray,
+    acc_var: np.ndarray,
+    acc_q: np.ndarray,
+    cfg: FusionConfig,
+) -> None:
+    """Add one candidate's harmonised reference to the blend of step 3 of ``fuse_dates``, in place.
+
+    r = ``_keep_signature``(g J_j + o, J_j); where the blend weight w > 0 and r is finite in
+    every band: acc += w r, acc_w += w, acc_var += w * resid (``reference_sigma``^2 where the
+    residual is unknown), acc_q += w q_j. One compiled pass (``add_candidate_fit``)
+    instead of a dozen full-size temporaries per candidate.
+    """
+    if not all(a.flags.c_contiguous for a in (acc, acc_w, acc_var, acc_q)):
+        raise ValueError(
+            "_add_candidate accumulates in place: the accumulators must be C-contiguous"
+        )
+    nb = source.shape[0]
+    add_candidate_fit(
+        gain.reshape(nb, -1),
+        offset.reshape(nb, -1),
+        band_lanes(source),
+        float(cfg.harmonise_keep_signature),
+        np.ascontiguousarray(weight, dtype=np.float64).ravel(),
+        resid.ravel(),
+        float(cfg.reference_sigma**2),
+        np.ascontiguousarray(quality, dtype=np.float64).ravel(),
+        acc.reshape(nb, -1),
+        acc_w.reshape(-1),
+        acc_var.reshape(-1),
+        acc_q.reshape(-1),
+    )
+
+
+# -- compiled passes ---------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _median_sorted(buf, m):
+    """Median of the first ``m`` values of the sorted ``buf`` (mean of the middle two if even)."""
+    if m == 0:
+        return np.nan
+    if m % 2 == 1:
+        return buf[m // 2]
+    return 0.5 * (buf[m // 2 - 1] + buf[m // 2])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def spectral_consistency_fit(surface, eligible, sigma, out):
+    """Per pixel: M_b = median over the eligible dates of J_b, then exp(-(d_t / sigma)^2) per date.
+
+    Semantics: ``spectral_consistency``; ``surface`` (T, B, N), ``eligible``
+    (T, N) bool, ``out`` (T, N) float64. The median is that of ``np.nanmedian`` over the
+    eligible non-NaN values (insertion sort: T is a few dozen at most); d_t is the RMS over
+    the bands where J_t,b - M_b is finite; 1 where no band is (no anchor or no value).
+    Replaces numpy's masked-array median, which held several float64 copies of the stack.
+    """
+    nt, nb, n = surface.shape
+    buf = np.empty(nt)
+    med = np.empty(nb)
+    for k in range(n):
+        for b in range(nb):
+            m = 0
+            for i in range(nt):
+                if not eligible[i, k]:
+                    continue
+                v = np.float64(surface[i, b, k])
+                if v != v:
+                    continue
+                j = m
+                while j > 0 and buf[j - 1] > v:
+                    buf[j] = buf[j - 1]
+                    j -= 1
+                buf[j] = v
+                m += 1
+            med[b] = _median_sorted(buf, m)
+        for i in range(nt):
+            total = 0.0
+            cnt = 0
+            for b in range(nb):
+                diff = np.float64(surface[i, b, k]) - med[b]
+                if np.isfinite(diff):
+                    total += diff * diff
+                    cnt += 1
+            if cnt == 0:
+                out[i, k] = 1.0
+            else:
+                c = np.exp(-((np.sqrt(total / cnt) / sigma) ** 2))
+                out[i, k] = c if np.isfinite(c) else 1.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def candidate_weights_fit(base, cand, decay, ratio, power, weights, best):
+    """Step 2 of ``fuse_dates``: blend weights of the candidate dates per pixel.
+
+    ``base`` (T, N) the choice score of every date (smoothed quality x consistency x
+    eligible); ``cand`` (K,) the candidate dates, ``decay`` (K,) their closeness in time
+    exp(-|dt| / scale). score_k = round(base[cand_k] decay_k, 6) (rounded so the choice is
+    stable); the best candidate is the first of the highest scores (``best``, -1 where no
+    score is positive); candidates scoring > 0 and >= ``ratio`` x the best get weights
+    score ** ``power`` normalised to sum 1 (``weights`` (K, N), 0 elsewhere).
+    """
+    nk = cand.shape[0]
+    n = base.shape[1]
+    score = np.empty(nk)
+    for p in range(n):
+        top = -np.inf
+        arg = 0
+        for k in range(nk):
+            v = np.rint(np.float64(base[cand[k], p]) * decay[k] * 1e6) / 1e6
+            score[k] = v
+            if v > top:
+                top = v
+                arg = k
+        if not top > 0.0:
+            best[p] = -1
+            for k in range(nk):
+                weights[k, p] = 0.0
+            continue
+        best[p] = arg
+        total = 0.0
+        for k in range(nk):
+            v = score[k]
+            wk = v**power if (v > 0.0 and v >= ratio * top) else 0.0
+            weights[k, p] = wk
+            total += wk
+        for k in range(nk):
+            weights[k, p] /= total
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _keep_signature_at(mapped, source, share, out):
+    """One pixel of ``_keep_signature``: ``mapped`` and ``source`` (B,) into ``out`` (B,).
+
+    out = u / |u| * |mapped|, u = (1 - share) mapped / |mapped| + share source / |source|;
+    a band where that is not finite keeps the mapped value.
+    """
+    nb = mapped.shape[0]
+    n_map = 0.0
+    n_src = 0.0
+    for b in range(nb):
+        n_map += mapped[b] * mapped[b]
+        n_src += source[b] * source[b]
+    n_map = np.sqrt(n_map)
+    n_src = np.sqrt(n_src)
+    n_u = 0.0
+    for b in range(nb):
+        u = (1.0 - share) * mapped[b] / n_map + share * source[b] / n_src
+        out[b] = u
+        n_u += u * u
+    n_u = np.sqrt(n_u)
+    for b in range(nb):
+        v = out[b] / n_u * n_map
+        out[b] = v if np.isfinite(v) else mapped[b]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def keep_signature_fit(mapped, source, share, out):
+    """``_keep_signature_at`` over (B, N) arrays (share > 0), into ``out`` (B, N) float64."""
+    nb, n = mapped.shape
+    m = np.empty(nb)
+    s = np.empty(nb)
+    o = np.empty(nb)
+    for k in range(n):
+        for b in range(nb):
+            m[b] = mapped[b, k]
+            s[b] = source[b, k]
+        _keep_signature_at(m, s, share, o)
+        for b in range(nb):
+            out[b, k] = o[b]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def add_candidate_fit(
+    gain, offset, source, share, weight, resid, resid_default, quality, acc, acc_w, acc_var, acc_q
+):
+    """Step 3 of ``_fusion.fuse_dates`` for one candidate date, accumulated in place.
+
+    Per pixel with ``weight`` > 0: r = keep_signature(g J_j + o, J_j) (share <= 0: the plain
+    map); if every band of r is finite, acc += w r, acc_w += w, acc_var += w * resid (or
+    ``resid_default`` where resid is NaN), acc_q += w * quality. (B, N) / (N,) arrays; the
+    accumulators are float64.
+    """
+    nb, n = source.shape
+    m = np.empty(nb)
+    s = np.empty(nb)
+    r = np.empty(nb)
+    for k in range(n):
+        wk = weight[k]
+        if not wk > 0.0:
+            continue
+        for b in range(nb):
+            s[b] = source[b, k]
+            m[b] = np.float64(gain[b, k]) * s[b] + np.float64(offset[b, k])
+        if share > 0.0:
+            _keep_signature_at(m, s, share, r)
+        else:
+            r[:] = m
+        ok = True
+        for b in range(nb):
+            if not np.isfinite(r[b]):
+                ok = False
+                break
+        if not ok:
+            continue
+        for b in range(nb):
+            acc[b, k] += wk * r[b]
+        acc_w[k] += wk
+        rv = np.float64(resid[k])
+        acc_var[k] += wk * (rv if np.isfinite(rv) else resid_default)
+        acc_q[k] += wk * quality[k]

@@ -11,7 +11,6 @@ Limitations
 * Gamma is fitted against the clearest other date of each sampled pixel, so it assumes the
   surface did not change much between dates; with a single date it falls back to the scene
   dark object, which is biased by bright surfaces.
-* The global pair gain/offset uses a window-less clear score (no dark-channel window).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import F32, angstrom_exponent, nanmin0, visible_band_mask
-from ._numba import GAIN_BOUNDS, pair_irls_fit
 
 
 def _default_airlight(wavelengths: np.ndarray) -> np.ndarray:
@@ -185,56 +183,3 @@ def estimate_gamma(
             g = fit(i, j_dark, np.ones(n, dtype=bool))
         gammas[i] = default if g is None else g
     return np.clip(gammas, *bounds).astype(F32)
-
-
-def pair_gain_offset(
-    sample: np.ndarray,
-    weight: np.ndarray,
-    *,
-    ridge: float = 4e-3,
-    shrink_pixels: float = 30.0,
-    robust_scale: float = 0.1,
-    iterations: int = 3,
-    max_pixels: int = 40_000,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Global gain/offset that maps each date j onto each date i, (T, T, B) each.
-
-    Weighted least squares of x_i,b = g x_j,b + o (x: the sample, raw or physically
-    inverted) on pixels clear in both dates (weight w_i w_j), with a ridge pull of g toward 1
-    (``ridge`` is in units of sum(w) * variance) and shrinkage of (g, o) toward identity when
-    the common clear weight is below ``shrink_pixels``. Used as the fallback of the local
-    harmonisation and as the anchor of its robust pre-weight.
-
-    Robust: ``iterations`` rounds of iteratively reweighted least squares with Cauchy weights
-    1 / (1 + (r / robust_scale)^2) on the band-RMS residual r of each pixel and pair, so a
-    surface change between the two dates (snow, harvest, an undetected cloud) does not bend
-    the map that the rest of the scene agrees on. 1 iteration = plain weighted LS. At most
-    ``max_pixels`` sample pixels are used (a regular subsample; deterministic).
-    """
-    if sample.shape[2] > max_pixels:
-        # a global map has 2 parameters per band and pair: a regular subsample of the
-        # (already strided) sample is plenty, and the IRLS passes cost O(T^2 B N)
-        keep = np.linspace(0, sample.shape[2] - 1, max_pixels).astype(np.intp)
-        sample, weight = sample[:, :, keep], np.asarray(weight)[:, keep]
-    t, nb, _ = sample.shape
-    x = sample.astype(np.float64)
-    ok: np.ndarray = np.asarray(np.isfinite(x).all(axis=1))  # (T, N)
-    w = np.ascontiguousarray(np.where(ok, weight, 0.0), dtype=np.float64)
-    # (T, N, B): the bands of one pixel side by side for the compiled moment loop
-    xz = np.ascontiguousarray(np.where(ok[:, None, :], x, 0.0).transpose(0, 2, 1))
-    gains = np.ones((t, t, nb))
-    offsets = np.zeros((t, t, nb))
-    pair_irls_fit(
-        xz,
-        w,
-        float(ridge),
-        float(shrink_pixels),
-        *GAIN_BOUNDS,
-        float(robust_scale),
-        max(1, iterations),
-        gains,
-        offsets,
-    )
-    idx = np.arange(t)
-    gains[idx, idx], offsets[idx, idx] = 1.0, 0.0
-    return gains.astype(F32), offsets.astype(F32)

@@ -1,7 +1,7 @@
 """Compiled (numba) passes of the csmask evidence source: cell means and the upsampling.
 
 Both run once over the block's pixels where numpy needs many full-size temporaries (NaN
-masks, counts, gathers for the bilinear step). Conventions as in ``pipeline.kernels._numba``:
+masks, counts, gathers for the bilinear step). Conventions as in ``pipeline.kernels._common``:
 ``cache=True``, ``nogil=True`` (Dask threads run them at once), not ``parallel``.
 """
 

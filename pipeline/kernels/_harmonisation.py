@@ -1,17 +1,26 @@
-"""Compiled (numba) inner loops of the block kernels: one pass over memory where numpy needs many.
+"""Harmonisation: the radiometric map of one date onto another, local (per window) and global
+(per date pair), and the robust pre-weight that keeps disagreeing pixels out of the fit.
 
-Each function here is the single implementation of its computation; the numpy-facing
-wrappers live beside the science they serve (``_reference``, ``_scene``, ``_common``) and
-keep the documented semantics. All functions are ``cache=True`` (compiled once per
-installation and dtype signature, not once per process) and ``nogil=True`` (several Dask
-threads run them at once). None is ``parallel``: a Dask worker already runs one kernel per
-thread, and ``pipeline.cluster`` pins ``NUMBA_NUM_THREADS=1`` so nothing oversubscribes.
-``error_model="numpy"``: a division by zero gives inf / NaN as in numpy (the callers rely on
-NaN propagation), never a ZeroDivisionError.
+A per-band affine map x_i,b = g x_j,b + o, fitted by ridge-regularised weighted least
+squares: globally per date pair on the scene sample (``pair_gain_offset``, the fallback and
+the anchor), and locally in a window around every pixel (``harmonise_local``), shrunk to the
+global map where the window holds little clear weight.
 
-Window sums treat pixels outside the array as absent (they add nothing), so a block with a
-halo of at least the window radius gives the same interior values as the whole array.
-Accumulators are float64 whatever the input dtype.
+Limitations
+-----------
+* Harmonisation is a per-band affine map fitted in a square window (on a coarse grid,
+  ``harmonise_grid_step``). The robust pre-weight (``_agreement``) keeps shadow, residual
+  cloud and surface change on either date out of the fit, but a change that covers most of
+  the window (harvest, flooding of a whole field) still biases it.
+* The global pair gain/offset uses a window-less clear score (no dark-channel window).
+* Cost grows with (dates x candidates x bands) window fits per block; ``max_candidates``
+  bounds it, and ``FusionConfig.time_window_dates`` (with ``restore``'s time blocks) bounds
+  the dates a long series holds at once.
+
+Implementation: the numpy fronts first, then their compiled passes (numba, conventions in
+``_common``). Window sums treat pixels outside the array as absent (they add nothing), so a
+block with a halo of at least the window radius gives the same interior values as the whole
+array. Accumulators are float64 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -19,25 +28,183 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._common import F32, _darkening_at, _smoothstep, band_lanes, float_array
+
 #: Gain bounds of every ridge fit (``ridge_fit_scalar``): a map outside them is not a
 #: radiometric difference between two dates of the same place.
 GAIN_BOUNDS = (0.5, 2.0)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _smoothstep(x: float, lo: float, hi: float) -> float:
-    """Scalar ``_common.smoothstep``: 0 for x <= lo, 1 for x >= hi, 3u^2 - 2u^3 between.
+def harmonise_local(
+    target: np.ndarray,
+    source: np.ndarray,
+    weight: np.ndarray,
+    radius: int,
+    prior_gain: np.ndarray,
+    prior_offset: np.ndarray,
+    *,
+    ridge: float = 4e-3,
+    shrink_pixels: float = 30.0,
+    residual: bool = False,
+    grid_step: int = 1,
+    origin: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, ...]:
+    """Local per-band gain/offset mapping ``source`` onto ``target`` (B, Y, X) each, float32.
 
-    NaN stays NaN; with hi == lo it is the step x >= hi (NaN -> 0), as in numpy's version.
+    Fitted by weighted least squares in a (2r+1)^2 window from box-filter moments
+    S0 = sum w, Sx, Sy, Sxx, Sxy (w = clear in both dates; a pixel not finite in every band
+    of both dates has no weight; pixels outside the array are absent), so the map follows
+    slow spatial changes of the radiometric difference (phenology, BRDF, residual haze)
+    without a per-pixel loop. The gain is ridge-pulled toward the prior (scene-level pair fit) and the pair
+    (g, o) shrinks to the prior where the window holds less than ``shrink_pixels`` clear
+    weight: local where the data allow, global elsewhere, identity without either.
+
+    With ``residual=True`` a third array (Y, X) is returned: the weighted mean squared
+    residual of the fitted map over the window and the bands, mean_b E_w[(t - g s - o)^2]
+    (NaN where the window holds no weight). It is the local error of the harmonised
+    reference as a stand-in for the target's surface, measured where both are clear.
+
+    One fused compiled pass (``harmonise_fit``): the moments (float64 running sums),
+    the ridge fit (``ridge_fit_scalar``) and the residual for all bands.
+
+    ``grid_step`` > 1: an approximation for speed. The map is smooth at the window's scale,
+    so it is fitted once per cell of ``grid_step`` px on a grid anchored to multiples of
+    ``grid_step`` in the whole array (``origin``: the block's first pixel there), over a
+    window of (2m + 1) whole cells (``coarse_span``, the nearest to 2r + 1 px), and
+    interpolated bilinearly between cell centres (``harmonise_fit_coarse``). A block
+    whose halo covers ``coarse_reach(radius, grid_step)`` gives the same core as the
+    whole array.
     """
-    if hi == lo:
-        return 1.0 if x >= hi else 0.0
-    u = (x - lo) / (hi - lo)
-    if u < 0.0:
-        u = 0.0
-    elif u > 1.0:
-        u = 1.0
-    return u * u * (3.0 - 2.0 * u)
+    t, s = float_array(target), float_array(source)
+    if t.ndim != 3 or s.shape != t.shape or np.shape(weight) != t.shape[1:]:
+        raise ValueError(
+            f"harmonise_local needs target and source (B, Y, X) and weight (Y, X), got "
+            f"{t.shape}, {s.shape} and {np.shape(weight)}"
+        )
+    if grid_step < 1:
+        raise ValueError(f"harmonise_local: grid_step must be >= 1 px, got {grid_step}")
+    nb = t.shape[0]
+    gains = np.empty(t.shape, F32)
+    offsets = np.empty(t.shape, F32)
+    resid = np.empty(t.shape[1:] if residual else (0, 0), F32)
+    w = np.ascontiguousarray(weight, dtype=np.float64)
+    g0 = np.broadcast_to(np.asarray(prior_gain, np.float64), (nb,)).copy()
+    o0 = np.broadcast_to(np.asarray(prior_offset, np.float64), (nb,)).copy()
+    fit = (float(ridge), float(shrink_pixels), *GAIN_BOUNDS, residual, gains, offsets, resid)
+    if grid_step > 1:
+        oy, ox = (int(v) for v in origin)
+        harmonise_fit_coarse(t, s, w, int(radius), int(grid_step), oy, ox, g0, o0, *fit)
+    else:
+        harmonise_fit(t, s, w, int(radius), g0, o0, *fit)
+    if residual:
+        return gains, offsets, resid
+    return gains, offsets
+
+
+def coarse_span(radius: int, step: int) -> int:
+    """Half-width m (in cells of ``step`` px) of the coarse harmonisation window.
+
+    The window of a node is the (2m + 1)^2 cells around its own, (2m + 1) step px wide: the
+    nearest such width to the exact window's 2r + 1 px (never less than 3 cells).
+    """
+    return max(1, (int(radius) + int(step) // 2) // int(step))
+
+
+def coarse_reach(radius: int, step: int) -> int:
+    """Pixels beyond a block's core that the coarse fit of its core reads: (m + 2) step.
+
+    A pixel interpolates between nodes up to one step away, a node's window reaches m cells
+    beyond its own, and every cell it sums must be whole: a halo this wide makes the core
+    independent of the chunking.
+    """
+    return (coarse_span(radius, step) + 2) * int(step)
+
+
+def pair_gain_offset(
+    sample: np.ndarray,
+    weight: np.ndarray,
+    *,
+    ridge: float = 4e-3,
+    shrink_pixels: float = 30.0,
+    robust_scale: float = 0.1,
+    iterations: int = 3,
+    max_pixels: int = 40_000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Global gain/offset that maps each date j onto each date i, (T, T, B) each.
+
+    Weighted least squares of x_i,b = g x_j,b + o (x: the sample, raw or physically
+    inverted) on pixels clear in both dates (weight w_i w_j), with a ridge pull of g toward 1
+    (``ridge`` is in units of sum(w) * variance) and shrinkage of (g, o) toward identity when
+    the common clear weight is below ``shrink_pixels``. Used as the fallback of the local
+    harmonisation and as the anchor of its robust pre-weight.
+
+    Robust: ``iterations`` rounds of iteratively reweighted least squares with Cauchy weights
+    1 / (1 + (r / robust_scale)^2) on the band-RMS residual r of each pixel and pair, so a
+    surface change between the two dates (snow, harvest, an undetected cloud) does not bend
+    the map that the rest of the scene agrees on. 1 iteration = plain weighted LS. At most
+    ``max_pixels`` sample pixels are used (a regular subsample; deterministic).
+    """
+    if sample.shape[2] > max_pixels:
+        # a global map has 2 parameters per band and pair: a regular subsample of the
+        # (already strided) sample is plenty, and the IRLS passes cost O(T^2 B N)
+        keep = np.linspace(0, sample.shape[2] - 1, max_pixels).astype(np.intp)
+        sample, weight = sample[:, :, keep], np.asarray(weight)[:, keep]
+    t, nb, _ = sample.shape
+    x = sample.astype(np.float64)
+    ok: np.ndarray = np.asarray(np.isfinite(x).all(axis=1))  # (T, N)
+    w = np.ascontiguousarray(np.where(ok, weight, 0.0), dtype=np.float64)
+    # (T, N, B): the bands of one pixel side by side for the compiled moment loop
+    xz = np.ascontiguousarray(np.where(ok[:, None, :], x, 0.0).transpose(0, 2, 1))
+    gains = np.ones((t, t, nb))
+    offsets = np.zeros((t, t, nb))
+    pair_irls_fit(
+        xz,
+        w,
+        float(ridge),
+        float(shrink_pixels),
+        *GAIN_BOUNDS,
+        float(robust_scale),
+        max(1, iterations),
+        gains,
+        offsets,
+    )
+    idx = np.arange(t)
+    gains[idx, idx], offsets[idx, idx] = 1.0, 0.0
+    return gains.astype(F32), offsets.astype(F32)
+
+
+def _agreement(
+    target: np.ndarray,
+    source: np.ndarray,
+    gain: np.ndarray,
+    offset: np.ndarray,
+    *,
+    scale: float,
+    darkening: tuple[float, float],
+) -> np.ndarray:
+    """Robust pre-weight of the harmonisation fit: pixels where the two dates disagree.
+
+    With the scene-level map R0 = g0 J_j + o0: w = (1 - darkening(J_i, R0)) / (1 + (d / s)^2),
+    d = RMS_b(J_i - R0), s = ``scale`` (the fusion: 2 consistency_sigma), darkening the
+    ratio ramp (low, high) of ``_common._darkening_at`` (the fusion: shadow_ratio_low,
+    shadow_ratio_high). Shadow, residual cloud and surface change on either date then do
+    not bend the local fit.
+    """
+    out = np.empty(np.shape(target)[1:])
+    agreement_fit(  # one compiled pass per pixel, R0 never materialised
+        band_lanes(target),
+        band_lanes(source),
+        np.asarray(gain, np.float64),
+        np.asarray(offset, np.float64),
+        float(scale),
+        float(darkening[0]),
+        float(darkening[1]),
+        out.reshape(-1),
+    )
+    return out
+
+
+# -- compiled passes ---------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -191,7 +358,7 @@ def harmonise_fit(
 ):
     """Local per-band ridge fit of ``s`` onto ``t`` (B, Y, X) in (2r+1)^2 windows, fused.
 
-    Semantics: ``_reference.harmonise_local``. Window sums are separable running sums:
+    Semantics: ``harmonise_local``. Window sums are separable running sums:
     the weight sum S0 once (``_window_sum``, with the shrink factor of every pixel), the
     other moments per band along each row (``_row_moments``), then down the columns with a
     ring of the last 2r+1 row results, so the moments of one output row are ready when it
@@ -261,25 +428,6 @@ def harmonise_fit(
             for i in range(nx):
                 r = acc_resid[y, i] / nb
                 resid[y, i] = 0.0 if r < 0.0 else r
-
-
-def coarse_span(radius: int, step: int) -> int:
-    """Half-width m (in cells of ``step`` px) of the coarse harmonisation window.
-
-    The window of a node is the (2m + 1)^2 cells around its own, (2m + 1) step px wide: the
-    nearest such width to the exact window's 2r + 1 px (never less than 3 cells).
-    """
-    return max(1, (int(radius) + int(step) // 2) // int(step))
-
-
-def coarse_reach(radius: int, step: int) -> int:
-    """Pixels beyond a block's core that the coarse fit of its core reads: (m + 2) step.
-
-    A pixel interpolates between nodes up to one step away, a node's window reaches m cells
-    beyond its own, and every cell it sums must be whole: a halo this wide makes the core
-    independent of the chunking.
-    """
-    return (coarse_span(radius, step) + 2) * int(step)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -353,7 +501,7 @@ def harmonise_fit_coarse(
 ):
     """``harmonise_fit`` on a coarse grid anchored to global pixel coordinates, interpolated.
 
-    Semantics: ``_reference.harmonise_local`` with ``grid_step`` > 1. The moments are summed
+    Semantics: ``harmonise_local`` with ``grid_step`` > 1. The moments are summed
     per cell of ``step`` x ``step`` px (cells aligned to multiples of ``step`` in the whole
     array: (``oy``, ``ox``) is the block's first pixel there), then over the (2m + 1)^2
     cells around each cell (``coarse_span``); the ridge fit and residual are evaluated once
@@ -475,102 +623,8 @@ def harmonise_fit_coarse(
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _median_sorted(buf, m):
-    """Median of the first ``m`` values of the sorted ``buf`` (mean of the middle two if even)."""
-    if m == 0:
-        return np.nan
-    if m % 2 == 1:
-        return buf[m // 2]
-    return 0.5 * (buf[m // 2 - 1] + buf[m // 2])
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def spectral_consistency_fit(surface, eligible, sigma, out):
-    """Per pixel: M_b = median over the eligible dates of J_b, then exp(-(d_t / sigma)^2) per date.
-
-    Semantics: ``_reference.spectral_consistency``; ``surface`` (T, B, N), ``eligible``
-    (T, N) bool, ``out`` (T, N) float64. The median is that of ``np.nanmedian`` over the
-    eligible non-NaN values (insertion sort: T is a few dozen at most); d_t is the RMS over
-    the bands where J_t,b - M_b is finite; 1 where no band is (no anchor or no value).
-    Replaces numpy's masked-array median, which held several float64 copies of the stack.
-    """
-    nt, nb, n = surface.shape
-    buf = np.empty(nt)
-    med = np.empty(nb)
-    for k in range(n):
-        for b in range(nb):
-            m = 0
-            for i in range(nt):
-                if not eligible[i, k]:
-                    continue
-                v = np.float64(surface[i, b, k])
-                if v != v:
-                    continue
-                j = m
-                while j > 0 and buf[j - 1] > v:
-                    buf[j] = buf[j - 1]
-                    j -= 1
-                buf[j] = v
-                m += 1
-            med[b] = _median_sorted(buf, m)
-        for i in range(nt):
-            total = 0.0
-            cnt = 0
-            for b in range(nb):
-                diff = np.float64(surface[i, b, k]) - med[b]
-                if np.isfinite(diff):
-                    total += diff * diff
-                    cnt += 1
-            if cnt == 0:
-                out[i, k] = 1.0
-            else:
-                c = np.exp(-((np.sqrt(total / cnt) / sigma) ** 2))
-                out[i, k] = c if np.isfinite(c) else 1.0
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def floor_transmission_fit(observed, airlight, t_band, out):
-    """t_b raised to the cap 1 - max(I_b, 0) / max(A_b, 1e-3) (formula: ``_physics.floor_transmission``).
-
-    ``observed``, ``t_band`` (N, B, P), ``airlight`` (N, B), ``out`` (N, B, P) float32; float64
-    arithmetic per value. Where the cap is not finite (no observation, no airlight) t_b stays.
-    """
-    n, nb, npx = observed.shape
-    for i in range(n):
-        for b in range(nb):
-            a = np.float64(airlight[i, b])
-            if a < 1e-3:
-                a = 1e-3
-            for k in range(npx):
-                t = np.float64(t_band[i, b, k])
-                v = np.float64(observed[i, b, k])
-                if v < 0.0:
-                    v = 0.0
-                cap = 1.0 - v / a
-                if np.isfinite(cap) and not cap <= t:
-                    t = cap if t == t else t
-                out[i, b, k] = t
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def invert_fit(observed, airlight, t_band, t_min, out):
-    """J_b = (I_b - A_b (1 - t_b)) / max(t_b, t_min) (formula: ``_physics.invert``), float64 arithmetic.
-
-    ``observed``, ``t_band`` (N, B, P), ``airlight`` (N, B), ``out`` (N, B, P) float32.
-    """
-    n, nb, npx = observed.shape
-    for i in range(n):
-        for b in range(nb):
-            a = np.float64(airlight[i, b])
-            for k in range(npx):
-                t = np.float64(t_band[i, b, k])
-                den = t if t >= t_min or t != t else t_min
-                out[i, b, k] = (np.float64(observed[i, b, k]) - a * (1.0 - t)) / den
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
 def pair_irls_fit(x, w, ridge, shrink_pixels, g_lo, g_hi, robust_scale, iterations, gains, offsets):
-    """Robust global gain/offset of every date pair (semantics: ``_scene.pair_gain_offset``).
+    """Robust global gain/offset of every date pair (semantics: ``pair_gain_offset``).
 
     ``x`` (T, N, B) float64 sample, 0 where a pixel is not finite in every band; ``w`` (T, N)
     weights, 0 there. For each target i and source j: weighted moments with pair weights
@@ -625,107 +679,8 @@ def pair_irls_fit(x, w, ridge, shrink_pixels, g_lo, g_hi, robust_scale, iteratio
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _keep_signature_at(mapped, source, share, out):
-    """One pixel of ``_fusion._keep_signature``: ``mapped`` and ``source`` (B,) into ``out`` (B,).
-
-    out = u / |u| * |mapped|, u = (1 - share) mapped / |mapped| + share source / |source|;
-    a band where that is not finite keeps the mapped value.
-    """
-    nb = mapped.shape[0]
-    n_map = 0.0
-    n_src = 0.0
-    for b in range(nb):
-        n_map += mapped[b] * mapped[b]
-        n_src += source[b] * source[b]
-    n_map = np.sqrt(n_map)
-    n_src = np.sqrt(n_src)
-    n_u = 0.0
-    for b in range(nb):
-        u = (1.0 - share) * mapped[b] / n_map + share * source[b] / n_src
-        out[b] = u
-        n_u += u * u
-    n_u = np.sqrt(n_u)
-    for b in range(nb):
-        v = out[b] / n_u * n_map
-        out[b] = v if np.isfinite(v) else mapped[b]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def keep_signature_fit(mapped, source, share, out):
-    """``_keep_signature_at`` over (B, N) arrays (share > 0), into ``out`` (B, N) float64."""
-    nb, n = mapped.shape
-    m = np.empty(nb)
-    s = np.empty(nb)
-    o = np.empty(nb)
-    for k in range(n):
-        for b in range(nb):
-            m[b] = mapped[b, k]
-            s[b] = source[b, k]
-        _keep_signature_at(m, s, share, o)
-        for b in range(nb):
-            out[b, k] = o[b]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def add_candidate_fit(
-    gain, offset, source, share, weight, resid, resid_default, quality, acc, acc_w, acc_var, acc_q
-):
-    """Step 3 of ``_fusion.fuse_dates`` for one candidate date, accumulated in place.
-
-    Per pixel with ``weight`` > 0: r = keep_signature(g J_j + o, J_j) (share <= 0: the plain
-    map); if every band of r is finite, acc += w r, acc_w += w, acc_var += w * resid (or
-    ``resid_default`` where resid is NaN), acc_q += w * quality. (B, N) / (N,) arrays; the
-    accumulators are float64.
-    """
-    nb, n = source.shape
-    m = np.empty(nb)
-    s = np.empty(nb)
-    r = np.empty(nb)
-    for k in range(n):
-        wk = weight[k]
-        if not wk > 0.0:
-            continue
-        for b in range(nb):
-            s[b] = source[b, k]
-            m[b] = np.float64(gain[b, k]) * s[b] + np.float64(offset[b, k])
-        if share > 0.0:
-            _keep_signature_at(m, s, share, r)
-        else:
-            r[:] = m
-        ok = True
-        for b in range(nb):
-            if not np.isfinite(r[b]):
-                ok = False
-                break
-        if not ok:
-            continue
-        for b in range(nb):
-            acc[b, k] += wk * r[b]
-        acc_w[k] += wk
-        rv = np.float64(resid[k])
-        acc_var[k] += wk * (rv if np.isfinite(rv) else resid_default)
-        acc_q[k] += wk * quality[k]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def smoothstep_fit(x, lo, hi, out):
-    """``_smoothstep`` over a 1-D array into ``out`` (float64)."""
-    for k in range(x.shape[0]):
-        out[k] = _smoothstep(np.float64(x[k]), lo, hi)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _darkening_at(st, sr, any_both, low, high):
-    """1 - S(sum_b target / sum_b reference; low, high) over the bands finite in both; 0 if unknown."""
-    if not any_both:
-        return 0.0
-    dark = 1.0 - _smoothstep(st / sr, low, high)
-    return dark if np.isfinite(dark) else 0.0
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
 def agreement_fit(target, source, gain, offset, scale, low, high, out):
-    """Robust pre-weight of the local fit per pixel (semantics: ``_fusion._agreement``).
+    """Robust pre-weight of the local fit per pixel (semantics: ``_agreement``).
 
     r0 = gain_b J_j + offset_b; w = (1 - darkening(J_i, r0)) / (1 + (d / scale)^2), d the RMS
     over the finite bands of J_i - r0; 0 where w is not finite. (B, N) in, ``out`` (N,).

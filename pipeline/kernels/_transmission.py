@@ -1,4 +1,4 @@
-"""Physics block kernels: band transmission, haze cues, transmission, inversion, confidence.
+"""Transmission kernels of one date: haze cues, the transmission t_ref, its per-band form and floor.
 
 Arrays are (T, B, Y, X) for reflectance, (T, Y, X) for per-pixel layers, (T, B) for airlight,
 (T,) for gamma; float32 in and out, NaN = nodata.
@@ -6,8 +6,10 @@ Arrays are (T, B, Y, X) for reflectance, (T, Y, X) for per-pixel layers, (T, B) 
 Scattering model (DESIGN.md section 2), per band b::
 
     I_b = J_b t_b + A_b (1 - t_b)
-    J_b = (I_b - A_b (1 - t_b)) / max(t_b, t_min)
     t_b = t_ref ** ((lambda_ref / lambda_b) ** gamma)         lambda_ref = 490 nm (B02)
+
+(the inversion J_b and its confidence: ``_inversion``; the transmission read against a
+harmonised reference from another date: ``_temporal``).
 
 Limitations
 -----------
@@ -21,58 +23,45 @@ Limitations
   no dark object; t is not refined by a guided filter.
 * Snow is recognised only through NDSI, i.e. only when B11 or B12 is in the cube.
 * Cloud shadow is recognised here only through SCL and by skipping flat darkenings in the
-  dark object; the temporal darkening cue lives in the fusion kernel.
+  dark object; the temporal darkening cue lives in the gate (``_inversion``).
 
-Implementation: the per-pixel passes run as compiled kernels (``_numba_physics``, with
-``floor_transmission`` and ``invert`` in ``_numba``), one pass per pixel and float64
-arithmetic, instead of a dozen float64 temporaries of the whole block; the functions here
-check and reshape their inputs and state the science.
+Implementation: the numpy fronts first, then their compiled passes (numba, conventions in
+``_common``): one pass per pixel and float64 arithmetic where the numpy formulation made a
+dozen float64 temporaries of the whole (T, B, Y, X) block. Layouts of the passes:
+reflectance (T, B, N) with N the flattened pixels, per-pixel layers (T, N), windowed layers
+(T, Y, X). Window operations treat pixels outside the array as absent (they neither add to
+a sum nor take part in a minimum or maximum), so a block with a halo of at least the window
+radius gives the same interior values as the whole array. They loop over the window
+directly (O(r) per pixel and pass): the physics windows are a few pixels wide. SCL codes
+enter as float (NaN = no label) and are read through 256-entry lookup tables
+(``_common.scl_table``, ``_common._scl_code``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .._bands import SCL
-from ._common import F32, angstrom_exponent, band_index, float_array, smoothstep, visible_band_mask
-from ._numba import floor_transmission_fit, invert_fit
-from ._numba_physics import (
-    band_transmission_fit,
+from ._common import (
+    ABSENT,
+    F32,
+    _clip01,
+    _fmin,
+    _scl_code,
+    _smoothstep,
+    angstrom_exponent,
+    band_index,
     box_mean_nan_fit,
-    confidence_fit,
-    dark_object_fit,
-    haze_bound_fit,
-    hot_airlight_fit,
-    hot_haze_fit,
-    opening_fit,
-    snow_fit,
-    transmission_fit,
+    float_array,
+    layer_pixels,
+    per_value_operands,
+    scl_table,
+    smoothstep,
+    spectral_pixels,
+    visible_band_mask,
+    window_extreme,
 )
-
-#: An empty operand: tells a compiled kernel that an optional input (HOT, SCL, floor) is absent.
-_ABSENT = np.empty((0, 0))
-
-
-def _spectral_pixels(observed: np.ndarray) -> np.ndarray:
-    """(T, B, N) view of reflectance (T, B, ...) for the compiled kernels (N: pixels, 1 if none)."""
-    obs = float_array(observed)
-    if obs.ndim < 2:
-        raise ValueError(f"reflectance must be (T, B, ...) with pixel axes last, got {obs.shape}")
-    return obs.reshape(obs.shape[0], obs.shape[1], -1)
-
-
-def _layer_pixels(layer: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """(T, N) float view of a per-pixel layer of ``shape`` (T, ...); ``_ABSENT`` for None."""
-    if layer is None:
-        return _ABSENT
-    a = np.asarray(layer)
-    try:
-        a = np.broadcast_to(a, shape)
-    except ValueError:
-        raise ValueError(
-            f"{name} of shape {a.shape} does not match the pixel layers {shape}"
-        ) from None
-    return float_array(a).reshape(shape[0], -1)
 
 
 def band_transmission(t_ref: np.ndarray, wavelengths: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -88,27 +77,6 @@ def band_transmission(t_ref: np.ndarray, wavelengths: np.ndarray, gamma: np.ndar
     # t_ref is clipped to [0, 1] (NaN stays NaN) before the power
     band_transmission_fit(t.reshape(nt, -1), expo, out.reshape(nt, nb, -1))
     return out
-
-
-def forward_model(surface: np.ndarray, airlight: np.ndarray, t_band: np.ndarray) -> np.ndarray:
-    """I_b = J_b t_b + A_b (1 - t_b): the scattering model, for tests and simulation."""
-    a = np.asarray(airlight, dtype=np.float64)[:, :, None, None]
-    t = np.asarray(t_band, dtype=np.float64)
-    return (surface * t + a * (1.0 - t)).astype(F32)
-
-
-def invert(
-    observed: np.ndarray, airlight: np.ndarray, t_band: np.ndarray, t_min: float = 0.1
-) -> np.ndarray:
-    """J_b = (I_b - A_b (1 - t_b)) / max(t_b, t_min): exact inverse of the model for t_b >= t_min.
-
-    t_min bounds the noise amplification 1/t; pixels below it are not trusted anyway (the
-    confidence goes to 0 well before t_min), the gate then hands them to the reference.
-    """
-    obs, a, t = _per_value_operands(observed, airlight, t_band)
-    out = np.empty(obs.shape, F32)
-    invert_fit(obs, a, t, float(t_min), out)  # one compiled pass, float64 arithmetic
-    return out.reshape(np.shape(observed))
 
 
 def floor_transmission(
@@ -129,7 +97,7 @@ def floor_transmission(
     ``out``: a C-contiguous float32 array of the reflectance's shape for the result; it may
     be ``t_band`` itself (floored in place, no second block-sized array). New by default.
     """
-    obs, a, t = _per_value_operands(observed, airlight, t_band)
+    obs, a, t = per_value_operands(observed, airlight, t_band)
     shape = np.shape(observed)
     if out is None:
         out = np.empty(shape, F32)
@@ -142,36 +110,6 @@ def floor_transmission(
     # out may alias t_band
     floor_transmission_fit(obs, a, t, out.reshape(obs.shape))
     return out
-
-
-def _per_value_operands(
-    observed: np.ndarray, airlight: np.ndarray, t_band: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N, B, P) views of I and t_b and the (N, B) airlight for the per-value compiled kernels.
-
-    ``observed`` is (T, B, Y, X) or (B, Y, X), ``airlight`` (T, B) or (B,), ``t_band``
-    broadcastable to ``observed``. Copies only what is not already a contiguous float array.
-    """
-    obs = np.asarray(observed)
-    if obs.dtype not in (np.float32, np.float64):
-        obs = obs.astype(np.float64)
-    a = np.asarray(airlight, dtype=np.float64)
-    lead = obs.shape[: a.ndim]
-    if a.shape != lead:
-        raise ValueError(
-            f"airlight of shape {a.shape} does not lead reflectance of shape {obs.shape}"
-        )
-    t = np.asarray(t_band)
-    if t.dtype not in (np.float32, np.float64):
-        t = t.astype(np.float64)
-    t = np.broadcast_to(t, obs.shape)
-    n, nb = (1, a.shape[0]) if a.ndim == 1 else a.shape
-    shape = (n, nb, -1)
-    return (
-        np.ascontiguousarray(obs).reshape(shape),
-        a.reshape(n, nb),
-        np.ascontiguousarray(t).reshape(shape),
-    )
 
 
 def pixel_haze_bound(
@@ -194,7 +132,7 @@ def pixel_haze_bound(
     left out: their haze signal is weak and carried back to 490 nm it amplifies noise.
     Unobserved (NaN) bands are skipped; NaN where no visible band is observed. float64.
     """
-    obs = _spectral_pixels(observed)
+    obs = spectral_pixels(observed)
     bound, _ = _haze_bound(obs, airlight, dark, wavelengths, gamma, max_nm, with_floor=False)
     return bound.reshape((obs.shape[0],) + np.shape(observed)[2:])
 
@@ -212,7 +150,7 @@ def _haze_bound(
     """``pixel_haze_bound`` of (T, B, N) reflectance, and with ``with_floor`` the visible floor.
 
     Returns (bound, floor), both (T, N) float64: the floor is min over the visible bands of
-    I (+inf where none is observed; ``_ABSENT`` without ``with_floor``), read in the same pass.
+    I (+inf where none is observed; ``ABSENT`` without ``with_floor``), read in the same pass.
     """
     nt, nb, npx = obs.shape
     vis = visible_band_mask(wavelengths, max_nm)
@@ -230,7 +168,7 @@ def _haze_bound(
             f"dark object of shape {d.shape} fits neither (B,) nor (B, ...) of {obs.shape}"
         )
     bound = np.empty((nt, npx))
-    floor = np.empty((nt, npx)) if with_floor else _ABSENT
+    floor = np.empty((nt, npx)) if with_floor else ABSENT
     haze_bound_fit(obs, np.flatnonzero(vis), a, d_px, back, bound, floor)
     return bound, floor
 
@@ -276,7 +214,7 @@ def temporal_dark_object(
     fewer than two observations use the scene dark object. D is capped at ``cap`` so a pixel
     cloudy on every date still shows its cloud.
     """
-    obs = _spectral_pixels(observed)
+    obs = spectral_pixels(observed)
     nt, nb, npx = obs.shape
     scene = np.asarray(scene_dark, np.float64)
     if scene.shape != (nb,):
@@ -321,7 +259,7 @@ def hot_haze(
         return None
     s = np.ascontiguousarray(np.where(ok, slope, 1.0), dtype=np.float64)
     k = np.ascontiguousarray(np.where(ok, intercept, 0.0), dtype=np.float64)
-    obs = _spectral_pixels(observed)
+    obs = spectral_pixels(observed)
     hot_a = np.empty(obs.shape[0])
     hot_airlight_fit(np.asarray(airlight, dtype=np.float64), blue, red, s, k, hot_a)
     h_px = np.empty((obs.shape[0], obs.shape[2]))
@@ -353,7 +291,7 @@ def snow_score(
         return None
     # strict: thin haze over water also has a high NDSI and a bright NIR; snow keeps the NIR
     # close to the visible (NIR / green > 0.6-0.75), a hazy dark surface does not.
-    obs = _spectral_pixels(observed)
+    obs = spectral_pixels(observed)
     green, swir, nir = snow_bands
     score = np.empty((obs.shape[0], obs.shape[2]))
     snow_fit(obs, green, swir, nir, bool(strict), score)  # NaN scores -> 0
@@ -380,24 +318,6 @@ SCL_HAZE_EVIDENCE = {
     SCL.WATER: (0.0, 0.2),
     SCL.SNOW: (0.0, 0.5),
 }
-#: SCL evidence on the confidence: class -> factor (the model does not hold in shadow).
-SCL_CONFIDENCE_FACTOR = {
-    SCL.CLOUD_SHADOW: 0.6,
-    SCL.DARK_SHADOW: 0.85,
-    SCL.SATURATED: 0.3,
-}
-
-
-def _scl_table(table: dict, column: int, default: float) -> np.ndarray:
-    """256-entry lookup table of an SCL evidence table (``column`` of tuple values).
-
-    The compiled kernels index it with the SCL value read as: NaN -> 0 (no data), clipped
-    to [0, 255], truncated; classes missing from ``table`` get ``default``.
-    """
-    lut = np.full(256, default, dtype=np.float64)
-    for cls, value in table.items():
-        lut[int(cls)] = value[column] if isinstance(value, tuple) else value
-    return lut
 
 
 def transmission(
@@ -434,7 +354,7 @@ def transmission(
        ``SCL_HAZE_EVIDENCE``.
     """
     observed = float_array(observed)
-    obs = _spectral_pixels(observed)
+    obs = spectral_pixels(observed)
     nt = obs.shape[0]
     layer_shape = (nt,) + observed.shape[2:]
     # No land surface but snow (step 3) is brighter than ~0.3-0.45 in every visible band
@@ -444,7 +364,7 @@ def transmission(
     h_pix, floor = _haze_bound(obs, airlight, dark, wavelengths, gamma, max_nm, with_floor=True)
     h_window = dark_channel_haze(h_pix.reshape(layer_shape), radius).reshape(nt, -1)
     hot = hot_haze(observed, airlight, bands, hot_slope, hot_intercept, radius)
-    h_hot, hot_weight = (_ABSENT, np.empty(0)) if hot is None else (hot[0].reshape(nt, -1), hot[1])
+    h_hot, hot_weight = (ABSENT, np.empty(0)) if hot is None else (hot[0].reshape(nt, -1), hot[1])
     snow_bands = _snow_bands(bands) or (0, -1, -1)  # SWIR -1: no snow test
     use_scl = scl is not None and scl_weight > 0
     t_ref = np.empty(layer_shape, F32)
@@ -457,43 +377,315 @@ def transmission(
         float(hot_margin),
         obs,
         np.array(snow_bands, dtype=np.intp),
-        _layer_pixels(scl if use_scl else None, layer_shape, "scl"),
-        _scl_table(SCL_HAZE_EVIDENCE, 0, 0.0),
-        _scl_table(SCL_HAZE_EVIDENCE, 1, 0.0) * scl_weight,
+        layer_pixels(scl if use_scl else None, layer_shape, "scl"),
+        scl_table(SCL_HAZE_EVIDENCE, 0, 0.0),
+        scl_table(SCL_HAZE_EVIDENCE, 1, 0.0) * scl_weight,
         t_ref.reshape(nt, -1),
     )
     return t_ref
 
 
-def inversion_confidence(
-    t_ref: np.ndarray,
-    surface: np.ndarray,
-    scl: np.ndarray | None = None,
-    *,
-    t_low: float = 0.25,
-    t_high: float = 0.6,
-    scl_weight: float = 1.0,
-) -> np.ndarray:
-    """Confidence c (T, Y, X) in [0, 1] that the physical inversion is faithful.
+# -- compiled passes ---------------------------------------------------------------------
 
-    c = S(t_ref; t_low, t_high)                 noise is amplified by 1/t; opaque cloud -> 0
-        * S(min_b J_b; -0.05, 0)                a negative surface means A or t is wrong
-        * (1 - S(max_b J_b; 1.0, 1.3))          no land surface is that bright after inversion
-        * SCL factor                            cloud shadow / dark / saturated (weak)
-    0 where the pixel has no observation.
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _floored(t: float, observed: float, airlight: float) -> float:
+    """t_b raised to the cap 1 - max(I_b, 0) / A_b where that is finite (formula:
+    ``floor_transmission``); ``airlight`` already floored by the caller. A NaN t stays NaN.
+
+    The one statement of the floor: ``floor_transmission_fit`` and ``_temporal.refine_fit``.
     """
-    surf = _spectral_pixels(surface)
-    layer_shape = (surf.shape[0],) + np.shape(surface)[2:]
-    use_scl = scl is not None and scl_weight > 0
-    out = np.empty(layer_shape, F32)
-    confidence_fit(
-        _layer_pixels(t_ref, layer_shape, "t_ref"),
-        surf,
-        float(t_low),
-        float(t_high),
-        _layer_pixels(scl if use_scl else None, layer_shape, "scl"),
-        _scl_table(SCL_CONFIDENCE_FACTOR, 0, 1.0),
-        float(scl_weight),
-        out.reshape(surf.shape[0], -1),
-    )
-    return out
+    cap = 1.0 - (0.0 if observed < 0.0 else observed) / airlight
+    if np.isfinite(cap) and not cap <= t:
+        t = cap if t == t else t
+    return t
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def floor_transmission_fit(observed, airlight, t_band, out):
+    """t_b raised to the cap 1 - max(I_b, 0) / max(A_b, 1e-3) (``_floored``; formula:
+    ``floor_transmission``).
+
+    ``observed``, ``t_band`` (N, B, P), ``airlight`` (N, B), ``out`` (N, B, P) float32; float64
+    arithmetic per value. Where the cap is not finite (no observation, no airlight) t_b stays.
+    """
+    n, nb, npx = observed.shape
+    for i in range(n):
+        for b in range(nb):
+            a = np.float64(airlight[i, b])
+            if a < 1e-3:  # a NaN airlight stays NaN: no cap
+                a = 1e-3
+            for k in range(npx):
+                out[i, b, k] = _floored(
+                    np.float64(t_band[i, b, k]), np.float64(observed[i, b, k]), a
+                )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def band_transmission_fit(t_ref, exponent, out):
+    """t_b = clip(t_ref, 0, 1) ** e_b: ``t_ref`` (T, N), ``exponent`` e (T, B), ``out`` (T, B, N).
+
+    For 0 < t < 1 the power is exp(e log t) with log t taken once per pixel for all bands
+    (the power was most of the cost; the results agree to a few float64 ulps); t = 1 gives
+    1 and t = 0 or NaN go through ``**``, so the power's special cases (1 ** e = 1 for any
+    e, 0 ** 0 = 1) hold.
+    """
+    nt, nb, n = out.shape
+    log_t = np.empty(n)
+    for i in range(nt):
+        for k in range(n):
+            log_t[k] = np.log(_clip01(np.float64(t_ref[i, k])))
+        for b in range(nb):
+            e = exponent[i, b]
+            for k in range(n):
+                lt = log_t[k]
+                if lt == 0.0:  # t = 1 (clear): 1 ** e = 1 for every e
+                    out[i, b, k] = 1.0
+                elif lt > -np.inf:
+                    out[i, b, k] = np.exp(e * lt)
+                else:  # t = 0 or NaN
+                    out[i, b, k] = _clip01(np.float64(t_ref[i, k])) ** e
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def dark_object_fit(observed, ref, scene, cap, shadow_ratio, shadow_spread, out):
+    """Per-pixel dark object (semantics: ``temporal_dark_object``), T >= 2.
+
+    ``observed`` (T, B, N), ``scene`` (B,) float64, ``out`` (B, N) float64. Per pixel: the
+    two dates darkest in band ``ref`` (NaN skipped, ties to the earlier date); the second
+    is used when every band ratio first / second is finite, the largest is below
+    ``shadow_ratio`` and the ratios spread less than ``shadow_spread`` (a flat darkening:
+    shadow). Fewer than two observed dates, or a non-finite chosen value, take
+    ``scene``; the result is clipped to [0, ``cap``].
+    """
+    nt, nb, n = observed.shape
+    for k in range(n):
+        first = -1
+        second = -1
+        for i in range(nt):
+            v = np.float64(observed[i, ref, k])
+            if v != v:
+                continue
+            if first < 0 or v < observed[first, ref, k]:
+                second = first
+                first = i
+            elif second < 0 or v < observed[second, ref, k]:
+                second = i
+        shadow = False
+        if second >= 0:
+            shadow = True
+            rmax = -np.inf
+            rmin = np.inf
+            for b in range(nb):
+                ratio = np.float64(observed[first, b, k]) / np.float64(observed[second, b, k])
+                if not np.isfinite(ratio):
+                    shadow = False
+                    break
+                rmax = max(rmax, ratio)
+                rmin = min(rmin, ratio)
+            shadow = shadow and rmax < shadow_ratio and rmax - rmin < shadow_spread
+        chosen = second if shadow else first
+        for b in range(nb):
+            d = scene[b]
+            if second >= 0:
+                v = np.float64(observed[chosen, b, k])
+                if np.isfinite(v):
+                    d = v
+            if d < 0.0:
+                d = 0.0
+            elif d > cap:
+                d = cap
+            out[b, k] = d
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def haze_bound_fit(observed, vis, airlight, dark, back, bound, floor):
+    """Per-pixel haze bound and visible floor (semantics: ``pixel_haze_bound``).
+
+    ``observed`` (T, B, N), ``vis`` (V,) indices of the visible bands, ``airlight`` (T, B),
+    ``dark`` (B, N) (a broadcast view for one D_b per band is fine), ``back`` (T, V) the
+    exponents (lambda_b / lambda_ref) ** gamma. Per date and pixel, over the observed
+    visible bands: H = min_b 1 - (1 - clip((I_b - D_b) / max(A_b - D_b, 1e-3), 0, 1)) ** back_b
+    into ``bound`` (T, N) (NaN where no visible band is observed; a NaN term wins, as in
+    ``np.min``), and min_b I_b into ``floor`` (T, N) (+inf where none is) unless ``floor``
+    is empty.
+
+    The power is monotone, so H = 1 - exp(max_b back_b log(1 - h_b)): one log per band and
+    one exp per pixel instead of a power per band (the power was most of the cost).
+    """
+    nt, _, n = observed.shape
+    with_floor = floor.size > 0
+    for i in range(nt):
+        for k in range(n):
+            best = -np.inf  # max_b of back_b * log(1 - h_b)
+            seen = False
+            low = np.inf
+            for j in range(vis.shape[0]):
+                b = vis[j]
+                v = np.float64(observed[i, b, k])
+                if v != v:
+                    continue
+                seen = True
+                low = min(low, v)
+                d = dark[b, k]
+                den = airlight[i, b] - d
+                if den < 1e-3:
+                    den = 1e-3
+                x = 1.0 - _clip01((v - d) / den)
+                if x == 1.0:  # at or below the dark object: 1 ** e = 1 for every e
+                    term = 0.0
+                elif 0.0 < x < 1.0:
+                    term = back[i, j] * np.log(x)
+                else:  # x = 0 or NaN: the power's own special cases
+                    term = np.log(x ** back[i, j])
+                if term != term:
+                    best = np.nan  # sticky: no comparison with NaN is true
+                elif term > best:
+                    best = term
+            bound[i, k] = 1.0 - np.exp(best) if seen else np.nan
+            if with_floor:
+                floor[i, k] = low
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def opening_fit(h, radius, out):
+    """min(h, opening_r(h)) per date (semantics: ``dark_channel_haze``), radius >= 1.
+
+    ``h`` and ``out`` (T, Y, X): window minimum, then window maximum of that, then the
+    NaN-ignoring minimum with h itself.
+    """
+    nt, ny, nx = h.shape
+    rows = np.empty((ny, nx))
+    low = np.empty((ny, nx))
+    high = np.empty((ny, nx))
+    for i in range(nt):
+        src = h[i]
+        window_extreme(src, radius, -1.0, rows, low)
+        window_extreme(low, radius, 1.0, rows, high)
+        for y in range(ny):
+            for x in range(nx):
+                out[i, y, x] = _fmin(np.float64(src[y, x]), high[y, x])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _hot_at(blue: float, red: float, slope: float, intercept: float) -> float:
+    """HOT = (s * B02 - B04 + k) / sqrt(1 + s^2) (science: ``hot_haze``)."""
+    return (slope * blue - red + intercept) / np.sqrt(1.0 + slope * slope)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def hot_airlight_fit(airlight, blue, red, slope, intercept, out):
+    """HOT of each date's airlight spectrum: ``airlight`` (T, B) -> ``out`` (T,)."""
+    for i in range(airlight.shape[0]):
+        out[i] = _hot_at(airlight[i, blue], airlight[i, red], slope[i], intercept[i])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def hot_haze_fit(observed, blue, red, slope, intercept, hot_airlight, out):
+    """Per-pixel HOT haze fraction clip(HOT(I) / max(HOT(A), 1e-3), 0, 1) (NaN stays NaN).
+
+    ``observed`` (T, B, N), per-date ``slope``, ``intercept``, ``hot_airlight`` (T,),
+    ``out`` (T, N) float64.
+    """
+    nt, _, n = observed.shape
+    for i in range(nt):
+        scale = hot_airlight[i]
+        if scale < 1e-3:
+            scale = 1e-3
+        for k in range(n):
+            hot = _hot_at(
+                np.float64(observed[i, blue, k]),
+                np.float64(observed[i, red, k]),
+                slope[i],
+                intercept[i],
+            )
+            out[i, k] = _clip01(hot / scale)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _snow_at(green: float, swir: float, nir: float, has_nir: bool, strict: bool) -> float:
+    """Snow score of one pixel (science and thresholds: ``snow_score``); 0 if unknown.
+
+    S(NDSI; 0.4, 0.6), NDSI = (G - SWIR) / max(G + SWIR, 1e-6), times S(NIR; 0.08, 0.12)
+    with a NIR band, times S(NIR / max(G, 1e-6); 0.6, 0.75) S(G; 0.25, 0.35) when strict.
+    """
+    den = green + swir
+    if den < 1e-6:
+        den = 1e-6
+    score = _smoothstep((green - swir) / den, 0.4, 0.6)
+    if has_nir:
+        score *= _smoothstep(nir, 0.08, 0.12)
+        if strict:
+            g = green if not green < 1e-6 else 1e-6
+            score = score * _smoothstep(nir / g, 0.6, 0.75) * _smoothstep(green, 0.25, 0.35)
+    return score if np.isfinite(score) else 0.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def snow_fit(observed, green, swir, nir, strict, out):
+    """``_snow_at`` per date and pixel: ``observed`` (T, B, N), ``nir`` < 0 when absent,
+    ``out`` (T, N) float64."""
+    nt, _, n = observed.shape
+    has_nir = nir >= 0
+    for i in range(nt):
+        for k in range(n):
+            out[i, k] = _snow_at(
+                np.float64(observed[i, green, k]),
+                np.float64(observed[i, swir, k]),
+                np.float64(observed[i, nir, k]) if has_nir else np.nan,
+                has_nir,
+                strict,
+            )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def transmission_fit(
+    h_pixel,
+    h_window,
+    floor,
+    h_hot,
+    hot_weight,
+    hot_margin,
+    observed,
+    snow_bands,
+    scl,
+    scl_target,
+    scl_pull,
+    out,
+):
+    """Steps 1-4 of ``transmission`` per date and pixel, into t_ref ``out`` (T, N).
+
+    ``h_pixel`` the per-pixel haze bound and ``h_window`` its windowed form (T, N) (the same
+    array at radius 0), ``floor`` the visible floor (T, N). ``h_hot`` (T, N) and
+    ``hot_weight`` (T,) the HOT cue, or empty without it. ``snow_bands`` (green, SWIR, NIR)
+    indices into ``observed`` (T, B, N), SWIR < 0 without snow test, NIR < 0 without NIR.
+    ``scl`` (T, N) codes or empty; ``scl_target`` / ``scl_pull`` (256,) lookup tables, the
+    pull already scaled by the SCL weight. t_ref = clip(1 - H, 0, 1), NaN where H is.
+    """
+    nt, n = h_pixel.shape
+    with_hot = h_hot.size > 0
+    with_scl = scl.size > 0
+    green, swir, nir = snow_bands[0], snow_bands[1], snow_bands[2]
+    for i in range(nt):
+        for k in range(n):
+            hp = h_pixel[i, k]
+            h = h_window[i, k]
+            too_bright = _smoothstep(floor[i, k], 0.3, 0.45)
+            if np.isfinite(hp):
+                h = h + too_bright * (hp - h)
+            if with_hot:
+                w = hot_weight[i] * (1.0 - too_bright)
+                h = (1.0 - w) * h + w * _fmin(h, h_hot[i, k] + hot_margin)
+            if swir >= 0:
+                snow = _snow_at(
+                    np.float64(observed[i, green, k]),
+                    np.float64(observed[i, swir, k]),
+                    np.float64(observed[i, nir, k]) if nir >= 0 else np.nan,
+                    nir >= 0,
+                    False,
+                )
+                h = h * (1.0 - snow)
+            if with_scl and np.isfinite(h):
+                code = _scl_code(np.float64(scl[i, k]))
+                h = h + _clip01(scl_pull[code]) * (scl_target[code] - h)
+            out[i, k] = _clip01(1.0 - h)
