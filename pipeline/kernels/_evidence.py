@@ -111,9 +111,9 @@ def cloud_probability_from_excess(e: np.ndarray, mid: float, scale: float) -> np
         return 1.0 / (1.0 + np.exp(-(np.asarray(e, np.float64) - mid) / scale))
 
 
-#: log(I_b / M_b) of the least darkened band: a shadow for sure below the first, none above
-#: the second (x 0.78 and x 0.90 of the clear median)
-EVERY_BAND_DARKER = (-0.25, -0.1)
+#: mean log(I_b / M_b) of the visible bands (B02-B04): a shadow for sure below the first,
+#: none above the second (x 0.82 and x 0.95 of the clear median)
+VISIBLE_DARKER = (-0.2, -0.05)
 
 
 def shadow_probability(
@@ -129,8 +129,8 @@ def shadow_probability(
 
     M_b = per-pixel median of the dates that read clear (p_cloud < 0.5); log r_b = log(I_b /
     M_b) over bands with M_b and I_b above ``min_reflectance``; p = S(-mean; darkening)
-    (1 - S(std; spread)) (1 - S(max_b log r_b; ``EVERY_BAND_DARKER``)) (1 - p_cloud)
-    (1 - snow(M)): every band must darken. NaN where the pixel is unobserved; 0
+    (1 - S(std; spread)) (1 - S(mean_visible log r_b; ``VISIBLE_DARKER``)) (1 - p_cloud)
+    (1 - snow(M)): the visible must darken too. NaN where the pixel is unobserved; 0
     without a median. The median's own snow score (with ``bands``, where SWIR exists) vetoes
     the test: melting snow over water or dark rock darkens the visible bands alike.
     """
@@ -141,7 +141,10 @@ def shadow_probability(
     n = np.zeros(observed.shape, np.int32)
     total = np.zeros(observed.shape)
     squares = np.zeros(observed.shape)
-    least = np.full(observed.shape, -np.inf)  # the least darkened band's log r
+    visible = [band_index(bands, b) for b in ("B02", "B03", "B04")] if bands else []
+    visible = [k for k in visible if k is not None]
+    vis_total = np.zeros(observed.shape)
+    vis_n = np.zeros(observed.shape, np.int32)
     median = np.empty((nb,) + observed.shape[1:])
     for k in range(nb):
         band = _band(data, k, observed)
@@ -153,15 +156,19 @@ def shadow_probability(
         n += ok
         total += logr  # 0 where not ok
         squares += logr * logr
-        least = np.where(ok, np.maximum(least, logr), least)
+        if k in visible:
+            vis_total += logr
+            vis_n += ok
         del band, ok, logr
     mean = total / np.maximum(n, 1)
     var = np.maximum(squares / np.maximum(n, 1) - mean * mean, 0.0)
     dark = smoothstep(-mean, *darkening) * (1.0 - smoothstep(np.sqrt(var), *spread))
-    # a shadow takes the direct sun off every band: none stays as bright as the median (the
-    # blue darkens least, diffuse skylight being bluest). Mowing, ploughing or a harvest
-    # drop the NIR and SWIR while the visible stays: not a shadow.
-    dark = dark * (1.0 - smoothstep(least, *EVERY_BAND_DARKER))
+    # a shadow takes the direct sun off the visible too (diffuse skylight is a larger share
+    # there, but the visible still darkens): mowing, ploughing or a harvest drop the NIR and
+    # SWIR while the visible stays, which is no shadow
+    if visible:
+        vis_mean = vis_total / np.maximum(vis_n, 1)
+        dark = dark * np.where(vis_n > 0, 1.0 - smoothstep(vis_mean, *VISIBLE_DARKER), 1.0)
     p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
     if bands is not None:
         snowy = snow_score(median[None], bands)
@@ -226,8 +233,11 @@ def snow_change(data: np.ndarray, bands: tuple[str, ...], quantile: float) -> np
     half as much as the blue); patchy or melting snow over a darker ground darkens the SWIR
     while it brightens the visible, which no cloud or haze does by more than ~0.1 of the
     blue rise. score = S(dB; 0.03, 0.06) max(S(dN / dB; 0.5, 0.8) (1 - S(dS / dB; 0.1,
-    0.25)), S(-dS / dB; 0.15, 0.3) S(dN / dB; 0.2, 0.4)), d the excess of B02, NIR (B08/B8A)
-    and SWIR (B11/B12) over the pixel's date at the blue's lower envelope (``quantile``). Ice cloud (cirrus) also darkens in the SWIR; it is thin, and stays
+    0.25)), S(-dS / dB; 0.15, 0.3) S(dN / dB; 0.2, 0.4)), d the excess over the envelope of
+    B02, NIR (B08/B8A) and SWIR (B11/B12). (Reading the change against one real clear date
+    instead would also see melting snow where snow covers more than a quarter of the dates,
+    but it makes those melting dates references for thick cloud on a snow-free date: the
+    reference choice has to learn to avoid a surface in transition first.) Ice cloud (cirrus) also darkens in the SWIR; it is thin, and stays
     partly cloud here. 0 without NIR or SWIR bands. It catches old and wet snow, whose NDSI
     (green against SWIR) is too low for ``snow_score``.
     """
@@ -238,19 +248,10 @@ def snow_change(data: np.ndarray, bands: tuple[str, ...], quantile: float) -> np
     if blue is None or nir is None or swir is None:
         return np.zeros((shape[0],) + tuple(shape[2:]))
     observed = _observed(data)
-    # the baseline is one real observation per pixel: the date at the blue's lower envelope
-    # (clear and snow-free), all its bands together. Per-band envelopes would mix dates: in
-    # a snowy series the SWIR envelope is a snow date's (ice is dark there), and a melting
-    # snow cover would read as a SWIR *rise*.
-    b = _band(data, blue, observed)
-    n = observed.sum(axis=0)
-    order = np.argsort(np.where(observed, b, np.inf), axis=0, kind="stable")
-    rank = np.floor(quantile * np.maximum(n - 1, 0)).astype(np.intp)
-    base_date = np.take_along_axis(order, rank[None], axis=0)
 
     def excess(k: int) -> np.ndarray:
         v = _band(data, k, observed)
-        return v - np.take_along_axis(v, base_date, axis=0)
+        return v - lower_envelope(v, quantile)
 
     db, dn, ds = excess(blue), excess(nir), excess(swir)
     with np.errstate(invalid="ignore", divide="ignore"):
