@@ -29,8 +29,8 @@ DESCRIPTION = (
     "--size px area, each on a fresh local cluster, and print per run the peak RSS of the "
     "workers, its ratio to the first run's and the memory calculator's figure; then make the "
     "monthly composites of all dates over a --composite-size px area. Targets: peak flat "
-    "(<= 1.2 x the first run's), composite finished. Defaults take about 15 minutes on 2 cores "
-    "(plus about 3 minutes to write the catalog the first time). '--dates 3,6 --size 64 "
+    "(<= 1.2 x the first run's), composite finished. Defaults take about 17 minutes on 2 cores "
+    "(4 for the sweep, 13 for the composite; plus 5 to write the catalog the first time). '--dates 3,6 --size 64 "
     "--chunk-size 64 --composite-size 64 --composite-chunk-size 64 --bands 4' is a smoke test."
 )
 
