@@ -548,18 +548,18 @@ def pair_maps(
     memory of a ``2 x PAIR_FIT_GROUP_DATES``-date series; the dates within a group are fitted
     again with every other group (about twice the arithmetic of one fit: a second or two).
     """
-    kwargs = {"ridge": cfg.harmonise_ridge, "shrink_pixels": cfg.harmonise_shrink_pixels}
+    ridge, shrink = cfg.harmonise_ridge, cfg.harmonise_shrink_pixels
     nt, nb = surface.shape[:2]
     size = PAIR_FIT_GROUP_DATES
     if nt <= 2 * size:
-        return pair_gain_offset(surface, weight, **kwargs)
+        return pair_gain_offset(surface, weight, ridge=ridge, shrink_pixels=shrink)
     gain = np.ones((nt, nt, nb), np.float32)
     offset = np.zeros((nt, nt, nb), np.float32)
     groups = [np.arange(start, min(start + size, nt)) for start in range(0, nt, size)]
     for a, first in enumerate(groups):
         for second in groups[a + 1 :]:
             idx = np.concatenate([first, second])
-            g, o = pair_gain_offset(surface[idx], weight[idx], **kwargs)
+            g, o = pair_gain_offset(surface[idx], weight[idx], ridge=ridge, shrink_pixels=shrink)
             pairs = np.ix_(idx, idx)
             gain[pairs], offset[pairs] = g, o
     return gain, offset

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -128,22 +127,6 @@ def _check(args: argparse.Namespace) -> list[int]:
     return dates
 
 
-class _DriverPeak(threading.Thread):
-    """Peak RSS of this process (the client: search, graph, validation) during a run."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        super().__init__(daemon=True)
-        self.process = psutil.Process()
-        self.start_rss = self.peak = self.process.memory_info().rss
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-
 def _measure(
     args: argparse.Namespace,
     items: list,
@@ -164,7 +147,7 @@ def _measure(
     from flows.steps import restore_halo
     from pipeline.archive import ArchiveConfig
     from pipeline.bench._dates_sweep import area_geobox, calculator_figures
-    from pipeline.bench._speed_sampler import WorkerMemory
+    from pipeline.bench._speed_sampler import ProcessPeak, WorkerMemory
     from pipeline.catalog import SearchParams
     from pipeline.cluster import ClusterConfig, make_cluster
     from pipeline.cube import CubeConfig
@@ -198,7 +181,7 @@ def _measure(
             time_block=time_block,
         )
         memory.reset()
-        driver = _DriverPeak()
+        driver = ProcessPeak()
         driver.start()
         started = time.perf_counter()
         summary = run(config, progress=False, items=chosen, geobox=area_geobox(size))
