@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOTHING_FOUND, EXIT_UNREACHABLE, EXIT_EXISTS = range(6)
 
@@ -297,7 +298,9 @@ def _prior_options(args: argparse.Namespace) -> dict:
 def _archive_config(args: argparse.Namespace):
     from pipeline.archive import ArchiveConfig
 
-    mode = "resume" if args.resume else "overwrite" if args.overwrite else "create"
+    mode: Literal["create", "resume", "overwrite"] = (
+        "resume" if args.resume else "overwrite" if args.overwrite else "create"
+    )
     if args.shard_size and args.no_shards:
         raise ValueError("--shard-size and --no-shards contradict each other: give one")
     if args.shard_size and args.zarr_format != 3:

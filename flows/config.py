@@ -1,7 +1,8 @@
 """What a run is asked to do (``RunConfig``) and what it did (``RunSummary``).
 
-Shared by the run's steps (``flows.steps``), the tiled path (``flows.tiled``) and the entry
-point (``flows.run``); it imports none of them, so the flows have no import circle.
+Shared by the run's steps (``flows.steps``), the run path (``flows.tiled``) and the entry
+point (``flows.run``); it imports none of them, so the flows have no import circle
+(``config`` <- ``steps`` <- ``tiled`` <- ``run`` <- ``cli``, ``demo``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class RunConfig:
     #: keywords of the prior (e.g. {"model": "/models/Qwen2.5-VL-3B-Instruct"} for "vlm")
     prior_options: Mapping[str, Any] = field(default_factory=dict)
     tiling: TilingConfig = field(default_factory=TilingConfig)
-    #: None: tiled when the area is larger than one tile; True/False forces either way.
+    #: None: the tile lattice when the area is larger than one tile, else one tile on the
+    #: area's own grid; True/False forces either way.
     tiled: bool | None = None
     #: self-validation: held-out clear pixels under simulated cloud (pipeline.validation)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -69,7 +71,8 @@ class RunConfig:
             raise ValueError("--period is for --mode composite (one composite per period)")
 
     def use_tiles(self) -> bool:
-        """Whether this run goes tile by tile (``flows.tiled``)."""
+        """Whether this run is cut on the tile lattice (else: one tile on the area's own
+        grid; ``flows.tiled.plan_run``)."""
         if self.tiled is not None:
             return self.tiled
         s = self.search

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import odc.geo.xr  # noqa: F401  (the .odc accessor)
@@ -42,7 +42,7 @@ class DemoConfig:
     chunk_size: int = 256
     workers: int = 2
     threads: int = 1
-    zarr_format: int = 3
+    zarr_format: Literal[2, 3] = 3
     overwrite: bool = False
     prior: str = DEFAULT_PRIOR
     #: overview levels halve the resolution until the image fits this many pixels
@@ -167,7 +167,7 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> Demo
     )
     stack = make_stack(shape=(config.dates, config.size, config.size), seed=config.seed)
     items = write_stac_items(stack, catalog)
-    bands = tuple(b for b in stack.truth.data_vars)
+    bands = tuple(str(b) for b in stack.truth.data_vars)
 
     times = stack.truth["time"].values
     first = np.datetime_as_string(times.min(), unit="D")

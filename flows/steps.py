@@ -1,8 +1,8 @@
 """The library calls a run is made of, configured from a ``RunConfig`` in one place.
 
-Both ways through an area (one grid, ``flows.run``; tile by tile, ``flows.tiled``) load,
-restore, validate and describe their output through these functions, so they read the same
-data, stamp the same dates and restore with the same settings.
+The run path (``flows.tiled``) loads, restores, validates and describes its output through
+these functions, so every tile (the one tile of a small area, or a continent's) reads its
+data, stamps its dates and restores with the same settings.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def restore_step(
     origin: tuple[int, int] | None = None,
     grid_shape: tuple[int, int] | None = None,
 ) -> Any:
-    """Restore (and composite) a cube as ``config`` asks: the one place both flows call.
+    """Restore (and composite) a cube as ``config`` asks: the one place a run restores.
 
     ``scene`` (``scene_state_step``): the run area's scene state, so that a part of the area
     (a tile, at ``origin`` in a grid of ``grid_shape``) restores as the whole area does.
@@ -269,17 +269,34 @@ def time_options(cube: Any, config: RunConfig, prior: Any) -> dict[str, Any]:
 
 
 def validation_step(
-    cube: Any, config: RunConfig, labels: list[str] | None = None
+    cube: Any,
+    config: RunConfig,
+    labels: list[str] | None = None,
+    *,
+    scene: Any = None,
+    origins: list[tuple[int, int]] | None = None,
+    grid_shape: tuple[int, int] | None = None,
 ) -> ValidationResult | None:
     """Self-validation of ``cube`` (or of one cube per tile, named by ``labels``) with the
-    run's prior and options (None when disabled)."""
+    run's prior and options (None when disabled). ``scene`` (the run's ``SceneState``),
+    ``origins`` (each cube's first row and column in the run's grid) and ``grid_shape``
+    restore the windows as the run restores its chunks. Its windows run as tasks on the
+    run's cluster."""
     if not config.validation.enabled:
         return None
     from pipeline.validation import self_validate
 
     prior = prior_of(config)
     log.info("self-validation on held-out clear pixels (%s)", config.validation)
-    return self_validate(cube, prior=prior, config=config.validation, labels=labels)
+    return self_validate(
+        cube,
+        prior=prior,
+        config=config.validation,
+        labels=labels,
+        scene=scene,
+        origins=origins,
+        grid_shape=grid_shape,
+    )
 
 
 #: attrs of the error layer of a run without a calibration (and of a tiled store's template)

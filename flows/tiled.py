@@ -1,21 +1,25 @@
-"""Tiled runs: an area of any size into one Zarr store, tile by tile, resumable, appendable.
+"""The run path: an area into one Zarr store, tile by tile, resumable, appendable.
 
-``run_tiled(config)`` is what ``flows.run.run`` delegates to when the area is larger than one
-tile (or ``RunConfig.tiled`` asks for it). Its steps:
+``run_area(config)`` is every run (``flows.run.run`` adds the STAC description and the
+object count). This module is the one place that decides how an area is cut, loaded,
+restored, validated and written. Its steps:
 
-1. **plan**: the output grid of the area (``pipeline.tiling.make_grid``) and the tiles that
-   intersect the area;
-2. **search** once for the whole area, and index the items by footprint;
-3. **time axis** shared by every tile: the union of the items' solar days (``dates``) or the
-   periods of the search interval (``composite``);
+1. **search** once for the whole area (unless the caller brings the items);
+2. **plan** (``plan_run``): an area larger than one tile (or ``RunConfig.tiled``) is cut on
+   the tile lattice (``pipeline.tiling.make_grid``) into the tiles that intersect it; an
+   area that fits one tile is one tile on the area's own grid (the grid a one-piece load of
+   the area has), and an exact ``geobox`` is one tile that is that GeoBox;
+3. **time axis** shared by every tile: the union of the items' solar days (``dates``), or
+   the periods (``composite``): every period of the search interval on the lattice, the
+   periods holding a date on the area's own grid (as ``pipeline.composite`` labels them);
 4. **store**: write the template for the whole grid once; or, resuming, check the store was
    made by the same configuration and append the time steps of new periods;
 5. **tiles**: per tile, load the tile's items onto the tile's GeoBox (odc-stac reprojects
    items of any UTM zone onto the one grid), restore, fit to the shared time axis and write
-   into the tile's chunk-aligned region; record the tile as done. A few tiles are in flight
+   into the tile's chunk-aligned regions; record the tile as done. A few tiles are in flight
    at once; a failed tile is retried, then reported, and never stops the others;
-6. **summary**: tiles done / skipped / failed, pixels without a valid observation, read
-   failures per tile.
+6. **summary**: tiles done / skipped / failed (a run of one tile on its own grid: regions
+   written / skipped), pixels without a valid observation, read failures per tile.
 
 Decisions worth knowing:
 
@@ -32,14 +36,18 @@ Decisions worth knowing:
   run area from the COGs' overviews (``flows.steps.scene_state_step``). A tiled run then
   equals the area restored as one grid, seams included. The halo costs
   (1 + 2 halo / tile_size)^2 - 1 more reads and compute (about 7 % for 2048 px tiles).
-  The per-date ``gamma``/``airlight`` variables of a single-grid run are not written to a
-  tiled store (they are in the scene state of the run, not in the tiles' output).
+  The per-date ``gamma``/``airlight`` of that scene state are written once per run (``dates``
+  mode; NaN where the tiles estimate their own).
+- A tile is written region by region (archive chunks, or shards), all its regions computed
+  together so they share their input chunks. A run of one tile on its own grid records each
+  region as it lands and a resumed run skips them; a run of many tiles records whole tiles.
 - ``dates`` mode: the time axis is every solar day with an acquisition anywhere in the area;
   a tile with no acquisition that day holds NaN and ``no_valid_observation`` = 1.
-- ``composite`` mode: one step per period overlapping the search interval (``period`` None:
-  one step for the whole interval), labelled by the period start; empty periods are NaN with
-  ``no_valid_observation`` = 1. With a period, a later run with the next interval and
-  ``--resume`` appends its periods; rerunning a period that is complete changes nothing.
+- ``composite`` mode on the lattice: one step per period overlapping the search interval
+  (``period`` None: one step for the whole interval), labelled by the period start; empty
+  periods are NaN with ``no_valid_observation`` = 1. With a period, a later run with the
+  next interval and ``--resume`` appends its periods; rerunning a period that is complete
+  changes nothing.
 - Peak memory per worker depends on the chunk size, the number of dates and the tiles in
   flight, never on the area: each tile is its own small graph.
 """
@@ -64,10 +72,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.archive import ArchiveMismatchError, check_destination
+from pipeline.archive import (
+    ArchiveMismatchError,
+    check_destination,
+    region_key,
+    window_regions,
+    write_regions,
+)
 from pipeline.catalog import search
 from pipeline.cluster import dask_client
-from pipeline.compositing import composite_periods
+from pipeline.compositing import composite, composite_periods, period_labels
+from pipeline.restore import scene_variables
 from pipeline.tiled_archive import (
     COMPLETE_ATTR,
     FINGERPRINT_ATTR,
@@ -76,10 +91,14 @@ from pipeline.tiled_archive import (
     append_time_steps,
     mark_tile_done,
     record_attrs,
+    record_regions_done,
+    region_sum,
+    regions_done,
     store_record,
     tile_write,
     tiles_done,
     write_tiled_template,
+    write_time_steps,
 )
 from pipeline.tiling import (
     GridSpec,
@@ -117,12 +136,42 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TilePlan:
-    """What a tiled run writes: grid, tiles in the area, time axis, this run's time steps."""
+    """What a run writes: grid, tiles in the area, this run's time steps.
+
+    ``own_grid``: one tile on the area's own grid (or the caller's GeoBox), not the tile
+    lattice: written and resumed region by region, summarised by regions.
+    """
 
     grid: GridSpec
     tiles: tuple[Tile, ...]
     axis: pd.DatetimeIndex  # this run's time steps (dates, or period starts)
-    edges: pd.DatetimeIndex | None  # composite: period edges (len(axis) + 1)
+    edges: pd.DatetimeIndex | None  # composite on the lattice: period edges (len(axis) + 1)
+    own_grid: bool = False
+
+    def region_size(self, archive: Any) -> int:
+        """Side (px) of the blocks overviews are made from as they land: a lattice tile, or
+        an archive chunk (shard) of the area's own grid."""
+        return archive.write_unit if self.own_grid else self.grid.tile_size
+
+
+def plan_run(
+    config: RunConfig, items: Sequence[Any], geobox: Any = None
+) -> tuple[GridSpec, list[Tile], bool]:
+    """Step 2, how the area is cut: (grid, tiles, own_grid).
+
+    ``geobox`` given: one tile that is exactly that GeoBox. Else an area that fits one tile
+    (``RunConfig.use_tiles``) is one tile on its own grid: the grid a one-piece load of the
+    area gets (the search area in ``cube.crs``, else the items' most common CRS, at
+    ``cube.resolution``). Else the lattice tiles of ``plan_grid``.
+    """
+    if geobox is None and config.use_tiles():
+        grid, tiles = plan_grid(config)
+        return grid, tiles, False
+    if geobox is None:
+        geobox = load_step(list(items), config).odc.geobox  # lazy: nothing is read
+    grid = GridSpec.from_geobox(geobox, chunk_size=config.archive.chunk_size)
+    log.info("one tile on the area's own grid: %d x %d px in %s", *grid.shape, grid.crs)
+    return grid, [grid.tile(0, 0)], True
 
 
 def plan_grid(config: RunConfig) -> tuple[GridSpec, list[Tile]]:
@@ -149,11 +198,14 @@ def plan_grid(config: RunConfig) -> tuple[GridSpec, list[Tile]]:
 
 
 def time_axis(
-    config: RunConfig, items: Sequence[Any]
+    config: RunConfig, items: Sequence[Any], *, own_grid: bool = False
 ) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex | None]:
-    """Step 3: the time steps this run writes, shared by every tile."""
+    """Step 3: the time steps this run writes, shared by every tile (composites on the own
+    grid: the periods holding a date, as ``composite`` labels them; no edges)."""
     if config.mode == "dates":
         return dates_axis(items).as_unit("ns"), None
+    if own_grid:
+        return period_labels(dates_axis(items), config.period).as_unit("ns"), None
     labels, edges = period_axis(config.search.interval, config.period)
     return labels.as_unit("ns"), edges.as_unit("ns")
 
@@ -180,7 +232,7 @@ def run_fingerprint(config: RunConfig, grid: GridSpec) -> tuple[str, dict[str, A
     if not (config.mode == "composite" and config.period):
         search_part["datetime"] = s.datetime
     parts = {
-        "grid": dataclasses.asdict(grid),
+        "grid": json.loads(grid.to_json()),
         "search": search_part,
         "bands": list(config.cube.bands),
         "include_scl": config.cube.include_scl,
@@ -217,6 +269,12 @@ class OutputSchema:
 
     variables: dict[str, tuple[np.dtype, dict[str, Any]]]
     attrs: dict[str, Any]
+    #: per-date scene parameters (``pipeline.restore.SCENE_VARIABLES``: name -> dims, attrs),
+    #: written once from the run's scene state; ``bands`` labels their ``band`` dim
+    per_date: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = dataclasses.field(
+        default_factory=dict
+    )
+    bands: tuple[str, ...] = ()
 
     def fill(self, name: str) -> Any:
         """Value of a pixel nothing was observed for."""
@@ -240,23 +298,27 @@ def output_schema(config: RunConfig) -> OutputSchema:
     (``pipeline.compositing.composite_variables``), and the error layer of a run that
     validates itself. Only the prior's description is built here: no model is loaded."""
     from pipeline.compositing import composite_variables
-    from pipeline.restore import output_variables
+    from pipeline.restore import SCENE_VARIABLES, output_variables
     from pipeline.validation import ERROR_LAYER
 
     prior = prior_of(config)
     bands = tuple(config.cube.bands)
+    per_date = {}
     if config.mode == "composite":
         variables = composite_variables(bands)
     else:
         variables = output_variables(bands, prior)
         if wants_error_layer(config):
             variables[ERROR_LAYER] = (np.dtype(np.float32), dict(UNCALIBRATED_ERROR_ATTRS))
+        per_date = {
+            name: (dims, {"long_name": desc}) for name, (dims, desc) in SCENE_VARIABLES.items()
+        }
     attrs = {
         "prior": prior.name,
         "prior_params": json.dumps(prior.params(), sort_keys=True),
         "fusion_params": json.dumps(fusion_of(config).params(), sort_keys=True),
     }
-    return OutputSchema(variables, attrs)
+    return OutputSchema(variables, attrs, per_date, bands)
 
 
 # --------------------------------------------------------------------------- one tile
@@ -270,17 +332,19 @@ def _fit_to_axis(
     fills = {n: schema.fill(n) for n in names}
     if config.mode == "dates":
         return restored[names].reindex(time=plan.axis, fill_value=fills)
-    assert plan.edges is not None
-    periods = composite_periods(restored, plan.axis, plan.edges)
+    periods: xr.Dataset | None
+    if plan.edges is None:  # the own grid: the periods holding a date, as composite labels them
+        periods = composite(restored, period=config.period)
+    else:
+        periods = composite_periods(restored, plan.axis, plan.edges)
     if periods is None:
-        return _empty_tile(plan, schema, restored.sizes["y"])
+        return _empty_tile(plan, schema, (restored.sizes["y"], restored.sizes["x"]))
     return periods[names].reindex(time=plan.axis, fill_value=fills)
 
 
-def _empty_tile(plan: TilePlan, schema: OutputSchema, size: int) -> xr.Dataset:
+def _empty_tile(plan: TilePlan, schema: OutputSchema, shape: tuple[int, int]) -> xr.Dataset:
     """A tile no item touches: NaN, no_valid_observation = 1, counts 0."""
-    shape = (len(plan.axis), size, size)
-    arrays = schema.empty(shape, (1, size, size))
+    arrays = schema.empty((len(plan.axis), *shape), (1, *shape))
     return xr.Dataset(
         {n: (("time", "y", "x"), a) for n, a in arrays.items()}, coords={"time": plan.axis}
     )
@@ -294,6 +358,10 @@ class TileResult:
     no_valid_pixels: int = 0
     error: str = ""
     seconds: float = 0.0
+    regions_written: int = 0
+    regions_skipped: int = 0
+    #: the last error (a run of one tile on its own grid raises it, as any failed call does)
+    exception: Exception | None = dataclasses.field(default=None, repr=False)
 
 
 class TileWorker:
@@ -339,8 +407,9 @@ class TileWorker:
         grid = self.plan.grid
         padded = grid.padded(tile, self.halo)
         cube = self.cube(padded)
+        ny, nx = tile.y.stop - tile.y.start, tile.x.stop - tile.x.start
         if cube is None:
-            return _empty_tile(self.plan, self.schema, grid.tile_size)
+            return _empty_tile(self.plan, self.schema, (ny, nx))
         config = dataclasses.replace(self.config, mode="dates", period=None)
         if self.scene is not None:
             restored = restore_step(
@@ -356,42 +425,81 @@ class TileWorker:
             )
             restored = restore_step(cube, config, sample)
         dy, dx = tile.y.start - padded.y.start, tile.x.start - padded.x.start
-        size = grid.tile_size
-        restored = restored.isel(y=slice(dy, dy + size), x=slice(dx, dx + size))
+        restored = restored.isel(y=slice(dy, dy + ny), x=slice(dx, dx + nx))
         if wants_error_layer(self.config):
             restored = error_layer_step(restored, self.validation)
         return _fit_to_axis(restored, self.plan, self.schema, self.config)
 
+    def write(self, tile: Tile) -> tuple[int, int]:
+        """Write the tile region by region (archive chunks, or shards), every region in one
+        computation so they share their input chunks; (regions written, skipped).
+
+        On the area's own grid each region is recorded as it lands and a resumed run skips
+        the recorded ones (keys name the time steps, so an appended period starts afresh)."""
+        config, ts = self.config, self.time_slice
+        out = self.output(tile)
+        prefix = f"t{ts.start}-{ts.stop}:"
+        window = {"y": tile.y, "x": tile.x}
+        regions = list(window_regions(window, config.archive.write_unit))
+        done = regions_done(config.output) if self.plan.own_grid else set()
+        todo = [r for r in regions if prefix + region_key(r) not in done]
+
+        def region_write(region: dict[str, slice]) -> Any:
+            local = {d: slice(r.start - window[d].start, r.stop - window[d].start)
+                     for d, r in region.items()}  # fmt: skip
+            return tile_write(
+                out.isel(local), config.output, {"time": ts, **region}, config.archive,
+                extent=self.plan.grid.shape,
+            )  # fmt: skip
+
+        def finished(keys: list[str]) -> None:
+            if self.plan.own_grid:
+                record_regions_done(config.output, [prefix + k for k in keys], config.archive)
+
+        write_regions(todo, region_write, finished, client=self.client)
+        return len(todo), len(regions) - len(todo)
+
+    def write_overviews(self, tile: Tile) -> None:
+        """The tile's overview blocks, from what landed in the store (one computation)."""
+        from pipeline.overviews import write_region_overviews
+
+        size = self.plan.region_size(self.config.archive)
+        writes = [
+            write
+            for block in window_regions({"y": tile.y, "x": tile.x}, size)
+            for write in write_region_overviews(
+                self.config.output, {"time": self.time_slice, **block}, region_size=size,
+                compute=False,
+            )
+        ]  # fmt: skip
+        self._compute(*writes)
+
     def __call__(self, tile: Tile) -> TileResult:
         started = time.perf_counter()
         attempts = 1 + self.config.tiling.retries
-        error = ""
+        error, last = "", None
         for attempt in range(1, attempts + 1):
             try:
-                out = self.output(tile)
+                written, skipped = self.write(tile)
+                if self.config.overviews:
+                    self.write_overviews(tile)
                 region = {"time": self.time_slice, "y": tile.y, "x": tile.x}
-                write = tile_write(out, self.config.output, region, self.config.archive)
-                no_valid = out["no_valid_observation"].data.sum(dtype="int64")
-                _, count = self._compute(write, no_valid)
-                if self.config.overviews:  # the tile's overviews, from what landed
-                    from pipeline.overviews import write_region_overviews
-
-                    size = self.plan.grid.tile_size
-                    self._compute(*write_region_overviews(
-                        self.config.output, region, region_size=size, compute=False
-                    ))  # fmt: skip
+                no_valid = region_sum(self.config.output, "no_valid_observation", region)
                 return TileResult(
-                    tile.key, True, attempt, int(count), seconds=time.perf_counter() - started
-                )
+                    tile.key, True, attempt, no_valid, seconds=time.perf_counter() - started,
+                    regions_written=written, regions_skipped=skipped,
+                )  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - a tile's failure must not stop the others
+                last = exc
                 error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
                 log.warning(
                     "tile %s failed (attempt %d of %d): %s", tile.key, attempt, attempts, error
                 )
                 log.debug("tile %s traceback", tile.key, exc_info=True)
         return TileResult(
-            tile.key, False, attempts, error=error, seconds=time.perf_counter() - started
-        )
+            tile.key, False, attempts, error=error, seconds=time.perf_counter() - started,
+            exception=last,
+        )  # fmt: skip
 
     def _compute(self, *values: Any) -> tuple:
         if self.client is not None:
@@ -422,8 +530,16 @@ def _template(grid: GridSpec, axis: pd.DatetimeIndex, schema: OutputSchema) -> x
         )
         for name, (dtype, attrs) in schema.variables.items()
     }
-    coords = {k: v for k, v in xr_coords(grid.geobox, crs_coord_name="spatial_ref").items()}
+    coords: dict[Any, Any] = dict(xr_coords(grid.geobox, crs_coord_name="spatial_ref"))
     coords["time"] = axis
+    sizes = {"time": len(axis), "band": len(schema.bands)}
+    for name, (dims, attrs) in schema.per_date.items():  # NaN until the scene state lands
+        dshape = tuple(sizes[d] for d in dims)
+        data_vars[name] = xr.DataArray(
+            da.full(dshape, np.nan, dtype=np.float32, chunks=dshape), dims=dims, attrs=attrs
+        )
+    if schema.per_date:
+        coords["band"] = list(schema.bands)
     ds = xr.Dataset(data_vars, coords=coords)
     return ds.rio.write_crs(grid.crs, grid_mapping_name="spatial_ref")
 
@@ -593,45 +709,53 @@ def process_tiles(
     return results, ledger
 
 
-def run_tiled(
+def run_area(
     config: RunConfig,
     *,
     progress: bool = True,
     items: list | None = None,
+    geobox: Any = None,
     client: Any = None,
     in_process: bool = False,
 ) -> RunSummary:
-    """Run ``config`` tile by tile into one store (see the module docstring for the steps).
+    """Run ``config`` into one store (see the module docstring for the steps).
 
-    ``items`` skips the search; ``client`` reuses a connected ``distributed.Client`` (else one
-    is started from ``config.cluster``); ``in_process`` uses this process's dask scheduler
+    ``items`` skips the search; ``geobox`` (odc-geo) makes the output grid exactly that
+    GeoBox (one tile); ``client`` reuses a connected ``distributed.Client`` (else one is
+    started from ``config.cluster``); ``in_process`` uses this process's dask scheduler
     instead of a cluster (single-process runs, debugging).
     """
     from pipeline._reading import configure_gdal
 
     started = time.perf_counter()
-    config = with_tile_shards(config)
     check_destination(config.output, config.archive)  # refuse before any work, not after
-    grid, area_tiles = plan_grid(config)  # step 1
-    if items is None:  # step 2
+    if items is None:  # step 1
         items = search(dataclasses.replace(config.search, sign=False))
+    grid, area_tiles, own_grid = plan_run(config, items, geobox)  # step 2
+    if not own_grid:
+        config = with_tile_shards(config)
     index = ItemIndex(items)
-    axis, edges = time_axis(config, items)  # step 3
-    plan = TilePlan(grid, tuple(area_tiles), axis, edges)
+    axis, edges = time_axis(config, items, own_grid=own_grid)  # step 3
+    plan = TilePlan(grid, tuple(area_tiles), axis, edges, own_grid=own_grid)
     schema = output_schema(config)
     attrs = provenance(config, items, schema)
     attrs["tile_size"] = grid.tile_size
-    attrs["time_axis"] = "solar days of all items" if config.mode == "dates" else "period starts"
+    attrs["time_axis"] = (
+        "solar days of all items"
+        if config.mode == "dates"
+        else ("periods holding a date" if own_grid else "period starts")
+    )
     state = prepare_store(config, plan, schema, attrs)  # step 4
+    region_size = plan.region_size(config.archive)
     if config.overviews:  # empty levels (or their new time steps), filled as tiles land
         from pipeline.overviews import ensure_overview_arrays
 
         ensure_overview_arrays(
-            config.output, config.archive, region_size=grid.tile_size,
+            config.output, config.archive, region_size=region_size,
             min_size=config.overview_min_size,
         )  # fmt: skip
     todo = [t for t in area_tiles if not state.done[t.row, t.col]]
-    skipped = len(area_tiles) - len(todo)
+    skipped = [t for t in area_tiles if state.done[t.row, t.col]]
     if not todo:
         what = (
             f"period(s) {', '.join(str(t.date()) for t in axis)}"
@@ -645,8 +769,14 @@ def run_tiled(
             configure_gdal(active)
             worker = TileWorker(config, plan, schema, index, state.time_slice, active)
             # one scene state for the whole area: tiles restore as the area would in one piece
-            if items and config.tiling.seamless:
+            if items and (config.tiling.seamless or own_grid):
                 worker.scene = _area_scene_state(config, grid, items, active)
+            if worker.scene is not None and schema.per_date:  # the run's gamma and airlight
+                per_date = scene_variables(worker.scene.scene)
+                write_time_steps(
+                    config.output, {n: per_date[n].values for n in schema.per_date},
+                    state.time_slice, config.archive,
+                )  # fmt: skip
             worker.validation = validation = _validate_tiles(worker, config, area_tiles)
             results, ledger = process_tiles(
                 worker,
@@ -654,7 +784,7 @@ def run_tiled(
                 state,
                 in_flight=_in_flight(config, active),
                 progress=progress,
-                skipped=skipped,
+                skipped=len(skipped),
             )
         else:
             results, ledger = [], _FailureLedger(active)
@@ -662,35 +792,52 @@ def run_tiled(
         dashboard = active.dashboard_link if active is not None else ""
 
     failed = {r.key: f"{r.error} (after {r.attempts} attempt(s))" for r in results if not r.ok}
-    if config.overviews and todo:  # the levels coarser than a tile, from the tiles' levels
+    if own_grid and failed:  # the whole area failed: its error, as a one-piece call gives it
+        (error,) = [r.exception for r in results if not r.ok]
+        log.error("the run failed; rerun with --resume to finish it (written regions are kept)")
+        raise error if error is not None else RuntimeError(next(iter(failed.values())))
+    if config.overviews and todo:  # the levels coarser than a block, from the blocks' levels
         from pipeline.overviews import finish_overviews
 
-        finish_overviews(config.output, config.archive, region_size=grid.tile_size)
+        finish_overviews(config.output, config.archive, region_size=region_size)
     if not failed:  # step 6
         _mark_complete_if_done(config, plan)
     tiles = TileSummary(
         total=len(area_tiles),
         written=sum(r.ok for r in results),
-        skipped=skipped,
+        skipped=len(skipped),
         failed=failed,
         read_failures=ledger.by_tile,
         appended_steps=state.appended,
         nothing_to_do=not todo,
     )
+    read_failures = [f for fs in ledger.by_tile.values() for f in fs]
+    for failure in read_failures:
+        log.warning("read failure: %s", failure)
+    unit = config.archive.write_unit
     return RunSummary(
         store=config.output,
         items=len(items),
         dates=len(axis),
         shape=grid.shape,
-        regions_written=0,
-        regions_skipped=0,
-        read_failures=[f for fs in ledger.by_tile.values() for f in fs],
+        regions_written=sum(r.regions_written for r in results),
+        regions_skipped=sum(r.regions_skipped for r in results)
+        + sum(len(list(window_regions({"y": t.y, "x": t.x}, unit))) for t in skipped),
+        read_failures=read_failures,
         no_valid_pixels=sum(r.no_valid_pixels for r in results),
         seconds=time.perf_counter() - started,
         dashboard=dashboard,
-        tiles=tiles,
+        tiles=None if own_grid else tiles,
         validation=validation,
     )
+
+
+def run_tiled(config: RunConfig, **options: Any) -> RunSummary:
+    """``run_area`` on the tile lattice even when the area fits one tile (unless
+    ``config.tiled`` says otherwise): what the tiled benchmarks and tests measure."""
+    if config.tiled is None:
+        config = dataclasses.replace(config, tiled=True)
+    return run_area(config, **options)
 
 
 def with_tile_shards(config: RunConfig) -> RunConfig:
@@ -720,7 +867,8 @@ def _stored_validation(config: RunConfig) -> Any:
 def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
     """Self-validation on windows drawn from tiles spread over the area (up to one tile per
     window, evenly through the plan), recorded in the store before any tile is written: its
-    error model calibrates every tile's error layer, and its per-tile table names the tiles.
+    error model calibrates every tile's error layer, and its per-tile table names the tiles
+    (on the area's own grid: windows drawn from the one tile, the area).
 
     A resumed run reuses the validation recorded by the run it continues, so every tile's
     error layer comes from one calibration."""
@@ -731,15 +879,24 @@ def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
         log.info("self-validation: reusing the calibration recorded in %s", config.output)
         return stored
     step = max(1, math.ceil(len(todo) / config.validation.windows))
-    cubes, labels = [], []
+    cubes, labels, origins = [], [], []
     for tile in todo[::step]:
         cube = worker.cube(tile, purpose="validation")
         if cube is not None:
             cubes.append(cube)
             labels.append(str(tile.key))
+            origins.append((tile.y.start, tile.x.start))
     if not cubes:
         return None
-    validation = validation_step(cubes, config, labels=labels)
+    # the windows restore with the area's scene state, placed in the area's grid, as the
+    # tiles themselves do (without one, each window estimates its own)
+    placed: dict[str, Any] = {}
+    if worker.scene is not None:
+        placed = {"scene": worker.scene, "grid_shape": worker.plan.grid.shape}
+    if worker.plan.own_grid:  # the area in one piece: its windows are the area's, unlabelled
+        validation = validation_step(cubes[0], config, origins=origins[:1], **placed)
+    else:
+        validation = validation_step(cubes, config, labels=labels, origins=origins, **placed)
     # its read failures (a window it skipped) are not the tiles': drop them from the ledgers
     from pipeline._reading import collect_read_failures
 
@@ -799,6 +956,8 @@ __all__ = [
     "plan_grid",
     "prepare_store",
     "process_tiles",
+    "plan_run",
+    "run_area",
     "run_fingerprint",
     "run_tiled",
     "time_axis",

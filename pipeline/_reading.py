@@ -182,7 +182,7 @@ def collect_read_failures(client: Any | None = None, *, clear: bool = True) -> l
     """All read failures recorded so far, in this process and (given a client) on its workers.
 
     ``clear`` empties the lists, so calling it once before a run on a reused cluster (as
-    ``flows.run`` does) drops older failures, and once after each tile gives that tile's.
+    ``flows.tiled`` does) drops older failures, and once after each tile gives that tile's.
     Failures recorded by a worker that died before the collection are lost with it (the
     tasks it ran are run again elsewhere and record their failures there).
     """
@@ -392,7 +392,7 @@ class PlanetaryComputerSigner:
         return "PlanetaryComputerSigner()"
 
 
-#: The signer for Planetary Computer assets (``flows.run`` passes it for PC catalogs).
+#: The signer for Planetary Computer assets (``flows.steps`` passes it for PC catalogs).
 planetary_computer_signer = PlanetaryComputerSigner()
 
 

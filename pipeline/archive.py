@@ -1,12 +1,15 @@
 """Cloud-free Zarr archives: template, chunk-aligned region writes, CRS, provenance, resume.
 
-The single-store protocol (``write_archive``): the template (all metadata, coordinates,
-empty arrays) is written first; data then lands region by region, each region a whole number
-of archive chunks, so no two writers ever touch the same chunk. Finished regions are recorded
-in the store's attributes; a rerun with ``mode="resume"`` skips them, and a store is marked
-complete only when every region is in. The tiled protocol (a template for a whole grid, tiles
-recorded as done per time step) is ``pipeline.tiled_archive``; it uses this module's
-encoding, CRS and attribute handling (``prepare_for_zarr``, ``check_destination``).
+The parts every store shares: the encoding and CRS (``prepare_for_zarr``), the refusal to
+overwrite (``check_destination``), chunk-aligned regions (``regions``, ``window_regions``)
+and how their writes reach a store (``write_regions``: no two writers ever touch one chunk).
+
+``write_archive`` writes a dataset the caller already has (a notebook's ``restore`` output)
+into one store: the template (all metadata, coordinates, empty arrays) first, then region by
+region, each region recorded in the store's attributes as it lands; a rerun with
+``mode="resume"`` skips them, and a store is marked complete only when every region is in.
+A run (``flows``) writes through ``pipeline.tiled_archive`` instead: a template for its whole
+grid, tiles recorded as done per time step (the one tile of a small area, region by region).
 
 Readers: ``xarray.open_zarr(store, decode_coords="all")`` gets the CRS back because every
 data variable keeps ``grid_mapping`` pointing at ``spatial_ref``. Zarr format 3 is the
@@ -206,10 +209,16 @@ def _store_exists(store: str | os.PathLike) -> bool:
 def regions(ds: xr.Dataset, config: ArchiveConfig) -> Iterator[dict[str, slice]]:
     """Chunk-aligned spatial regions (one archive chunk, or shard, each), row-major."""
     ydim, xdim = _spatial_dims(ds)
-    step = config.write_unit
-    ny, nx = ds.sizes[ydim], ds.sizes[xdim]
-    for y0, x0 in itertools.product(range(0, ny, step), range(0, nx, step)):
-        yield {ydim: slice(y0, min(y0 + step, ny)), xdim: slice(x0, min(x0 + step, nx))}
+    window = {ydim: slice(0, ds.sizes[ydim]), xdim: slice(0, ds.sizes[xdim])}
+    yield from window_regions(window, config.write_unit)
+
+
+def window_regions(window: Mapping[str, slice], step: int) -> Iterator[dict[str, slice]]:
+    """``window`` (y and x slices, in that order) cut into ``step``-px regions, row-major;
+    the last row and column stop at the window's edge."""
+    (ydim, ys), (xdim, xs) = window.items()
+    for y0, x0 in itertools.product(range(ys.start, ys.stop, step), range(xs.start, xs.stop, step)):
+        yield {ydim: slice(y0, min(y0 + step, ys.stop)), xdim: slice(x0, min(x0 + step, xs.stop))}
 
 
 def region_key(region: Mapping[str, slice]) -> str:
@@ -315,14 +324,7 @@ def write_archive(
             bar(len(keys))
 
     try:
-        if client is not None:
-            _write_all_at_once(client, todo, region_write, finished)
-        else:
-            import dask
-
-            for batch in _batches(todo, _parallel_regions()):
-                dask.compute(*[region_write(r) for r in batch])
-                finished([region_key(r) for r in batch])
+        write_regions(todo, region_write, finished, client=client)
         if other_vars:
             # Per-date scene parameters and the like: small, written once at the end.
             prepared[other_vars].to_zarr(
@@ -335,6 +337,28 @@ def write_archive(
     summary = {"store": store, "regions_written": len(todo), "regions_skipped": total - len(todo)}
     log.info("archive complete: %s", summary)
     return summary
+
+
+def write_regions(
+    todo: list[dict[str, slice]],
+    region_write: Callable[[dict[str, slice]], Any],
+    finished: Callable[[list[str]], None],
+    *,
+    client: Any = None,
+) -> None:
+    """Compute the lazy writes ``region_write(region)`` of the regions in ``todo`` and call
+    ``finished(keys)`` (``region_key``) as they land: the one way regions reach a store (a
+    whole area's, ``write_archive``; a tile's, ``flows.tiled``). With ``client`` every region
+    is submitted at once (``_write_all_at_once``); without one, regions are computed in
+    batches on the current dask scheduler, each batch reported when done."""
+    if client is not None:
+        _write_all_at_once(client, todo, region_write, finished)
+        return
+    import dask
+
+    for batch in _batches(todo, _parallel_regions()):
+        dask.compute(*[region_write(r) for r in batch])
+        finished([region_key(r) for r in batch])
 
 
 def _parallel_regions() -> int:

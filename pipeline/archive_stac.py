@@ -9,8 +9,8 @@ it (``restored.zarr`` -> ``restored.stac/collection.json``), a self-contained ST
   way Planetary Computer lists its Zarr datasets), one asset per overview level, and the
   provenance: source catalog and item ids, software version, configuration fingerprint and
   the run's self-validation (processing extension and ``phyvlm:`` fields);
-- **Items**: one per written tile of a tiled store (its footprint and pixel window), or one
-  for the whole area of a single-grid store, each with the same ``zarr`` asset, so a STAC API
+- **Items**: one per written tile of a run's store (its footprint and pixel window), or one
+  for the whole area of a ``write_archive`` store, each with the same ``zarr`` asset, so a STAC API
   search by place and time finds the archive.
 
 Opening it back::

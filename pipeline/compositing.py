@@ -1,8 +1,9 @@
 """Composites: one quality-weighted, outlier-robust value per pixel and period of a restored stack.
 
 ``composite`` groups by a pandas offset alias (``"MS"``, ``"QS"``, ...; periods without a date
-are left out); ``composite_periods`` composites explicit ``[start, end)`` windows, the way a
-tiled run fills the time axis shared by all its tiles. The per-pixel reduction is
+are left out; ``period_labels`` names those periods before anything is restored);
+``composite_periods`` composites explicit ``[start, end)`` windows, the way a run of many
+tiles fills the time axis its tiles share. The per-pixel reduction is
 ``pipeline.kernels.composite_block``; per-date weights are confidence x gate.
 
 Composites stream: on a dask stack each period's task gathers only that period's dates (the
@@ -26,7 +27,13 @@ from dask.base import tokenize
 from ._layers import spatial_attrs, spectral_bands, stack_layers
 from .kernels import composite_block
 
-__all__ = ["COMPOSITE_LAYERS", "composite", "composite_periods", "composite_variables"]
+__all__ = [
+    "COMPOSITE_LAYERS",
+    "composite",
+    "composite_periods",
+    "composite_variables",
+    "period_labels",
+]
 
 #: Per-period layers written beside the composited bands: dtype and long_name.
 COMPOSITE_LAYERS: dict[str, tuple[type, str]] = {
@@ -73,6 +80,15 @@ def _period_groups(times: pd.DatetimeIndex, period: str | None) -> list[tuple[An
             "'QS' (quarter start), 'YS' (year start) or None for the whole stack"
         ) from exc
     return [(label, grp.to_numpy()) for label, grp in grouped if len(grp)]
+
+
+def period_labels(times: Sequence[Any], period: str | None = None) -> pd.DatetimeIndex:
+    """The time labels ``composite`` gives a stack dated ``times`` (its non-empty periods),
+    known before anything is restored: the time axis of a store written in one piece."""
+    times = pd.DatetimeIndex(times)
+    if not len(times):
+        raise ValueError("no dates to composite: the search found nothing")
+    return pd.DatetimeIndex([label for label, _ in _period_groups(times, period)], name="time")
 
 
 def composite(restored: xr.Dataset, *, period: str | None = None) -> xr.Dataset:

@@ -287,7 +287,8 @@ def finish_overviews(
 def build_overviews(
     store: str | os.PathLike, config: Any, *, region_size: int | None = None, min_size: int = 256
 ) -> list[OverviewLevel]:
-    """All levels of a written store, region by region (a single-grid run, or a rebuild)."""
+    """All levels of a written store, region by region (a ``write_archive`` store, or a
+    rebuild)."""
     import itertools
 
     store = str(store)

@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Any, NamedTuple
@@ -69,6 +70,7 @@ from .kernels import (
     fuse_dates,
     pair_gain_offset,
     reference_quality,
+    surface_change,
     time_context,
 )
 from .priors import (
@@ -84,6 +86,7 @@ from .priors._combined import own_evidence
 __all__ = [
     "FusionConfig",
     "QUALITY_LAYERS",
+    "SCENE_VARIABLES",
     "SceneState",
     "cloud_evidence",
     "composite",
@@ -91,6 +94,7 @@ __all__ = [
     "estimate_scene_state",
     "output_variables",
     "restore",
+    "scene_variables",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,7 @@ QUALITY_LAYERS = (
     "reference_days",
     "no_valid_observation",
     "cloud_probability",
+    "surface_change",
 )
 _MODES = ("dates", "composite")
 DEFAULT_SAMPLE_PIXELS = 250_000
@@ -271,30 +276,13 @@ def time_blocks(days: np.ndarray, cfg: FusionConfig, time_block: int | None) -> 
     return blocks
 
 
-def _scene_dates(scene: SceneParams, c0: int, c1: int, nt: int) -> SceneParams:
-    """``scene`` restricted to dates [c0, c1) (its per-date arrays and per-date extras)."""
-
-    def cut(a: Any) -> Any:
-        a = np.asarray(a)
-        return a[c0:c1] if a.ndim >= 1 and a.shape[0] == nt else a
-
-    return replace(
-        scene,
-        airlight=cut(scene.airlight),
-        gamma=cut(scene.gamma),
-        hot_slope=cut(scene.hot_slope),
-        hot_intercept=cut(scene.hot_intercept),
-        extras={k: cut(v) for k, v in scene.extras.items()},
-    )
-
-
 def _block_params(params: dict[str, Any], block: TimeBlock, nt: int) -> dict[str, Any]:
     """The per-date entries of ``params`` for one time block (pair maps: its own T x T slice)."""
     c0, c1 = block.c0, block.c1
     out = dict(params)
     out.update(
         days=params["days"][c0:c1],
-        scene=_scene_dates(params["scene"], c0, c1, nt),
+        scene=_scene_take(params["scene"], slice(c0, c1), nt),
         pair_gain=params["pair_gain"][c0:c1, c0:c1],
         pair_offset=params["pair_offset"][c0:c1, c0:c1],
         date_clearness=params["date_clearness"][c0:c1],
@@ -384,21 +372,35 @@ def _coarse_sample(
 
 
 def cloud_evidence(
-    cube: xr.Dataset, *, prior: str | Prior = DEFAULT_PRIOR, **prior_options: Any
+    cube: xr.Dataset,
+    *,
+    prior: str | Prior = DEFAULT_PRIOR,
+    scene: SceneState | None = None,
+    origin: tuple[int, int] = (0, 0),
+    grid_shape: tuple[int, int] | None = None,
+    **prior_options: Any,
 ) -> xr.Dataset:
     """The prior's fused cloud evidence for an in-memory cube, without the fusion step:
     ``cloud_probability`` (1 - p_clear, as ``restore`` writes it) and the prior's
     ``transmission``, (time, y, x). A fraction of a restore's cost (the self-validation uses
-    it to choose its hold-out)."""
+    it to choose its hold-out). ``scene``, ``origin`` and ``grid_shape`` as in ``restore``."""
     cube, bands, scl = _validate(cube)
     prior_obj = get_prior(prior, **prior_options)
     arr = np.asarray(_stack(cube, bands, scl))
     nb = len(bands)
-    sample, _ = _sample(arr, None)
-    scene = prior_obj.estimate_scene(sample[:, :nb], bands, sample[:, nb] if scl else None)
+    if scene is not None:
+        scene_params = scene.for_cube(cube).scene
+    else:
+        sample, _ = _sample(arr, None)
+        scene_params = prior_obj.estimate_scene(
+            sample[:, :nb], bands, sample[:, nb] if scl else None
+        )
     data = np.ascontiguousarray(arr[:, :nb], dtype=np.float32)
-    location = BlockLocation((0, 0), (int(arr.shape[2]), int(arr.shape[3])))
-    pb, layers = prior_obj.block_at(data, bands, scene, arr[:, nb] if scl else None, location)
+    shape = grid_shape or (int(arr.shape[2]), int(arr.shape[3]))
+    location = BlockLocation((int(origin[0]), int(origin[1])), shape)
+    pb, layers = prior_obj.block_at(
+        data, bands, scene_params, arr[:, nb] if scl else None, location
+    )
     ev = pb.evidence if pb.evidence is not None else own_evidence(prior_obj, pb, layers)
     dims = ("time", "y", "x")
     coords = {k: v for k, v in cube.coords.items() if set(v.dims) <= set(dims)}
@@ -489,8 +491,9 @@ class SceneState:
         )
 
 
-def _scene_take(scene: SceneParams, idx: np.ndarray, nt: int) -> SceneParams:
-    """``scene`` at the dates ``idx`` (its per-date arrays and per-date extras)."""
+def _scene_take(scene: SceneParams, idx: np.ndarray | slice, nt: int) -> SceneParams:
+    """``scene`` at the dates ``idx`` (indices, or a slice [c0, c1)): its per-date arrays
+    and per-date extras; arrays that are not per date are kept whole."""
 
     def take(a: Any) -> Any:
         a = np.asarray(a)
@@ -548,18 +551,21 @@ def pair_maps(
     memory of a ``2 x PAIR_FIT_GROUP_DATES``-date series; the dates within a group are fitted
     again with every other group (about twice the arithmetic of one fit: a second or two).
     """
-    ridge, shrink = cfg.harmonise_ridge, cfg.harmonise_shrink_pixels
+    kwargs: dict[str, Any] = {
+        "ridge": cfg.harmonise_ridge,
+        "shrink_pixels": cfg.harmonise_shrink_pixels,
+    }
     nt, nb = surface.shape[:2]
     size = PAIR_FIT_GROUP_DATES
     if nt <= 2 * size:
-        return pair_gain_offset(surface, weight, ridge=ridge, shrink_pixels=shrink)
+        return pair_gain_offset(surface, weight, **kwargs)
     gain = np.ones((nt, nt, nb), np.float32)
     offset = np.zeros((nt, nt, nb), np.float32)
     groups = [np.arange(start, min(start + size, nt)) for start in range(0, nt, size)]
     for a, first in enumerate(groups):
         for second in groups[a + 1 :]:
             idx = np.concatenate([first, second])
-            g, o = pair_gain_offset(surface[idx], weight[idx], ridge=ridge, shrink_pixels=shrink)
+            g, o = pair_gain_offset(surface[idx], weight[idx], **kwargs)
             pairs = np.ix_(idx, idx)
             gain[pairs], offset[pairs] = g, o
     return gain, offset
@@ -660,6 +666,8 @@ def _restore_block(
     out[:, nb + 3] = fr.reference_days
     out[:, nb + 4] = fr.no_valid_observation
     out[:, nb + 5] = fr.cloud_probability
+    # the clear dates around each target, read as the fusion read them (p_clear >= 0.5)
+    out[:, nb + 6] = surface_change(data, _clear_share(evidence) >= 0.5, targets)
     return out
 
 
@@ -710,6 +718,7 @@ def restore(
     origin: tuple[int, int] | None = None,
     grid_shape: tuple[int, int] | None = None,
     forced_reference: np.ndarray | None = None,
+    dates: Sequence[int] | None = None,
     **options: Any,
 ) -> xr.Dataset:
     """Remove clouds from a (time, y, x) Sentinel-2 L2A reflectance cube.
@@ -748,6 +757,11 @@ def restore(
         (T, Y, X) int: the reference date index per target date and pixel (-1: chosen as
         usual), for in-memory cubes only. The quality benchmark's oracle row uses it to show
         what the reference choice costs; a production run leaves it None.
+    dates
+        Indices of the dates to restore (default: all). The other dates still serve as
+        references and inform the scene parameters; the output holds these dates only.
+        In-memory cubes restored in one time block (the self-validation restores just the
+        dates it clouded).
     **options
         Fields of ``PhysicsConfig`` (when ``prior`` is a name) and of ``FusionConfig``,
         ``sample_pixels`` (pixels per date of the scene-parameter sample; default
@@ -762,7 +776,10 @@ def restore(
     ``gate``, ``transmission`` (float32 0..1, t at 490 nm), ``reference_days`` (float32,
     reference date minus target date in days, NaN where none was used),
     ``no_valid_observation`` (uint8), ``cloud_probability`` (float32 0..1, the fused cloud
-    evidence: probability the observation is cloud-, haze- or shadow-contaminated); ``gamma`` (time) and ``airlight`` (time, band); attrs
+    evidence: probability the observation is cloud-, haze- or shadow-contaminated),
+    ``surface_change`` (float32, RMS change of the surface between the clear dates around the
+    date: what a temporal reference can miss; NaN where fewer than two tell it); ``gamma``
+    (time) and ``airlight`` (time, band); attrs
     ``prior``, ``prior_params`` and ``fusion_params`` (JSON). Lazy for dask input.
     """
     if mode not in _MODES:
@@ -845,6 +862,8 @@ def restore(
         params["forced_reference"] = forced.astype(np.intp)
     nout = nb + len(QUALITY_LAYERS) + len(prior_obj.layers)
     nt = len(days)
+    if dates is not None:
+        return _restore_dates(cube, arr, params, blocks, dates, mode, stride, source)
     if isinstance(arr, da.Array):
         pieces = [_restore_lazy(arr, _block_params(params, b, nt), b, cfg, nout) for b in blocks]
         result = pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=0)
@@ -862,6 +881,38 @@ def restore(
     out.attrs["time_block"] = int(blocks[0].stop - blocks[0].start)
     if mode == "composite":
         return composite(out, period=period)
+    return out
+
+
+def _restore_dates(cube, arr, params, blocks, dates, mode, stride, source) -> xr.Dataset:
+    """``restore(..., dates=)``: only the given dates of an in-memory cube, one block."""
+    nt = len(params["days"])
+    targets = np.asarray(dates, dtype=np.intp).reshape(-1)
+    if isinstance(arr, da.Array) or len(blocks) != 1 or mode != "dates":
+        raise ValueError(
+            "restore(dates=...) restores some dates of an in-memory cube in one time block; "
+            "fix: cube.load(), no time_block / time window, mode='dates'"
+        )
+    if targets.size == 0 or targets.min() < 0 or targets.max() >= nt:
+        raise ValueError(f"restore(dates=...) needs indices in [0, {nt}), got {targets.tolist()}")
+    result = _restore_block(arr, {**params, "targets": targets})
+    scene = params["scene"]
+    picked = replace(
+        scene,
+        gamma=np.asarray(scene.gamma)[targets],
+        airlight=np.asarray(scene.airlight)[targets],
+    )
+    out = _build_dataset(
+        cube.isel(time=targets),
+        params["bands"],
+        result,
+        picked,
+        params["prior"],
+        params["fusion"],
+        stride,
+    )
+    out.attrs["scene_sample"] = source
+    out.attrs["time_block"] = int(targets.size)
     return out
 
 
@@ -925,7 +976,29 @@ QUALITY_DESCRIPTIONS = {
     "no_valid_observation": "1 where no valid observation supports the output (NaN output)",
     "cloud_probability": "probability (0..1) that the observation is cloud-, haze- or "
     "shadow-contaminated (the priors' fused evidence); below 0.1 it passed through",
+    "surface_change": "RMS change of the surface reflectance between the clear observations "
+    "nearest before and after the date (on one side: the two nearest there); what a "
+    "temporal reference can miss",
 }
+
+
+#: The per-date scene parameters ``restore`` returns beside its layers: dims and long_name.
+SCENE_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "gamma": (("time",), "Angstrom exponent of the cloud/haze transmission, per date"),
+    "airlight": (("time", "band"), "cloud/atmospheric light A_b per date and band (reflectance)"),
+}
+
+
+def scene_variables(scene: SceneParams) -> dict[str, xr.DataArray]:
+    """``gamma`` (time) and ``airlight`` (time, band) of ``scene`` as float32 variables (the
+    ``band`` coordinate is the caller's: the cube's spectral bands, in order)."""
+    values = {"gamma": scene.gamma, "airlight": scene.airlight}
+    return {
+        name: xr.DataArray(
+            np.asarray(values[name], np.float32), dims=dims, attrs={"long_name": desc}
+        )
+        for name, (dims, desc) in SCENE_VARIABLES.items()
+    }
 
 
 def output_variables(
@@ -959,16 +1032,7 @@ def _build_dataset(cube, bands, result, scene, prior_obj, cfg, stride) -> xr.Dat
         v = xr.DataArray(layer, dims=dims, attrs={**attrs, **gm_attrs})
         v.encoding.update(gm_enc)
         data_vars[name] = v
-    data_vars["gamma"] = xr.DataArray(
-        np.asarray(scene.gamma, np.float32),
-        dims=("time",),
-        attrs={"long_name": "Angstrom exponent of the cloud/haze transmission, per date"},
-    )
-    data_vars["airlight"] = xr.DataArray(
-        np.asarray(scene.airlight, np.float32),
-        dims=("time", "band"),
-        attrs={"long_name": "cloud/atmospheric light A_b per date and band (reflectance)"},
-    )
+    data_vars.update(scene_variables(scene))
     out = xr.Dataset(data_vars, coords={**coords, "band": list(bands)})
     out.attrs.update(cube.attrs)
     out.attrs.update(

@@ -1,9 +1,9 @@
-"""Tiled stores: one Zarr store for an area of any size, written tile by tile.
+"""The stores runs write: one Zarr store for an area of any size, written tile by tile.
 
-A tiled run (``flows.tiled``) writes one store for an area of any size. The template covers
-the whole grid and is written once; each tile then lands in its own chunk-aligned region. Which
-tiles are finished is recorded per time step in the ``tile_done`` variable (dims time,
-tile_row, tile_col; 1 = written), so:
+Every run (``flows.tiled.run_area``) writes one of these. The template covers the whole grid
+and is written once; each tile then lands in its own chunk-aligned regions. Which tiles are
+finished is recorded per time step in the ``tile_done`` variable (dims time, tile_row,
+tile_col; 1 = written), so:
 
 * a rerun with mode "resume" skips finished tiles (and the record is data, not one growing
   attribute: a continent of 10 000 tiles costs one small chunk per time step);
@@ -11,12 +11,13 @@ tile_row, tile_col; 1 = written), so:
   ``tile_done`` chunks, without touching any chunk of an earlier period;
 * ``xarray.open_zarr`` shows analysts which tiles a store holds.
 
+A run of one tile (an area that fits one tile, on its own grid) also records its regions as
+they land (``record_regions_done``), so a resumed run skips the regions already written.
+
 The run that made the store leaves its fingerprint (a hash of the grid, bands, search and
 prior) in ``FINGERPRINT_ATTR``; resuming or appending with another configuration is refused.
-
-The single-store protocol (one grid, region by region, done regions recorded in an attribute)
-is ``pipeline.archive.write_archive``; both share that module's encoding, CRS and attribute
-handling.
+Encoding, CRS and attribute handling are ``pipeline.archive``'s, as for ``write_archive``
+(a dataset the caller already has, written in one piece).
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ __all__ = [
     "append_time_steps",
     "mark_tile_done",
     "record_attrs",
+    "record_regions_done",
+    "region_sum",
+    "regions_done",
     "store_record",
     "tile_write",
     "tiles_done",
     "write_tiled_template",
+    "write_time_steps",
 ]
 
 TILE_DONE_VAR = "tile_done"
@@ -149,20 +154,26 @@ def append_time_steps(
 
 
 def tile_write(
-    part: xr.Dataset, store: str | os.PathLike, region: Mapping[str, slice], config: ArchiveConfig
+    part: xr.Dataset,
+    store: str | os.PathLike,
+    region: Mapping[str, slice],
+    config: ArchiveConfig,
+    *,
+    extent: tuple[int, int] | None = None,
 ) -> Any:
     """A lazy write of one tile's output (time, y, x variables) into its region of the store.
 
     Returns the dask Delayed of the write; compute it (with anything it shares a graph with).
     Coordinates are in the template already and are not rewritten, so concurrent tiles never
-    touch the same chunk of anything.
+    touch the same chunk of anything. ``extent``: the grid's (height, width); a region may end
+    short of a whole chunk (shard) only there.
     """
     ydim, xdim = _spatial_dims(part)
     unit = config.write_unit  # a shard is written whole, by one task
     spatial = {ydim: unit, xdim: unit}
-    for dim in (ydim, xdim):
+    for dim, end in zip((ydim, xdim), extent or (None, None), strict=True):
         sl = region[dim]
-        if sl.start % unit or (sl.stop - sl.start) % unit:
+        if sl.start % unit or ((sl.stop - sl.start) % unit and sl.stop != end):
             raise ValueError(f"region {dict(region)} is not aligned to {unit}-px chunks (shards)")
     part = part.drop_vars(list(part.coords)).chunk({"time": 1, **spatial})
     for var in part.data_vars.values():
@@ -177,6 +188,22 @@ def tile_write(
     )
 
 
+def write_time_steps(
+    store: str | os.PathLike,
+    values: Mapping[str, np.ndarray],
+    time: slice,
+    config: ArchiveConfig,
+) -> None:
+    """Write small per-date variables (dims time, ...) at the time steps ``time`` (call from
+    one process); a variable the store does not hold (made by an older version) is skipped."""
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r+", zarr_format=config.zarr_format)
+    for name, value in values.items():
+        if name in group:
+            group[name][time] = value  # type: ignore[index]
+
+
 def mark_tile_done(
     store: str | os.PathLike, row: int, col: int, time: slice, config: ArchiveConfig
 ) -> None:
@@ -186,6 +213,30 @@ def mark_tile_done(
     group = zarr.open_group(str(store), mode="r+", zarr_format=config.zarr_format)
     array = group[TILE_DONE_VAR]
     array[time, row, col] = 1  # type: ignore[index]
+
+
+def regions_done(store: str | os.PathLike) -> set[str]:
+    """Keys of the regions recorded by ``record_regions_done`` (read fresh)."""
+    import zarr
+
+    keys = zarr.open_group(str(store), mode="r").attrs.get(DONE_ATTR) or []
+    return {str(k) for k in keys}  # type: ignore[union-attr]
+
+
+def record_regions_done(store: str | os.PathLike, keys: list[str], config: ArchiveConfig) -> None:
+    """Record regions as written (``DONE_ATTR``; call from one thread): a run of one tile
+    resumes region by region, as a run of many resumes tile by tile (``tile_done``)."""
+    if keys:
+        _record(str(store), {DONE_ATTR: sorted(regions_done(store) | set(keys))}, config)
+
+
+def region_sum(store: str | os.PathLike, name: str, region: Mapping[str, slice]) -> int:
+    """Sum of variable ``name`` over ``region`` (time, y, x slices) as it is in the store."""
+    import zarr
+
+    array = zarr.open_group(str(store), mode="r")[name]
+    index = tuple(region[dim] for dim in ("time", "y", "x"))
+    return int(np.asarray(array[index]).sum(dtype="int64"))  # type: ignore[index]
 
 
 def tiles_done(store: str | os.PathLike, time: slice) -> np.ndarray:

@@ -152,7 +152,12 @@ class Tile:
 
 @dataclass(frozen=True)
 class GridSpec:
-    """The output grid: ``rows x cols`` tiles of ``tile_size`` px, upper-left corner (x0, y0)."""
+    """The output grid: ``rows x cols`` tiles of ``tile_size`` px, upper-left corner (x0, y0).
+
+    ``height``/``width`` (px) cut the grid short of whole tiles: the last row and column of
+    tiles are then partial. A lattice grid (``make_grid``) leaves them None; a grid that is
+    one given GeoBox (``from_geobox``: the area's own grid, one tile) sets them.
+    """
 
     crs: str
     resolution: float
@@ -161,11 +166,16 @@ class GridSpec:
     y0: float
     rows: int
     cols: int
+    height: int | None = None
+    width: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """(height, width) in pixels."""
-        return self.rows * self.tile_size, self.cols * self.tile_size
+        return (
+            self.height if self.height is not None else self.rows * self.tile_size,
+            self.width if self.width is not None else self.cols * self.tile_size,
+        )
 
     @property
     def geobox(self) -> Any:
@@ -175,11 +185,27 @@ class GridSpec:
         r = self.resolution
         return GeoBox(self.shape, Affine(r, 0.0, self.x0, 0.0, -r, self.y0), self.crs)
 
+    @classmethod
+    def from_geobox(cls, geobox: Any, *, chunk_size: int) -> GridSpec:
+        """A grid of one tile that is exactly ``geobox`` (north up, square pixels), its tile
+        side the larger dimension rounded up to whole ``chunk_size`` chunks."""
+        a = geobox.affine
+        if a.b != 0 or a.d != 0 or a.e >= 0 or abs(a.a) != abs(a.e) or a.a <= 0:
+            raise ValueError(
+                f"the output grid must be north-up with square pixels, not {tuple(a)[:6]}: "
+                "pass a GeoBox like GeoBox.from_bbox(bbox, crs, resolution=10)"
+            )
+        ny, nx = (int(n) for n in geobox.shape)
+        side = -(-max(ny, nx) // chunk_size) * chunk_size
+        return cls(str(geobox.crs), float(a.a), side, float(a.c), float(a.f), 1, 1, ny, nx)
+
     def tile(self, row: int, col: int) -> Tile:
         if not (0 <= row < self.rows and 0 <= col < self.cols):
             raise IndexError(f"tile ({row}, {col}) outside the {self.rows} x {self.cols} grid")
         n = self.tile_size
-        y, x = slice(row * n, (row + 1) * n), slice(col * n, (col + 1) * n)
+        ny, nx = self.shape
+        y = slice(row * n, min((row + 1) * n, ny))
+        x = slice(col * n, min((col + 1) * n, nx))
         return Tile(row, col, y, x, self.geobox[y, x])
 
     def padded(self, tile: Tile, halo: int) -> Tile:
@@ -212,7 +238,9 @@ class GridSpec:
         return [t for t in self.tiles() if shape.intersects(t.geobox.extent.geom)]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """The grid as JSON (fields left at None are left out: a lattice grid's JSON is the
+        same as before ``height``/``width`` existed, so its stores still resume)."""
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> GridSpec:

@@ -8,23 +8,32 @@ scores the restoration against what was really there:
 1. **Windows spread over the area.** ``windows`` windows of ``window`` px, one per cell of a
    regular grid over each cube (each tile of a tiled run gets its share, at least one), at a
    seeded random place inside its cell. The pixel budget is fixed per run, not per area.
-2. **Hold-out chosen by the evidence, not by the gate.** Each window is restored once as it
-   is; a pixel-date is a hold-out candidate where the fused cloud evidence
-   (``cloud_probability``) is at most ``clear_probability`` and every band is observed.
-   Nothing about the gate, the confidence or the agreement with a reference enters the
-   choice (those select exactly the pixels where temporal filling fails).
+   Each window is one task on the run's Dask cluster (its read, prior and model loads run on
+   the workers, never in the client).
+2. **Hold-out chosen by the evidence, not by the gate.** A pixel-date is a hold-out
+   candidate where the fused cloud evidence (``cloud_probability``, read without the fusion
+   step) is at most ``clear_probability`` (where the evidence is never that certain, as in
+   a two-date series, the clearest fifth of the window up to ``HOLD_OUT_CAP``) and every
+   band is observed. Nothing about the gate, the confidence or the agreement with a
+   reference enters the choice (those select exactly the pixels where temporal filling
+   fails).
 3. **Simulated cloud on several dates at once.** Up to ``dates_per_window`` dates with
    enough candidates get clouds of ``kind`` (``mixed``: thin haze with thick cores and their
-   shadows, ``pipeline.cloud_simulator``) at ``cover``, each with its own field; the window
-   is restored once more and every candidate pixel is scored by its simulated class (thin,
-   thick, shadow, or clear: a candidate left uncovered, which shows what the run does to
-   clear pixels).
-4. **Stratified estimates with intervals.** Pixels are post-stratified by a land-cover
-   proxy (NDVI class x brightness class of the truth) to the strata's share among all the
-   windows' clear observations, so the hold-out's own mix of surfaces does not bias the
-   figure. Per class: RMSE and PSNR with a bootstrap interval over the simulated cases; the
-   "all" figure mixes the classes at the run's own shares (read from the evidence of the
-   windows), and a per-tile table gives the cloudy-pixel figure of each tile.
+   shadows, ``pipeline.cloud_simulator``) at ``cover``, each with its own field; those dates
+   alone are restored again (``restore(dates=)``; every date still serves as a reference),
+   with the run's scene parameters when it passes them, and every candidate pixel is scored
+   by its simulated class (thin, thick, shadow, or clear: a candidate left uncovered, which
+   shows what the run does to clear pixels).
+4. **Post-stratified estimates with intervals.** What lies under a cloud drives the error
+   (a melting snow cover or a harvested field errs far more than a forest), so each pixel
+   gets a land-cover stratum (NDVI class x brightness class, ``strata``) as seen on the
+   nearest other date that shows it clear, or a stratum of its own where no other date does
+   (``neighbour_strata``). The run's own pixels of each class (clear; thin and thick, read
+   from the evidence and the transmission) are counted per stratum in the windows, and the
+   held-out pixels of each simulated class are weighted to their class's mix. Per class:
+   RMSE and PSNR with a bootstrap interval over the simulated cases; the "all" figure mixes
+   the classes at the run's own shares, and a per-tile table gives the cloudy-pixel figure
+   of each tile.
 5. **A calibrated per-pixel error layer** (``ErrorModel``): the absolute error of a held-out
    pixel is fitted (non-negative least squares) on what the pixel went through (gate,
    transmission, distance to its reference in days, cloud evidence), on half of the cases;
@@ -45,6 +54,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -67,9 +77,6 @@ THICK_T = 0.25
 #: Dates clouded together in one trial are more than this many places apart in the series
 #: (the fusion draws its references from the nearest dates: 4 candidates, 2 on each side).
 MIN_DATE_GAP = 2
-#: Transmission bins of the covariate-shift weights: held-out cloudy pixels are weighted to
-#: the run's own distribution of (restored) transmission over its cloudy pixels.
-T_EDGES = (0.25, 0.5, 0.7, 0.85, 0.95)
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,8 @@ class ValidationConfig:
     kind: simulated cloud kind (``pipeline.cloud_simulator.KINDS``; ``mixed`` gives thin,
         thick and shadow pixels in one trial).
     cover: simulated cloud cover of a clouded date.
-    clear_probability: largest fused cloud probability of a pixel held out as clear truth.
+    clear_probability: largest fused cloud probability of a pixel held out as clear truth
+        (raised up to ``HOLD_OUT_CAP`` in a window where the evidence is never that certain).
     context: px of context restored around a window (-1: the restoration's own halo, as a
         run's chunk has it; only the inner window is scored).
     bootstrap: resamples of the cases behind the intervals.
@@ -119,30 +127,53 @@ class ValidationConfig:
 # --------------------------------------------------------------------------- error model
 
 #: Features of the error model, in order (see ``_features``).
-FEATURES = ("one", "reference_share", "reference_age", "haze_inverted", "evidence")
+FEATURES = (
+    "one",
+    "reference_share",
+    "reference_age",
+    "haze_inverted",
+    "evidence",
+    "reference_change",
+    "reference_change_unknown",
+)
+#: The quality layers the features are computed from.
+FEATURE_LAYERS = ("gate", "transmission", "reference_days", "cloud_probability", "surface_change")
 
 
-def _features(gate, transmission, reference_days, cloud_probability):
-    """(F, ...) basis of the error model, from the quality layers (numpy or dask via xarray).
+def _fill(a, value: float):
+    return a.fillna(value) if hasattr(a, "fillna") else np.nan_to_num(a, nan=value)
+
+
+def _features(layers: dict[str, Any]) -> dict[str, Any]:
+    """Basis of the error model by name, from the quality layers (numpy, or xarray: lazily
+    for dask).
 
     one: a floor; reference_share: 1 - gate; reference_age: (1 - gate) min(|days|, 180) / 30
     (an older reference has changed more); haze_inverted: gate (1 - t) (the inversion's
-    error grows with the haze removed); evidence: the cloud probability.
+    error grows with the haze removed); evidence: the cloud probability;
+    reference_change: (1 - gate) x ``surface_change`` (what the reference can miss: the
+    surface's change between the clear dates around the target), and
+    reference_change_unknown: (1 - gate) where fewer than two clear dates tell it.
     """
-    g = gate.clip(0, 1)
-    t = transmission.clip(0, 1)
-    days = (
-        abs(reference_days).fillna(0.0)
-        if hasattr(reference_days, "fillna")
-        else np.nan_to_num(np.abs(reference_days))
-    )
-    age = days.clip(0, 180) / 30.0 if hasattr(days, "clip") else np.clip(days, 0, 180) / 30.0
-    p = (
-        cloud_probability.fillna(0.5)
-        if hasattr(cloud_probability, "fillna")
-        else np.nan_to_num(cloud_probability, nan=0.5)
-    )
-    return [g * 0 + 1.0, 1 - g, (1 - g) * age, g * (1 - t), p]
+    g = layers["gate"].clip(0, 1)
+    t = layers["transmission"].clip(0, 1)
+    days = abs(_fill(layers["reference_days"], 0.0))
+    age = days.clip(0, 180) / 30.0
+    p = _fill(layers["cloud_probability"], 0.5)
+    change = layers.get("surface_change")
+    if change is None:  # a restore from before the layer existed: no reading anywhere
+        change = g * np.nan
+    unknown = change * 0 + 0.0
+    unknown = _fill(unknown, 1.0)
+    return {
+        "one": g * 0 + 1.0,
+        "reference_share": 1 - g,
+        "reference_age": (1 - g) * age,
+        "haze_inverted": g * (1 - t),
+        "evidence": p,
+        "reference_change": (1 - g) * _fill(change, 0.0),
+        "reference_change_unknown": (1 - g) * unknown,
+    }
 
 
 @dataclass
@@ -163,21 +194,19 @@ class ErrorModel:
     spearman: float = float("nan")  # rank correlation with the errors of the calibration half
     coverage90: float = float("nan")  # share of calibration errors within the 90 % interval
 
-    def predict(self, gate, transmission, reference_days, cloud_probability):
-        """The error estimate for arrays (numpy, or xarray, lazily for dask)."""
-        feats = _features(gate, transmission, reference_days, cloud_probability)
-        total = sum(c * f for c, f in zip(self.coefficients, feats, strict=True))
+    def predict(self, layers: dict[str, Any]):
+        """The error estimate from the quality layers by name (numpy arrays, or xarray:
+        lazily for dask)."""
+        feats = _features(layers)
+        total = sum(
+            c * feats[name] for c, name in zip(self.coefficients, self.features, strict=True)
+        )
         return self.kappa * total
 
     def apply(self, restored: xr.Dataset) -> xr.DataArray:
         """``error_estimate`` (time, y, x) float32 for a restored dataset (lazy with dask);
         NaN where there is no valid output."""
-        est = self.predict(
-            restored["gate"],
-            restored["transmission"],
-            restored["reference_days"],
-            restored["cloud_probability"],
-        )
+        est = self.predict({n: restored[n] for n in FEATURE_LAYERS if n in restored})
         est = est.where(restored["no_valid_observation"] == 0).astype(np.float32)
         band = next(str(v) for v in restored.data_vars if v in WAVELENGTH_NM)
         est.attrs = {
@@ -229,9 +258,8 @@ def fit_error_model(
     ``weights`` (the covariate-shift weights of the estimates) weight the calibration, so
     the interval holds for the run's mix of pixels rather than the hold-out's."""
     err = np.sqrt(rows["sq"] / rows["nb"])
-    feats = np.stack(
-        _features(rows["gate"], rows["transmission"], rows["reference_days"], rows["cloud"]), axis=1
-    ).astype(np.float64)
+    by_name = _features({n: rows[n] for n in FEATURE_LAYERS})
+    feats = np.stack([by_name[n] for n in FEATURES], axis=1).astype(np.float64)
     fit = case % 2 == 0
     cal = ~fit
     if fit.sum() < 20 or cal.sum() < 20:
@@ -403,8 +431,39 @@ def strata(truth: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
     return np.where(np.isfinite(truth).all(axis=0), out, -1)
 
 
+def neighbour_strata(data: np.ndarray, clearish: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """(T, Y, X) land-cover proxy of each pixel-date as seen on the *nearest other* date
+    where the pixel is clear (-1 where no other date is): what lies under a cloud, read the
+    same way for the run's cloudy pixels and for the held-out ones (whose own date is hidden
+    under simulated cloud), so the two can be matched stratum by stratum."""
+    nt = data.shape[0]
+    own = np.stack([strata(data[t], bands) for t in range(nt)])
+    own = np.where(clearish, own, -1)
+    out = np.full(own.shape, -1, dtype=np.int64)
+    for t in range(nt):
+        for u in sorted((u for u in range(nt) if u != t), key=lambda u: (abs(u - t), u)):
+            fill = (out[t] < 0) & (own[u] >= 0)
+            out[t][fill] = own[u][fill]
+    return out
+
+
+#: land-cover strata (``strata``) and one more: no other date shows the pixel clear
+N_STRATA = 7
+
+
+def _stratum_index(proxy: np.ndarray) -> np.ndarray:
+    """``neighbour_strata`` values as indices 0..6 (6: no other clear date)."""
+    p = np.asarray(proxy).astype(np.int64)
+    return np.where(p < 0, N_STRATA - 1, p)
+
+
+#: run classes whose land-cover mix the held-out pixels are weighted to (per simulated
+#: class: shadow pixels read as cloudy with a high transmission, so they match "thin")
+RUN_CLASS_OF = {"clear": "clear", "thin": "thin", "thick": "thick", "shadow": "thin"}
+
+
 class _Collector:
-    """Per held-out pixel rows, and the run's class shares and strata shares."""
+    """Per held-out pixel rows, and the run's class shares and per-class strata counts."""
 
     def __init__(self, nb: int) -> None:
         self.nb = nb
@@ -417,32 +476,30 @@ class _Collector:
                 "stratum",
                 "case",
                 "tile",
-                "gate",
-                "transmission",
-                "reference_days",
-                "cloud",
+                *FEATURE_LAYERS,
             )
         }
         self.band_sq: list[np.ndarray] = []
         self.class_counts = dict.fromkeys(("clear", "thin", "thick"), 0)
-        self.strata_counts = np.zeros(6)
-        self.t_counts = np.zeros(len(T_EDGES) + 1)
+        #: run class -> pixel count per land-cover stratum (``neighbour_strata``)
+        self.strata_counts = {c: np.zeros(N_STRATA) for c in self.class_counts}
         self.cases = 0
 
-    def add_run_shares(
-        self, base: xr.Dataset, data: np.ndarray, bands: tuple[str, ...], clear: np.ndarray
-    ) -> None:
+    def add_run_shares(self, base: xr.Dataset, data: np.ndarray, proxy: np.ndarray) -> None:
+        """The run's own pixels of the window: class (from the evidence and transmission)
+        and land-cover proxy."""
         observed = np.isfinite(data).all(axis=1)
         cp = np.nan_to_num(base["cloud_probability"].values, nan=0.5)
         t = np.nan_to_num(base["transmission"].values, nan=1.0)
         cloudy = observed & (cp >= 0.5)
-        self.class_counts["clear"] += int((observed & ~cloudy).sum())
-        self.class_counts["thick"] += int((cloudy & (t < THICK_T)).sum())
-        self.class_counts["thin"] += int((cloudy & (t >= THICK_T)).sum())
-        self.t_counts += np.bincount(np.digitize(t[cloudy], T_EDGES), minlength=len(T_EDGES) + 1)
-        for d in range(data.shape[0]):
-            s = strata(data[d], bands)[clear[d]]
-            self.strata_counts += np.bincount(s[s >= 0], minlength=6)[:6]
+        masks = {
+            "clear": observed & ~cloudy,
+            "thin": cloudy & (t >= THICK_T),
+            "thick": cloudy & (t < THICK_T),
+        }
+        for c, m in masks.items():
+            self.class_counts[c] += int(m.sum())
+            self.strata_counts[c] += np.bincount(_stratum_index(proxy[m]), minlength=N_STRATA)
 
     def add(self, est, truth, cls, stratum, tile, layers) -> None:
         diff = np.clip(est, 0, 1) - np.clip(truth, 0, 1)  # (B, N)
@@ -452,10 +509,22 @@ class _Collector:
         self.rows["stratum"].append(stratum)
         self.rows["case"].append(np.full(cls.size, self.cases))
         self.rows["tile"].append(np.full(cls.size, tile))
-        for k in ("gate", "transmission", "reference_days", "cloud"):
+        for k in FEATURE_LAYERS:
             self.rows[k].append(layers[k])
         self.band_sq.append(diff**2)
         self.cases += 1
+
+    def merge(self, other: _Collector) -> None:
+        """Add another window's collector (its cases renumbered after ours)."""
+        for k, parts in other.rows.items():
+            if k == "case":
+                parts = [p + self.cases for p in parts]
+            self.rows[k].extend(parts)
+        self.band_sq.extend(other.band_sq)
+        for c in self.class_counts:
+            self.class_counts[c] += other.class_counts[c]
+            self.strata_counts[c] += other.strata_counts[c]
+        self.cases += other.cases
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.rows.items()}
@@ -473,51 +542,59 @@ def _class_mse(rows, weights, mask) -> float:
     return float((w * rows["sq"][mask] / rows["nb"][mask]).sum() / w.sum())
 
 
-def _estimates(rows, weights, shares, classes) -> dict[str, float]:
-    """MSE per class, and 'all': the clear pixels' MSE and the cloudy pixels' (every cloudy
-    class together, already weighted to the run's transmission mix) at the run's shares of
-    clear and cloudy pixels."""
-    mse = {c: _class_mse(rows, weights, rows["cls"] == k) for k, c in enumerate(classes)}
-    cloudy = _class_mse(rows, weights, rows["cls"] > 0)
-    clear_share = shares.get("clear", 0.0)
-    parts = [(clear_share, mse["clear"]), (1.0 - clear_share, cloudy)]
+def _estimates(rows, weights, shares) -> dict[str, float]:
+    """MSE per simulated class, and 'all': the classes at the run's own shares of clear, thin
+    and thick pixels (the run's "thin" pixels, cloudy with a transmission of at least
+    ``THICK_T``, hold its cloud shadows too: simulated thin and shadow pixels stand for them)."""
+    cls = rows["cls"]
+    mse = {c: _class_mse(rows, weights, cls == k) for k, c in enumerate(CLASSES)}
+    run_mse = {
+        "clear": mse["clear"],
+        "thin": _class_mse(rows, weights, (cls == CLASSES.index("thin")) | (cls == 3)),
+        "thick": mse["thick"],
+    }
+    parts = [(shares.get(c, 0.0), v) for c, v in run_mse.items()]
     parts = [(w, v) for w, v in parts if math.isfinite(v) and w > 0]
     total = sum(w for w, _ in parts)
     mse["all"] = sum(w * v for w, v in parts) / total if total > 0 else float("nan")
     return mse
 
 
-def _haze_weights(rows: dict[str, np.ndarray], run_counts: np.ndarray) -> np.ndarray:
-    """Covariate-shift weights of the cloudy held-out pixels: the run's share of each
-    transmission bin over the held-out share (the simulated cloud is one thickness mix, the
-    run's clouds another); 1 for clear pixels and where the run has no cloudy pixel."""
+def _strata_weights(rows: dict[str, np.ndarray], strata_counts: dict[str, np.ndarray]):
+    """Per held-out pixel: the share of its land-cover stratum among the run's pixels of its
+    class over that share among the held-out pixels of its class (post-stratification).
+
+    The error of a restored pixel depends mostly on what lies under the cloud (a changing
+    snow cover or a ploughed field errs far more than a forest) and on whether another date
+    shows it clear at all; the few windows of a validation draw a different mix of both
+    for each class than the run's clouds cover (in a two-date series, clouding one date
+    leaves the other's own clouds as the only reference: the run never restores a pixel
+    that way where the other date is clear)."""
     w = np.ones(rows["sq"].shape)
-    cloudy = rows["cls"] > 0
-    if not cloudy.any() or run_counts.sum() <= 0:
-        return w
-    bins = np.digitize(np.nan_to_num(rows["transmission"], nan=1.0), T_EDGES)
-    held = np.bincount(bins[cloudy], minlength=len(T_EDGES) + 1).astype(float)
-    run = run_counts / run_counts.sum()
-    held = held / held.sum()
-    ratio = np.where(held > 0, run / np.maximum(held, 1e-12), 0.0)
-    w[cloudy] = ratio[bins[cloudy]]
+    s = _stratum_index(rows["stratum"])
+    everything = np.sum(list(strata_counts.values()), axis=0)
+    for k, c in enumerate(CLASSES):
+        target = strata_counts[RUN_CLASS_OF[c]]
+        if target.sum() <= 0:
+            target = everything
+        mine = rows["cls"] == k
+        held = np.bincount(s[mine], minlength=N_STRATA).astype(float)
+        if held.sum() <= 0 or target.sum() <= 0:
+            continue
+        ratio = np.where(
+            held > 0, (target / target.sum()) / np.maximum(held / held.sum(), 1e-12), 0.0
+        )
+        w[mine] = ratio[s[mine]]
     return w
 
 
 def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> ValidationResult:
     rows = col.arrays()
     n = int(rows["sq"].size)
-    # post-stratification: each stratum weighted to its share among all clear observations
-    held = np.bincount(rows["stratum"][rows["stratum"] >= 0].astype(int), minlength=6)[:6].astype(
-        float
-    )
-    target = col.strata_counts / max(col.strata_counts.sum(), 1.0)
-    ratio = np.where(held > 0, target / np.maximum(held / max(held.sum(), 1.0), 1e-12), 0.0)
-    weights = np.where(rows["stratum"] >= 0, ratio[np.maximum(rows["stratum"], 0).astype(int)], 1.0)
-    weights = weights * _haze_weights(rows, col.t_counts)
+    weights = _strata_weights(rows, col.strata_counts)
     total_runs = sum(col.class_counts.values())
     shares = {k: v / total_runs for k, v in col.class_counts.items()} if total_runs else {}
-    mse = _estimates(rows, weights, shares, CLASSES)
+    mse = _estimates(rows, weights, shares)
     # bootstrap over cases
     boot: dict[str, list[float]] = {c: [] for c in (*CLASSES, "all")}
     case_ids = np.unique(rows["case"])
@@ -525,7 +602,7 @@ def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> Va
         pick = rng.choice(case_ids, case_ids.size, replace=True)
         mult = np.bincount(np.searchsorted(case_ids, pick), minlength=case_ids.size)
         w = weights * mult[np.searchsorted(case_ids, rows["case"])]
-        for c, v in _estimates(rows, w, shares, CLASSES).items():
+        for c, v in _estimates(rows, w, shares).items():
             if math.isfinite(v):
                 boot[c].append(_psnr(math.sqrt(v)))
 
@@ -586,17 +663,25 @@ def self_validate(
     prior: Any = DEFAULT_PRIOR,
     config: ValidationConfig | None = None,
     labels: Sequence[str] | None = None,
+    scene: Any = None,
+    origins: Sequence[tuple[int, int]] | None = None,
+    grid_shape: tuple[int, int] | None = None,
     **options: Any,
 ) -> ValidationResult:
     """Estimate the restoration error of a run (see the module docstring).
 
     ``cube``: the run's cube, or one cube per tile (``labels`` name them in the per-tile
-    table). ``prior`` and ``options`` are what the run passes to ``pipeline.restore``.
-    Cubes may be lazy: only the windows are loaded.
-    """
-    from .cloud_simulator import simulate
-    from .restore import restore
+    table). ``prior`` and ``options`` are what the run passes to ``pipeline.restore``;
+    ``scene`` (a ``SceneState`` of the run's area), ``origins`` (each cube's first row and
+    column in the run's grid) and ``grid_shape`` place the windows in the run as its own
+    restoration does, so a window is restored with the run's scene parameters, pair
+    harmonisation and date ranks. Cubes may be lazy: only the windows are loaded.
 
+    Each window is one task (load, evidence, simulated cloud, restore, score): on the Dask
+    cluster of the run when there is one (the windows' reads, priors and models run on the
+    workers, side by side), else one after the other here. A window that fails to load
+    costs that window, not the run.
+    """
     started = time.perf_counter()
     cfg = config or ValidationConfig()
     options = {k: v for k, v in options.items() if k not in ("period", "mode")}
@@ -604,35 +689,43 @@ def self_validate(
     labels = list(labels) if labels is not None else [str(k) for k in range(len(cubes))]
     if len(labels) != len(cubes):
         raise ValueError(f"self_validate got {len(cubes)} cubes but {len(labels)} labels")
+    if origins is not None and len(origins) != len(cubes):
+        raise ValueError(f"self_validate got {len(cubes)} cubes but {len(origins)} origins")
     bands = _bands_of(cubes[0])
-    wl = np.array([WAVELENGTH_NM[b] for b in bands])
     rng = np.random.default_rng(cfg.seed)
-    col = _Collector(len(bands))
     per_cube = [
         cfg.windows // len(cubes) + (k < cfg.windows % len(cubes)) for k in range(len(cubes))
     ]
     context = cfg.context if cfg.context >= 0 else _restore_halo(prior, options)
+    tasks, where = [], []
     for k, c in enumerate(cubes):
         ny, nx, nt = c.sizes["y"], c.sizes["x"], c.sizes["time"]
         if nt < 2:
             continue
         size = min(cfg.window, ny, nx)
+        oy, ox = origins[k] if origins is not None else (0, 0)
         for y0, x0 in window_origins(ny, nx, size, max(1, per_cube[k]), rng):
             # the window is restored with its context (the restoration's own halo), as the
             # run restores it inside its chunk; only the inner window is scored
             cy0, cx0 = max(0, y0 - context), max(0, x0 - context)
             cy1, cx1 = min(ny, y0 + size + context), min(nx, x0 + size + context)
-            inner = (slice(y0 - cy0, y0 - cy0 + size), slice(x0 - cx0, x0 - cx0 + size))
-            try:
-                win = c.isel(y=slice(cy0, cy1), x=slice(cx0, cx1)).compute()
-            except Exception as exc:  # noqa: BLE001 - a read failure costs a window, not the run
-                log.warning(
-                    "self-validation skipped a window of %s at (%d, %d): %s", labels[k], y0, x0, exc
-                )
-                continue
-            _validate_window(
-                win, inner, bands, wl, k, cfg, prior, options, rng, col, simulate, restore
+            window = _Window(
+                inner=(slice(y0 - cy0, y0 - cy0 + size), slice(x0 - cx0, x0 - cx0 + size)),
+                tile=k,
+                seed=int(rng.integers(0, 2**31 - 1)),
+                origin=(oy + cy0, ox + cx0),
+                grid_shape=grid_shape,
             )
+            win = c.isel(y=slice(cy0, cy1), x=slice(cx0, cx1))
+            tasks.append(
+                dask.delayed(_window_task, pure=True)(
+                    win, window, bands, cfg, prior, scene, options
+                )
+            )
+            where.append(f"{labels[k]} at ({y0}, {x0})")
+    col = _Collector(len(bands))
+    for part in _compute_each(tasks, where):
+        col.merge(part)
     result = (
         _summarise(col, cfg, bands, labels, rng)
         if col.cases
@@ -651,6 +744,32 @@ def self_validate(
     result.seconds = time.perf_counter() - started
     log.info("self-validation: %s", result.line())
     return result
+
+
+def _compute_each(tasks: list, where: list[str]) -> list[_Collector]:
+    """The windows' results: on the current Dask cluster (all at once) when there is one,
+    else one by one in this process; a window whose task fails is logged and skipped."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        client = None
+    out = []
+    if client is not None:
+        futures = client.compute(tasks)
+        for future, place in zip(futures, where, strict=True):
+            try:
+                out.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - a read failure costs a window
+                log.warning("self-validation skipped the window of %s: %s", place, exc)
+        return out
+    for task, place in zip(tasks, where, strict=True):
+        try:
+            out.append(task.compute(scheduler="sync"))
+        except Exception as exc:  # noqa: BLE001 - a read failure costs a window
+            log.warning("self-validation skipped the window of %s: %s", place, exc)
+    return out
 
 
 def _spread_dates(order: np.ndarray, count: int, gap: int) -> list[int]:
@@ -680,38 +799,75 @@ def _restore_halo(prior: Any, options: dict[str, Any]) -> int:
     return int(prior_obj.halo + fusion.halo)
 
 
-def _validate_window(
-    win, inner, bands, wl, tile, cfg, prior, options, rng, col, simulate, restore
-) -> None:
+#: Largest cloud probability a hold-out pixel may have when the evidence is never certain
+#: (a short series: with two dates the stack evidence keeps every pixel above ~0.15).
+HOLD_OUT_CAP = 0.3
+
+
+def _hold_out_threshold(cp: np.ndarray, cfg: ValidationConfig) -> float:
+    """``cfg.clear_probability``, or, where the evidence never gets that certain, the
+    clearest fifth of the window's pixels up to ``HOLD_OUT_CAP``."""
+    low = float(np.percentile(cp, 20)) if cp.size else cfg.clear_probability
+    return min(HOLD_OUT_CAP, max(cfg.clear_probability, low))
+
+
+@dataclass(frozen=True)
+class _Window:
+    """One validation window: its scored part inside the loaded context, the tile it
+    belongs to, its own seed, and where its context sits in the run's grid."""
+
+    inner: tuple[slice, slice]
+    tile: int
+    seed: int
+    origin: tuple[int, int]
+    grid_shape: tuple[int, int] | None
+
+
+def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Collector:
+    """One window, start to end (a Dask task): evidence, hold-out, simulated cloud on a few
+    dates, their restoration with the run's settings, the scores."""
     from dataclasses import fields as dc_fields
 
+    from .cloud_simulator import simulate
     from .kernels import FusionConfig
-    from .restore import cloud_evidence
+    from .restore import cloud_evidence, restore
 
+    col = _Collector(len(bands))
+    rng = np.random.default_rng(window.seed)
+    inner = window.inner
     data = _as_array(win, bands)
     if not np.isfinite(data).any():
-        return
+        return col
     fusion_names = {f.name for f in dc_fields(FusionConfig)}
+    placed: dict[str, Any] = {"origin": window.origin}
+    if window.grid_shape is not None:
+        placed["grid_shape"] = window.grid_shape
     base = cloud_evidence(
-        win, prior=prior, **{k: v for k, v in options.items() if k not in fusion_names}
+        win,
+        prior=prior,
+        scene=scene,
+        **placed,
+        **{k: v for k, v in options.items() if k not in fusion_names and k != "sample_pixels"},
     )
     observed = np.isfinite(data).all(axis=1)
-    clear = observed & (
-        np.nan_to_num(base["cloud_probability"].values, nan=1.0) <= cfg.clear_probability
-    )
+    cp = np.nan_to_num(base["cloud_probability"].values, nan=1.0)
+    # one reading of "clear" for the hold-out and for "another date shows it clear"
+    clearish = observed & (cp <= _hold_out_threshold(cp[:, inner[0], inner[1]], cfg))
+    clear = clearish.copy()
     scored = np.zeros(clear.shape[1:], dtype=bool)
     scored[inner] = True
     clear &= scored[None]
+    proxy = neighbour_strata(data, clearish, bands)
     col.add_run_shares(
         base.isel(y=inner[0], x=inner[1]),
         data[:, :, inner[0], inner[1]],
-        bands,
-        clear[:, inner[0], inner[1]],
+        proxy[:, inner[0], inner[1]],
     )
     candidates = [t for t in range(data.shape[0]) if clear[t][inner].mean() > 0.2]
     if not candidates:
-        return
-    targets = _spread_dates(rng.permutation(candidates), cfg.dates_per_window, MIN_DATE_GAP)
+        return col
+    targets = sorted(_spread_dates(rng.permutation(candidates), cfg.dates_per_window, MIN_DATE_GAP))
+    wl = np.array([WAVELENGTH_NM[b] for b in bands])
     cloudy = data.copy()
     sims = {}
     filled = np.nan_to_num(data, nan=0.0)
@@ -736,28 +892,17 @@ def _validate_window(
         for target, sim in sims.items():
             scl[target][sim.thin | sim.thick | sim.shadow] = SCL.UNCLASSIFIED
         trial[SCL_BAND] = (win[SCL_BAND].dims, scl)
-    out = restore(trial, prior=prior, **options)
-    for target, sim in sims.items():
-        est = np.stack([out[b].values[target] for b in bands])
+    # only the clouded dates are restored; every date still serves as a reference
+    out = restore(trial, prior=prior, scene=scene, dates=targets, **placed, **options)
+    for k, (target, sim) in enumerate(sims.items()):
+        est = np.stack([out[b].values[k] for b in bands])
         held = clear[target] & np.isfinite(est).all(axis=0)
         if not held.any():
             continue
         cls = np.select([sim.thick, sim.shadow, sim.thin], [2, 3, 1], default=0)[held]
-        layers = {
-            "gate": out["gate"].values[target][held],
-            "transmission": out["transmission"].values[target][held],
-            "reference_days": out["reference_days"].values[target][held],
-            "cloud": out["cloud_probability"].values[target][held],
-        }
-        col.add(
-            est[:, held],
-            data[target][:, held],
-            cls,
-            strata(data[target], bands)[held],
-            tile,
-            layers,
-        )
-        log.debug("self-validation case: date %d, %d px", target, int(held.sum()))
+        layers = {n: out[n].values[k][held] for n in FEATURE_LAYERS}
+        col.add(est[:, held], data[target][:, held], cls, proxy[target][held], window.tile, layers)
+    return col
 
 
 # --------------------------------------------------------------------------- against truth

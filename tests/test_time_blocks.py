@@ -193,6 +193,17 @@ def test_composites_stream_period_by_period_and_stay_exact():
         )
 
 
+def test_restoring_some_dates_equals_those_dates_of_the_whole_restore(series, whole):
+    picked = [1, 4]
+    part = restore(series, dates=picked)
+    assert part.sizes["time"] == len(picked)
+    _assert_same(part, whole.isel(time=picked), atol=0.0)
+    with pytest.raises(ValueError, match="indices"):
+        restore(series, dates=[series.sizes["time"]])
+    with pytest.raises(ValueError, match="in-memory"):
+        restore(series.chunk({"x": 16}), dates=picked)
+
+
 def test_the_pair_fit_group_by_group_equals_one_fit_over_all_dates():
     """``pair_maps`` fits a long series' pairs two groups of dates at a time (its robust
     weights grew with the square of the dates): every pair's gain and offset are exactly

@@ -14,9 +14,12 @@ from pipeline.restore import restore
 from pipeline.synthetic import make_stack
 from pipeline.validation import (
     ERROR_LAYER,
+    N_STRATA,
     ErrorModel,
     ValidationConfig,
+    _strata_weights,
     error_layer_calibration,
+    neighbour_strata,
     self_validate,
     strata,
     window_origins,
@@ -141,3 +144,57 @@ def test_several_cubes_each_get_windows_and_a_row_in_the_tile_table():
     assert all(row["pixels"] > 0 for row in result.per_tile.values())
     with pytest.raises(ValueError, match="labels"):
         self_validate(tiles, config=SMALL, labels=["only-one"])
+
+
+def test_neighbour_strata_read_the_nearest_other_clear_date():
+    bands = ("B02", "B03", "B04", "B08")
+    veg = np.array([0.03, 0.06, 0.03, 0.40], np.float32)
+    soil = np.array([0.08, 0.10, 0.12, 0.15], np.float32)
+    data = np.zeros((3, 4, 1, 2), np.float32)
+    data[0, :, 0, 0], data[1, :, 0, 0], data[2, :, 0, 0] = veg, soil, soil
+    data[:, :, 0, 1] = veg[None]
+    clear = np.array([[[True, False]], [[False, False]], [[True, False]]])
+    got = neighbour_strata(data, clear, bands)
+    veg_class = strata(veg[:, None, None], bands)[0, 0]
+    soil_class = strata(soil[:, None, None], bands)[0, 0]
+    # date 1 is hidden: its nearest clear neighbours are dates 0 and 2, the earlier first
+    assert got[1, 0, 0] == veg_class
+    # a date never reads itself, only its neighbours
+    assert got[0, 0, 0] == soil_class and got[2, 0, 0] == veg_class
+    # no other date shows the second pixel clear
+    assert (got[:, 0, 1] == -1).all()
+
+
+def test_held_out_pixels_are_weighted_to_the_run_mix_of_their_class():
+    # the hold-out drew mostly stratum 1 (snow-like, large errors) for thick cloud, while
+    # the run's thick pixels lie mostly on stratum 4 (vegetation, small errors)
+    rows = {
+        "cls": np.array([2] * 10),
+        "stratum": np.array([1] * 8 + [4] * 2),
+        "sq": np.array([0.09] * 8 + [0.0004] * 2),
+        "nb": np.ones(10),
+    }
+    counts = {c: np.zeros(N_STRATA) for c in ("clear", "thin", "thick")}
+    counts["thick"][[1, 4]] = [10, 90]
+    w = _strata_weights(rows, counts)
+    mse = float((w * rows["sq"]).sum() / w.sum())
+    assert mse == pytest.approx(0.1 * 0.09 + 0.9 * 0.0004)
+
+
+def test_runs_its_windows_on_the_dask_cluster_with_the_same_result(cube):
+    from distributed import Client, LocalCluster
+
+    here = self_validate(cube, config=SMALL)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        there = self_validate(cube, config=SMALL)
+        ran = client.run(
+            lambda dask_worker: sorted(
+                {str(e[0]) for e in dask_worker.state.log if "_window_task" in str(e[0])}
+            )
+        )
+    assert sum(len(v) for v in ran.values()) == SMALL.windows  # each window ran on the worker
+    here.seconds = there.seconds = 0.0
+    assert here.to_json() == there.to_json()

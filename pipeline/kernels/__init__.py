@@ -36,6 +36,7 @@ from ._scene import (
     fit_clear_line,
     pair_gain_offset,
 )
+from ._surface_change import surface_change
 
 __all__ = [
     "CompositeResult",
@@ -64,6 +65,7 @@ __all__ = [
     "smoothstep",
     "snow_score",
     "spectral_consistency",
+    "surface_change",
     "temporal_dark_object",
     "time_context",
     "time_neighbourhood",

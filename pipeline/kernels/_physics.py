@@ -16,8 +16,9 @@ Limitations
   plus the dark-channel window, which is the classical DCP and reads large bright surfaces as
   haze unless HOT or the snow test vetoes it.
 * The temporal dark object assumes a static surface: a surface that brightened since the
-  clearest date (harvest, snow) shows as haze. A robust fit t = (A - I) / (A - R) against the
-  harmonised reference, and a guided-filter refinement of t, are the next steps.
+  clearest date (harvest, snow) shows as haze here. Where a good reference exists the fusion
+  reads the transmission again against the harmonised reference (``_temporal``), which needs
+  no dark object; t is not refined by a guided filter.
 * Snow is recognised only through NDSI, i.e. only when B11 or B12 is in the cube.
 * Cloud shadow is recognised here only through SCL and by skipping flat darkenings in the
   dark object; the temporal darkening cue lives in the fusion kernel.

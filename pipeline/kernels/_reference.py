@@ -1,14 +1,19 @@
-"""Temporal reference kernels: per-pixel reference choice and local radiometric harmonisation.
+"""Temporal reference kernels: the quality that ranks reference dates, spectral consistency, and
+local radiometric harmonisation of one date onto another.
+
+The choice of references and their blend are the fusion's (``_fusion``: the candidates
+scoring within ``reference_blend_ratio`` of the best, weighted by score); this module gives
+it the scores and the harmonised maps.
 
 Limitations
 -----------
-* The reference is one date per pixel (hard argmax of a spatially smoothed score). Choices are
-  spatially coherent and harmonised, so switches between dates are faint, but a soft blend of
-  the best few dates would remove the residual seams entirely.
-* Harmonisation is a per-band affine map fitted in a square window; surface change between the
-  dates (harvest, flooding) within the window biases it. A robust (Huber) fit would help.
-* Cost grows with (dates x candidates x bands) box filters per block; ``max_candidates`` bounds
-  it, but long series should process the time axis in windows.
+* Harmonisation is a per-band affine map fitted in a square window (on a coarse grid,
+  ``harmonise_grid_step``). The fusion's robust pre-weight (``_fusion._agreement``) keeps
+  shadow, residual cloud and surface change on either date out of the fit, but a change that
+  covers most of the window (harvest, flooding of a whole field) still biases it.
+* Cost grows with (dates x candidates x bands) box filters per block; ``max_candidates``
+  bounds it, and ``FusionConfig.time_window_dates`` (with ``restore``'s time blocks) bounds
+  the dates a long series holds at once.
 """
 
 from __future__ import annotations
