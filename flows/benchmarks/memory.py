@@ -98,8 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--validation",
         action="store_true",
-        help="self-validate each run too (off by default: it runs in this process, not on "
-        "the workers, and its time grows with the dates)",
+        help="self-validate each run too, as real runs do (off by default: its window tasks "
+        "still hold each window's whole series, so their memory grows with the dates; the "
+        "README gives the figures)",
     )
     p.add_argument(
         "--workdir",
