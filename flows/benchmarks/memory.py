@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,8 +28,8 @@ DESCRIPTION = (
     "--size px area, each on a fresh local cluster, and print per run the peak RSS of the "
     "workers, its ratio to the first run's and the memory calculator's figure; then make the "
     "monthly composites of all dates over a --composite-size px area. Targets: peak flat "
-    "(<= 1.2 x the first run's), composite finished. Defaults take about 15 minutes on 2 cores "
-    "(plus about 3 minutes to write the catalog the first time). '--dates 3,6 --size 64 "
+    "(<= 1.2 x the first run's), composite finished. Defaults take about 17 minutes on 2 cores "
+    "(4 for the sweep, 13 for the composite; plus 5 to write the catalog the first time). '--dates 3,6 --size 64 "
     "--chunk-size 64 --composite-size 64 --composite-chunk-size 64 --bands 4' is a smoke test."
 )
 
@@ -99,8 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--validation",
         action="store_true",
-        help="self-validate each run too (off by default: it runs in this process, not on "
-        "the workers, and its time grows with the dates)",
+        help="self-validate each run too, as real runs do (off by default: its window tasks "
+        "still hold each window's whole series, so their memory grows with the dates; the "
+        "README gives the figures)",
     )
     p.add_argument(
         "--workdir",
@@ -128,22 +128,6 @@ def _check(args: argparse.Namespace) -> list[int]:
     return dates
 
 
-class _DriverPeak(threading.Thread):
-    """Peak RSS of this process (the client: search, graph, validation) during a run."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        super().__init__(daemon=True)
-        self.process = psutil.Process()
-        self.start_rss = self.peak = self.process.memory_info().rss
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-
 def _measure(
     args: argparse.Namespace,
     items: list,
@@ -164,7 +148,7 @@ def _measure(
     from flows.steps import restore_halo
     from pipeline.archive import ArchiveConfig
     from pipeline.bench._dates_sweep import area_geobox, calculator_figures
-    from pipeline.bench._speed_sampler import WorkerMemory
+    from pipeline.bench._speed_sampler import ProcessPeak, WorkerMemory
     from pipeline.catalog import SearchParams
     from pipeline.cluster import ClusterConfig, make_cluster
     from pipeline.cube import CubeConfig
@@ -198,7 +182,7 @@ def _measure(
             time_block=time_block,
         )
         memory.reset()
-        driver = _DriverPeak()
+        driver = ProcessPeak()
         driver.start()
         started = time.perf_counter()
         summary = run(config, progress=False, items=chosen, geobox=area_geobox(size))

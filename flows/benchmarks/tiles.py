@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -71,20 +70,6 @@ def _write_catalog(
     return origin
 
 
-class _DriverPeak(threading.Thread):
-    def __init__(self) -> None:
-        import psutil
-
-        super().__init__(daemon=True)
-        self.process = psutil.Process()
-        self.start_rss = self.peak = self.process.memory_info().rss
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-
 def _measure(
     args: argparse.Namespace,
     client: Any,
@@ -99,6 +84,7 @@ def _measure(
     from flows.run import RunConfig
     from flows.tiled import run_tiled
     from pipeline.archive import ArchiveConfig
+    from pipeline.bench._speed_sampler import ProcessPeak
     from pipeline.catalog import SearchParams
     from pipeline.cube import CubeConfig
     from pipeline.tiling import TilingConfig
@@ -121,7 +107,7 @@ def _measure(
         tiling=TilingConfig(tile_size=args.tile_size, tiles_in_flight=args.tiles_in_flight),
     )  # fmt: skip
     memory.reset()
-    driver = _DriverPeak()
+    driver = ProcessPeak()
     driver.start()
     t0 = time.perf_counter()
     summary = run_tiled(config, progress=False, client=client)

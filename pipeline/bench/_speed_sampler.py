@@ -93,3 +93,19 @@ class WorkerMemory:
 
     def read(self) -> dict[str, dict[str, int]]:
         return self.client.run(read_peak)
+
+
+class ProcessPeak(threading.Thread):
+    """Peak RSS of this process (a benchmark's driver: search, graph, client-side steps)
+    between ``start()`` and ``stop.set()``; ``start_rss`` is the RSS when it was made."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__(name="phyvlm-driver-rss", daemon=True)
+        self.interval = interval
+        self.process = psutil.Process()
+        self.start_rss = self.peak = self.process.memory_info().rss
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
