@@ -897,17 +897,17 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
     wl = np.array([WAVELENGTH_NM[b] for b in bands])
     cloudy = data.copy()
     sims = {}
-    filled = np.nan_to_num(data, nan=0.0)
     for target in targets:
+        # the simulator reads the clouded date alone: one date in, one date out
         sim = simulate(
-            filled,
+            np.nan_to_num(data[target : target + 1], nan=0.0),
             wl,
-            target=target,
+            target=0,
             kind=cfg.kind,
             cover=cfg.cover,
             seed=int(rng.integers(0, 2**31 - 1)),
         )
-        cloudy[target] = np.where(np.isfinite(data[target]), sim.cloudy[target], np.nan)
+        cloudy[target] = np.where(np.isfinite(data[target]), sim.cloudy[0], np.nan)
         sims[target] = sim
     trial = win.copy()
     for i, b in enumerate(bands):
