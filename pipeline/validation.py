@@ -732,14 +732,16 @@ def self_validate(
             # run restores it inside its chunk; only the inner window is scored
             cy0, cx0 = max(0, y0 - context), max(0, x0 - context)
             cy1, cx1 = min(ny, y0 + size + context), min(nx, x0 + size + context)
+            t0, t1, eligible = _time_segment(nt, options, rng)
             window = _Window(
                 inner=(slice(y0 - cy0, y0 - cy0 + size), slice(x0 - cx0, x0 - cx0 + size)),
                 tile=k,
                 seed=int(rng.integers(0, 2**31 - 1)),
                 origin=(oy + cy0, ox + cx0),
                 grid_shape=grid_shape,
+                eligible=eligible,
             )
-            win = c.isel(y=slice(cy0, cy1), x=slice(cx0, cx1))
+            win = c.isel(y=slice(cy0, cy1), x=slice(cx0, cx1), time=slice(t0, t1))
             tasks.append(
                 dask.delayed(_window_task, pure=True)(
                     win, window, bands, cfg, prior, scene, options
@@ -846,6 +848,37 @@ class _Window:
     seed: int
     origin: tuple[int, int]
     grid_shape: tuple[int, int] | None
+    #: [first, last) of the window's dates that may be clouded (their time neighbourhood
+    #: lies within the dates the window holds)
+    eligible: tuple[int, int] = (0, 1 << 30)
+
+
+#: A windowed run's validation window holds this many times the dates one of the run's
+#: tasks holds (time block + both neighbourhoods), at a seeded place in the series.
+SEGMENT_BLOCKS = 3
+
+
+def _time_segment(nt: int, options: dict[str, Any], rng: np.random.Generator):
+    """The dates [t0, t1) a window holds and the [first, last) of them it may cloud.
+
+    Without a time window the run restores each chunk over the whole series, and so does a
+    window. With one (``time_window_dates`` N), a run task holds a block of B dates and N on
+    each side whatever the series' length, and a window holds ``SEGMENT_BLOCKS`` times that
+    at a random place: its memory stays a run task's order, not the series'. Only dates whose
+    N neighbours on each side lie in the segment (or the series ends there) are clouded, so
+    they see the references the run gives them."""
+    from .restore import DEFAULT_TIME_BLOCK
+
+    window = options.get("time_window_dates")
+    if window is None:
+        return 0, nt, (0, nt)
+    block = int(options.get("time_block") or DEFAULT_TIME_BLOCK)
+    span = min(nt, SEGMENT_BLOCKS * (block + 2 * int(window)))
+    t0 = int(rng.integers(0, nt - span + 1))
+    t1 = t0 + span
+    first = 0 if t0 == 0 else int(window)
+    last = span if t1 == nt else span - int(window)
+    return t0, t1, (first, max(first, last))
 
 
 def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Collector:
@@ -890,7 +923,10 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
         data[:, :, inner[0], inner[1]],
         proxy[:, inner[0], inner[1]],
     )
-    candidates = [t for t in range(data.shape[0]) if clear[t][inner].mean() > 0.2]
+    first, last = window.eligible
+    candidates = [
+        t for t in range(data.shape[0]) if first <= t < last and clear[t][inner].mean() > 0.2
+    ]
     if not candidates:
         return col
     targets = sorted(_spread_dates(rng.permutation(candidates), cfg.dates_per_window, MIN_DATE_GAP))

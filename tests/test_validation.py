@@ -204,3 +204,17 @@ def test_validates_with_the_run_time_window_and_blocks(cube):
     # a run with a time window restores in time blocks; its windows do the same
     windowed = self_validate(cube, config=SMALL, time_window_dates=1, time_block=1)
     assert windowed.pixels > 100 and windowed.cases >= 2
+
+
+def test_a_windowed_run_validates_on_segments_of_the_series():
+    from pipeline.validation import SEGMENT_BLOCKS, _time_segment
+
+    rng = np.random.default_rng(0)
+    # no time window: the whole series, every date may be clouded
+    assert _time_segment(146, {}, rng) == (0, 146, (0, 146))
+    # a window of 2 dates and blocks of 5: a run task holds 9 dates, a window 3 x 9
+    for _ in range(50):
+        t0, t1, (first, last) = _time_segment(146, {"time_window_dates": 2, "time_block": 5}, rng)
+        assert t1 - t0 == SEGMENT_BLOCKS * 9 and 0 <= t0 and t1 <= 146
+        # clouded dates keep their two neighbours on each side inside the segment
+        assert first == (0 if t0 == 0 else 2) and last == (27 if t1 == 146 else 25)
