@@ -148,7 +148,7 @@ def _measure(
     from flows.steps import restore_halo
     from pipeline.archive import ArchiveConfig
     from pipeline.bench._dates_sweep import area_geobox, calculator_figures
-    from pipeline.bench._speed_sampler import ProcessPeak, WorkerMemory
+    from pipeline.bench._speed_sampler import ProcessPeak, WorkerMemory, peak_figures
     from pipeline.catalog import SearchParams
     from pipeline.cluster import ClusterConfig, make_cluster
     from pipeline.cube import CubeConfig
@@ -201,11 +201,7 @@ def _measure(
         "output_steps": summary.dates,
         "read_failures": len(summary.read_failures),
         "seconds": round(seconds, 1),
-        "worker_peak_mib": {a: round(p["peak"] / 2**20) for a, p in peaks.items()},
-        "worker_idle_mib": {a: round(p["baseline"] / 2**20) for a, p in peaks.items()},
-        "max_worker_peak_mib": round(max(p["peak"] for p in peaks.values()) / 2**20),
-        "driver_peak_mib": round(driver.peak / 2**20),
-        "driver_start_mib": round(driver.start_rss / 2**20),
+        **peak_figures(peaks, driver),
     }
     row.update(
         calculator_figures(

@@ -84,7 +84,7 @@ def _measure(
     from flows.run import RunConfig
     from flows.tiled import run_tiled
     from pipeline.archive import ArchiveConfig
-    from pipeline.bench._speed_sampler import ProcessPeak
+    from pipeline.bench._speed_sampler import ProcessPeak, peak_figures
     from pipeline.catalog import SearchParams
     from pipeline.cube import CubeConfig
     from pipeline.tiling import TilingConfig
@@ -120,11 +120,7 @@ def _measure(
         "tiles": summary.tiles.written,
         "failed": len(summary.tiles.failed),
         "seconds": round(seconds, 1),
-        "worker_peak_mib": {a: round(p["peak"] / 2**20) for a, p in peaks.items()},
-        "worker_idle_mib": {a: round(p["baseline"] / 2**20) for a, p in peaks.items()},
-        "max_worker_peak_mib": round(max(p["peak"] for p in peaks.values()) / 2**20),
-        "driver_peak_mib": round(driver.peak / 2**20),
-        "driver_start_mib": round(driver.start_rss / 2**20),
+        **peak_figures(peaks, driver),
     }
 
 

@@ -109,3 +109,16 @@ class ProcessPeak(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(self.interval):
             self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def peak_figures(peaks: dict[str, dict[str, int]], driver: ProcessPeak) -> dict[str, Any]:
+    """The memory columns of a benchmark row, MiB: each worker's peak and idle RSS
+    (``WorkerMemory.read``), the largest worker peak, and the driver's peak and start."""
+    mib = 2**20
+    return {
+        "worker_peak_mib": {a: round(p["peak"] / mib) for a, p in peaks.items()},
+        "worker_idle_mib": {a: round(p["baseline"] / mib) for a, p in peaks.items()},
+        "max_worker_peak_mib": round(max(p["peak"] for p in peaks.values()) / mib),
+        "driver_peak_mib": round(driver.peak / mib),
+        "driver_start_mib": round(driver.start_rss / mib),
+    }
