@@ -719,7 +719,8 @@ def self_validate(
     per_cube = [
         cfg.windows // len(cubes) + (k < cfg.windows % len(cubes)) for k in range(len(cubes))
     ]
-    context = cfg.context if cfg.context >= 0 else _restore_halo(prior, options)
+    prior_halo, restore_halo = _halos(prior, options)
+    context = cfg.context if cfg.context >= 0 else restore_halo
     tasks, where = [], []
     for k, c in enumerate(cubes):
         ny, nx, nt = c.sizes["y"], c.sizes["x"], c.sizes["time"]
@@ -740,6 +741,7 @@ def self_validate(
                 origin=(oy + cy0, ox + cx0),
                 grid_shape=grid_shape,
                 eligible=eligible,
+                evidence_halo=prior_halo,
             )
             win = c.isel(y=slice(cy0, cy1), x=slice(cx0, cx1), time=slice(t0, t1))
             tasks.append(
@@ -810,8 +812,9 @@ def _spread_dates(order: np.ndarray, count: int, gap: int) -> list[int]:
     return picked
 
 
-def _restore_halo(prior: Any, options: dict[str, Any]) -> int:
-    """The spatial radius the run's restoration reads around a pixel (prior + fusion)."""
+def _halos(prior: Any, options: dict[str, Any]) -> tuple[int, int]:
+    """The spatial radii the run's restoration reads around a pixel: the prior's alone (its
+    cloud evidence) and the prior's plus the fusion's (the restored output)."""
     from dataclasses import fields as dc_fields
 
     from .kernels import FusionConfig
@@ -821,7 +824,7 @@ def _restore_halo(prior: Any, options: dict[str, Any]) -> int:
     fusion = FusionConfig(**{k: v for k, v in options.items() if k in fusion_names})
     prior_kw = {k: v for k, v in options.items() if k not in fusion_names and k not in RESTORE_ONLY}
     prior_obj = get_prior(prior, **prior_kw) if isinstance(prior, str) else prior
-    return int(prior_obj.halo + fusion.halo)
+    return int(prior_obj.halo), int(prior_obj.halo + fusion.halo)
 
 
 #: ``restore`` options that are neither the prior's nor the fusion's
@@ -851,6 +854,17 @@ class _Window:
     #: [first, last) of the window's dates that may be clouded (their time neighbourhood
     #: lies within the dates the window holds)
     eligible: tuple[int, int] = (0, 1 << 30)
+    #: px around the inner window that its cloud evidence reads (the prior's halo)
+    evidence_halo: int = 0
+
+    def evidence_crop(self, shape: tuple[int, int]) -> tuple[slice, slice]:
+        """The part of the loaded context the inner window's cloud evidence needs: the
+        inner window and the prior's halo (the fusion's much wider halo serves only the
+        restore)."""
+        return tuple(  # type: ignore[return-value]
+            slice(max(0, s.start - self.evidence_halo), min(n, s.stop + self.evidence_halo))
+            for s, n in zip(self.inner, shape, strict=True)
+        )
 
 
 #: A windowed run's validation window holds this many times the dates one of the run's
@@ -900,17 +914,27 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
     placed: dict[str, Any] = {"origin": window.origin}
     if window.grid_shape is not None:
         placed["grid_shape"] = window.grid_shape
+    # The hold-out, the strata and the run shares are read on the inner window only, so its
+    # evidence is computed on the inner window and the prior's halo: a sixth of the context
+    # the restore below needs (the prior is the costlier half of a window otherwise).
+    ey, ex = window.evidence_crop(data.shape[2:])
+    evidence_placed = {
+        **placed,
+        "origin": (window.origin[0] + ey.start, window.origin[1] + ex.start),
+    }
     base = cloud_evidence(
-        win,
+        win.isel(y=ey, x=ex),
         prior=prior,
         scene=scene,
-        **placed,
+        **evidence_placed,
         time_window_dates=options.get("time_window_dates"),
         time_block=options.get("time_block"),
         **{k: v for k, v in options.items() if k not in fusion_names and k not in RESTORE_ONLY},
     )
     observed = np.isfinite(data).all(axis=1)
-    cp = np.nan_to_num(base["cloud_probability"].values, nan=1.0)
+    # NaN (no reading: cloudy) outside the evidence crop, which is never scored
+    cp = np.ones(observed.shape, np.float64)
+    cp[:, ey, ex] = np.nan_to_num(base["cloud_probability"].values, nan=1.0)
     # one reading of "clear" for the hold-out and for "another date shows it clear"
     clearish = observed & (cp <= _hold_out_threshold(cp[:, inner[0], inner[1]], cfg))
     clear = clearish.copy()
@@ -919,7 +943,10 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
     clear &= scored[None]
     proxy = neighbour_strata(data, clearish, bands)
     col.add_run_shares(
-        base.isel(y=inner[0], x=inner[1]),
+        base.isel(
+            y=slice(inner[0].start - ey.start, inner[0].stop - ey.start),
+            x=slice(inner[1].start - ex.start, inner[1].stop - ex.start),
+        ),
         data[:, :, inner[0], inner[1]],
         proxy[:, inner[0], inner[1]],
     )

@@ -10,14 +10,16 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.restore import restore
+from pipeline.restore import cloud_evidence, estimate_scene_state, restore
 from pipeline.synthetic import make_stack
 from pipeline.validation import (
     ERROR_LAYER,
     N_STRATA,
     ErrorModel,
     ValidationConfig,
+    _halos,
     _strata_weights,
+    _Window,
     error_layer_calibration,
     neighbour_strata,
     self_validate,
@@ -76,6 +78,37 @@ def test_config_checks():
         ValidationConfig(cover=0.95)
     with pytest.raises(ValueError, match="kind"):
         ValidationConfig(kind="fog")
+
+
+def test_a_window_reads_its_evidence_on_the_inner_window_and_the_prior_halo_alone():
+    # The hold-out is chosen from the evidence of the inner window; computing it on the
+    # restore's whole context would cost the prior a second time on six times the pixels.
+    cube = make_stack((5, 160, 160), seed=2, thin_cover=0.2, thick_cover=0.1).observed
+    scene = estimate_scene_state(cube)
+    prior_halo, restore_halo = _halos("physics+stack", {})
+    assert 0 < prior_halo < restore_halo
+    window = _Window(
+        inner=(slice(50, 98), slice(40, 88)),
+        tile=0,
+        seed=0,
+        origin=(0, 0),
+        grid_shape=(160, 160),
+        evidence_halo=prior_halo,
+    )
+    ey, ex = window.evidence_crop((160, 160))
+    assert (ey.start, ey.stop) == (50 - prior_halo, 98 + prior_halo)
+    whole = cloud_evidence(cube, scene=scene)["cloud_probability"].values
+    crop = cloud_evidence(
+        cube.isel(y=ey, x=ex), scene=scene, origin=(ey.start, ex.start), grid_shape=(160, 160)
+    )["cloud_probability"].values
+    inner = (slice(prior_halo, -prior_halo), slice(prior_halo, -prior_halo))
+    np.testing.assert_array_equal(crop[:, inner[0], inner[1]], whole[:, 50:98, 40:88])
+    # at the array's edge the crop stops there
+    edge = _Window((slice(0, 48), slice(120, 160)), 0, 0, (0, 0), None, evidence_halo=prior_halo)
+    assert edge.evidence_crop((160, 160)) == (
+        slice(0, 48 + prior_halo),
+        slice(120 - prior_halo, 160),
+    )
 
 
 def test_windows_are_spread_over_the_area():
