@@ -276,12 +276,13 @@ def validation_step(
     scene: Any = None,
     origins: list[tuple[int, int]] | None = None,
     grid_shape: tuple[int, int] | None = None,
+    read_window: Any = None,
 ) -> ValidationResult | None:
     """Self-validation of ``cube`` (or of one cube per tile, named by ``labels``) with the
     run's prior and options (None when disabled). ``scene`` (the run's ``SceneState``),
     ``origins`` (each cube's first row and column in the run's grid) and ``grid_shape``
-    restore the windows as the run restores its chunks. Its windows run as tasks on the
-    run's cluster."""
+    restore the windows as the run restores its chunks; ``read_window`` reads a window's
+    extent on its own (``self_validate``). Its windows run as tasks on the run's cluster."""
     if not config.validation.enabled:
         return None
     from pipeline.validation import self_validate
@@ -303,6 +304,7 @@ def validation_step(
         scene=scene,
         origins=origins,
         grid_shape=grid_shape,
+        read_window=read_window,
         **options,
     )
 

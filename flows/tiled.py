@@ -879,20 +879,21 @@ def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
         log.info("self-validation: reusing the calibration recorded in %s", config.output)
         return stored
     step = max(1, math.ceil(len(todo) / config.validation.windows))
-    cubes, labels, origins = [], [], []
+    cubes, labels, origins, tiles = [], [], [], []
     for tile in todo[::step]:
         cube = worker.cube(tile, purpose="validation")
         if cube is not None:
             cubes.append(cube)
             labels.append(str(tile.key))
             origins.append((tile.y.start, tile.x.start))
+            tiles.append(tile)
     if not cubes:
         return None
     # the windows restore with the area's scene state, placed in the area's grid, as the
     # tiles themselves do (without one, each window estimates its own)
-    placed: dict[str, Any] = {}
+    placed: dict[str, Any] = {"read_window": _window_reader(worker, config, tiles)}
     if worker.scene is not None:
-        placed = {"scene": worker.scene, "grid_shape": worker.plan.grid.shape}
+        placed.update(scene=worker.scene, grid_shape=worker.plan.grid.shape)
     if worker.plan.own_grid:  # the area in one piece: its windows are the area's, unlabelled
         validation = validation_step(cubes[0], config, origins=origins[:1], **placed)
     else:
@@ -904,6 +905,26 @@ def _validate_tiles(worker: TileWorker, config: RunConfig, todo: list) -> Any:
     if validation is not None:
         record_attrs(config.output, {VALIDATION_ATTR: validation.to_json()}, config.archive)
     return validation
+
+
+def _window_reader(worker: TileWorker, config: RunConfig, tiles: list) -> Any:
+    """``read_window(k, ys, xs)`` for the self-validation: the pixels of tile k's cube that a
+    window needs, read as one chunk of exactly that extent. Sliced from the tile's cube, a
+    window would read every chunk it touches: up to four of the run's (1024 px by default)
+    for a window of a few hundred px."""
+
+    def read_window(k: int, ys: slice, xs: slice) -> xr.Dataset:
+        tile = tiles[k]
+        side = max(ys.stop - ys.start, xs.stop - xs.start, 64)
+        own = dataclasses.replace(config, cube=dataclasses.replace(config.cube, chunk_size=side))
+        return load_step(
+            worker.index.intersecting(tile),
+            own,
+            geobox=tile.geobox[ys, xs],
+            read_context=f"validation:{tile.key}",
+        )
+
+    return read_window
 
 
 def _area_scene_state(config: RunConfig, grid: GridSpec, items: list, client: Any) -> Any:

@@ -50,7 +50,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -689,12 +689,16 @@ def self_validate(
     scene: Any = None,
     origins: Sequence[tuple[int, int]] | None = None,
     grid_shape: tuple[int, int] | None = None,
+    read_window: Callable[[int, slice, slice], xr.Dataset] | None = None,
     **options: Any,
 ) -> ValidationResult:
     """Estimate the restoration error of a run (see the module docstring).
 
     ``cube``: the run's cube, or one cube per tile (``labels`` name them in the per-tile
-    table). ``prior`` and ``options`` are what the run passes to ``pipeline.restore``;
+    table). ``read_window(k, ys, xs)``: a lazy cube of cube k's pixels ``ys`` x ``xs``
+    (all its dates) read on its own, so a window reads its extent rather than every chunk of
+    the run's cube it touches (by default ``cube.isel``: a window then reads whole chunks).
+    ``prior`` and ``options`` are what the run passes to ``pipeline.restore``;
     ``scene`` (a ``SceneState`` of the run's area), ``origins`` (each cube's first row and
     column in the run's grid) and ``grid_shape`` place the windows in the run as its own
     restoration does, so a window is restored with the run's scene parameters, pair
@@ -743,7 +747,8 @@ def self_validate(
                 eligible=eligible,
                 evidence_halo=prior_halo,
             )
-            win = c.isel(y=slice(cy0, cy1), x=slice(cx0, cx1), time=slice(t0, t1))
+            win = _window_cube(c, k, slice(cy0, cy1), slice(cx0, cx1), read_window)
+            win = win.isel(time=slice(t0, t1))
             tasks.append(
                 dask.delayed(_window_task, pure=True)(
                     win, window, bands, cfg, prior, scene, options
@@ -771,6 +776,31 @@ def self_validate(
     result.seconds = time.perf_counter() - started
     log.info("self-validation: %s", result.line())
     return result
+
+
+def _window_cube(
+    cube: xr.Dataset,
+    k: int,
+    ys: slice,
+    xs: slice,
+    read_window: Callable[[int, slice, slice], xr.Dataset] | None,
+) -> xr.Dataset:
+    """Cube k's pixels ``ys`` x ``xs``: read on their own where a reader is given and it
+    gives the same grid and dates, else a slice of the cube."""
+    part = cube.isel(y=ys, x=xs)
+    if read_window is None:
+        return part
+    own = read_window(k, ys, xs)
+    same = (
+        own.sizes == part.sizes
+        and np.array_equal(own["time"].values, part["time"].values)
+        and np.allclose(own["y"].values, part["y"].values)
+        and np.allclose(own["x"].values, part["x"].values)
+    )
+    if not same:
+        log.debug("self-validation: the window's own read differs from the cube; slicing")
+        return part
+    return own
 
 
 def _compute_each(tasks: list, where: list[str]) -> list[_Collector]:

@@ -28,6 +28,7 @@ from pyproj import Transformer
 
 from flows.cli import EXIT_FAILED, EXIT_OK, main
 from flows.run import RunConfig
+from flows.steps import load_step
 from flows.tiled import TilePlan, output_schema, plan_grid, prepare_store, run_tiled, time_axis
 from pipeline.archive import ArchiveConfig, ArchiveMismatchError
 from pipeline.catalog import SearchParams
@@ -495,3 +496,28 @@ def test_the_validation_draws_pixels_from_every_tile_and_calibrates_the_error_la
     # one calibration for the whole store: the same layers give the same estimate in every tile
     model = report["error_model"]
     assert model["interval90"] > 0 and len(model["coefficients"]) == len(FEATURES)
+
+
+def test_a_validation_window_reads_its_own_extent_with_the_tile_cube_values(catalog, tmp_path):
+    """The self-validation reads each window (with its context) as one chunk of exactly its
+    extent: the values are those of the tile's cube there, without reading the tile's chunks
+    the window merely touches."""
+    import types
+
+    from flows.tiled import _window_reader
+    from pipeline.catalog import search
+    from pipeline.tiling import ItemIndex
+
+    config = _config(catalog, tmp_path / "unused.zarr")
+    config = dataclasses.replace(config, tiling=dataclasses.replace(config.tiling, tile_size=128))
+    _, tiles = plan_grid(config)
+    index = ItemIndex(search(config.search))
+    worker = types.SimpleNamespace(index=index)
+    tile = tiles[0]
+    whole = load_step(index.intersecting(tile), config, geobox=tile.geobox)
+    assert whole.sizes["y"] >= 100 and whole.sizes["x"] >= 86 and CHUNK == 64
+    ys, xs = slice(30, 30 + 70), slice(20, 20 + 66)  # across the tile's chunks of 64 px
+    window = _window_reader(worker, config, [tile])(0, ys, xs)
+    assert window.sizes == {"time": whole.sizes["time"], "y": 70, "x": 66}
+    assert {c for v in window.data_vars.values() for c in v.chunks[1:]} <= {(70,), (66,)}
+    xr.testing.assert_equal(window.compute(), whole.isel(y=ys, x=xs).compute())

@@ -111,6 +111,26 @@ def test_a_window_reads_its_evidence_on_the_inner_window_and_the_prior_halo_alon
     )
 
 
+def test_windows_are_read_by_the_reader_given_and_sliced_where_it_reads_another_grid(cube):
+    # a reader of each window's extent (as the flows give one, so a window reads its own
+    # pixels, not the run's chunks it touches) gives the result of slicing the cube
+    calls = []
+
+    def own(k, ys, xs):
+        calls.append((k, ys, xs))
+        return cube.isel(y=ys, x=xs).copy()
+
+    def wrong(k, ys, xs):
+        return cube.isel(y=slice(0, 16), x=slice(0, 16))
+
+    sliced = self_validate(cube, config=SMALL)
+    read = self_validate(cube, config=SMALL, read_window=own)
+    assert len(calls) == SMALL.windows
+    assert all(k == 0 and ys.stop - ys.start <= 64 for k, ys, _ in calls)
+    assert read.psnr == sliced.psnr and read.pixels == sliced.pixels
+    assert self_validate(cube, config=SMALL, read_window=wrong).psnr == sliced.psnr
+
+
 def test_windows_are_spread_over_the_area():
     rng = np.random.default_rng(0)
     origins = window_origins(1000, 2000, 64, 8, rng)
