@@ -82,6 +82,27 @@ def test_snow_melt_puts_snow_with_dark_swir_on_the_neighbours_only():
     assert not usable[0][region].any() and usable[3][region].all()
 
 
+def test_scenario_randomness_is_independent_of_the_cloud_simulator():
+    """The scenarios' random streams are not the simulator's: with the same entropy the snow
+    region of ``snow_melt`` was the thick-cloud field of seed 0 and lay wholly under it, so
+    the target never showed its snow-free surface anywhere the neighbours had snow."""
+    from pipeline.cloud_simulator import _rng as simulator_rng
+    from pipeline.cloud_simulator import simulate
+
+    for stream in range(6):
+        drawn = sc._rng(stream).random(4)
+        for seed in range(4):
+            assert not np.allclose(drawn, simulator_rng(seed, stream).random(4))
+    shape = (128, 128)
+    region = sc.snow_fraction(shape) > 0
+    clear = np.full((2, len(BANDS), *shape), VEG[:, None, None], "float32")
+    wl = np.array([490.0, 560.0, 665.0, 842.0, 1610.0, 2190.0])
+    for seed in range(3):
+        sim = simulate(clear, wl, target=1, kind="thick", cover=0.5, seed=seed)
+        # about half of the snow region is clear on the target, as for independent fields
+        assert 0.25 < (region & ~sim.thick).sum() / region.sum() < 0.75
+
+
 def test_harvest_turns_fields_to_bare_soil_on_the_target_only():
     st = _stack(shape=(60, 60))
     cut = sc.apply_scenario(st, "harvest")
