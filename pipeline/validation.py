@@ -74,6 +74,9 @@ NDVI_EDGES = (0.2, 0.5)
 BRIGHTNESS_EDGE = 0.12
 #: Transmission below which a pixel the evidence calls cloudy counts as thick (run shares).
 THICK_T = 0.25
+#: Cloud probability from which the run's own pixel counts as cloudy (its class shares) and
+#: a date does not show a pixel clear (the strata's "another date shows it clear").
+CLOUDY_AT = 0.5
 #: Dates clouded together in one trial are more than this many places apart in the series
 #: (the fusion draws its references from the nearest dates: 4 candidates, 2 on each side).
 MIN_DATE_GAP = 2
@@ -441,7 +444,8 @@ def strata(truth: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
     """Land-cover proxy per pixel of a (B, ...) image: NDVI class x brightness class (0..5);
     -1 where it cannot be computed. Without red and NIR, brightness alone (0, 1)."""
     vis = [bands.index(b) for b in ("B02", "B03", "B04") if b in bands] or [0]
-    bright = (np.nanmean(truth[vis], axis=0) >= BRIGHTNESS_EDGE).astype(int)
+    # a pixel missing any band is -1 below, so a plain mean (NaN there) is enough
+    bright = (truth[vis].mean(axis=0) >= BRIGHTNESS_EDGE).astype(int)
     if "B04" in bands and ("B08" in bands or "B8A" in bands):
         red = truth[bands.index("B04")]
         nir = truth[bands.index("B08" if "B08" in bands else "B8A")]
@@ -454,15 +458,24 @@ def strata(truth: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
     return np.where(np.isfinite(truth).all(axis=0), out, -1)
 
 
+#: ``neighbour_strata`` where no other date shows the pixel clear: other dates observe it
+#: under cloud (the restoration blends a clouded reference), or none observes it at all
+#: (the inversion alone, or no valid output): errors of two different kinds
+NO_CLEAR_OTHER, NO_OTHER = -1, -2
+
+
 def neighbour_strata(data: np.ndarray, clearish: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
     """(T, Y, X) land-cover proxy of each pixel-date as seen on the *nearest other* date
-    where the pixel is clear (-1 where no other date is): what lies under a cloud, read the
+    where the pixel is clear (``NO_CLEAR_OTHER`` where other dates observe it but none
+    clear, ``NO_OTHER`` where no other date observes it): what lies under a cloud, read the
     same way for the run's cloudy pixels and for the held-out ones (whose own date is hidden
     under simulated cloud), so the two can be matched stratum by stratum."""
     nt = data.shape[0]
     own = np.stack([strata(data[t], bands) for t in range(nt)])
     own = np.where(clearish, own, -1)
-    out = np.full(own.shape, -1, dtype=np.int64)
+    observed = np.isfinite(data).all(axis=1)
+    elsewhere = observed.sum(axis=0)[None] - observed > 0
+    out = np.where(elsewhere, NO_CLEAR_OTHER, NO_OTHER).astype(np.int64)
     for t in range(nt):
         for u in sorted((u for u in range(nt) if u != t), key=lambda u: (abs(u - t), u)):
             fill = (out[t] < 0) & (own[u] >= 0)
@@ -470,14 +483,15 @@ def neighbour_strata(data: np.ndarray, clearish: np.ndarray, bands: tuple[str, .
     return out
 
 
-#: land-cover strata (``strata``) and one more: no other date shows the pixel clear
-N_STRATA = 7
+#: land-cover strata (``strata``, 0..5) and two more (``NO_CLEAR_OTHER``, ``NO_OTHER``)
+N_STRATA = 8
 
 
 def _stratum_index(proxy: np.ndarray) -> np.ndarray:
-    """``neighbour_strata`` values as indices 0..6 (6: no other clear date)."""
+    """``neighbour_strata`` values as indices 0..7 (6: no other clear date, 7: no other
+    observation)."""
     p = np.asarray(proxy).astype(np.int64)
-    return np.where(p < 0, N_STRATA - 1, p)
+    return np.select([p == NO_CLEAR_OTHER, p < 0], [N_STRATA - 2, N_STRATA - 1], p)
 
 
 #: run classes whose land-cover mix the held-out pixels are weighted to (per simulated
@@ -514,11 +528,13 @@ class _Collector:
         observed = np.isfinite(data).all(axis=1)
         cp = np.nan_to_num(base["cloud_probability"].values, nan=0.5)
         t = np.nan_to_num(base["transmission"].values, nan=1.0)
-        cloudy = observed & (cp >= 0.5)
+        cloudy = observed & (cp >= CLOUDY_AT)
+        # thick cloud that no other date observes is not restored (the run flags it: no
+        # valid observation), so it is no part of the mix the estimate stands for
         masks = {
             "clear": observed & ~cloudy,
             "thin": cloudy & (t >= THICK_T),
-            "thick": cloudy & (t < THICK_T),
+            "thick": cloudy & (t < THICK_T) & (proxy != NO_OTHER),
         }
         for c, m in masks.items():
             self.class_counts[c] += int(m.sum())
@@ -965,13 +981,17 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
     # NaN (no reading: cloudy) outside the evidence crop, which is never scored
     cp = np.ones(observed.shape, np.float64)
     cp[:, ey, ex] = np.nan_to_num(base["cloud_probability"].values, nan=1.0)
-    # one reading of "clear" for the hold-out and for "another date shows it clear"
-    clearish = observed & (cp <= _hold_out_threshold(cp[:, inner[0], inner[1]], cfg))
-    clear = clearish.copy()
+    # The hold-out takes the pixels the evidence is surest of; "another date shows it
+    # clear" (the strata) is the run's own reading of clear, as its class shares count it:
+    # read with the hold-out's stricter threshold, a two-date run's cloudy pixels would
+    # mostly land in "no other clear date" (the evidence is rarely sure with two dates)
+    # although their other date is a clear reference, and be matched with held-out pixels
+    # whose only other date really is under cloud (6 dB pessimistic on thick cloud).
+    clear = observed & (cp <= _hold_out_threshold(cp[:, inner[0], inner[1]], cfg))
     scored = np.zeros(clear.shape[1:], dtype=bool)
     scored[inner] = True
     clear &= scored[None]
-    proxy = neighbour_strata(data, clearish, bands)
+    proxy = neighbour_strata(data, observed & (cp < CLOUDY_AT), bands)
     col.add_run_shares(
         base.isel(
             y=slice(inner[0].start - ey.start, inner[0].stop - ey.start),
