@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._common import F32, _darkening_at, _smoothstep, band_lanes, float_array
+from ._common import F32, LANE_CHUNK, _darkening_at, _smoothstep, band_lanes, float_array
 
 #: Gain bounds of every ridge fit (``ridge_fit_scalar``): a map outside them is not a
 #: radiometric difference between two dates of the same place.
@@ -717,26 +717,40 @@ def agreement_fit(target, source, gain, offset, scale, low, high, out):
 
     r0 = gain_b J_j + offset_b; w = (1 - darkening(J_i, r0)) / (1 + (d / scale)^2), d the RMS
     over the finite bands of J_i - r0; 0 where w is not finite. (B, N) in, ``out`` (N,).
+    Band-outer over chunks of ``LANE_CHUNK`` pixels (the sums still run in band order per
+    pixel, as a per-pixel loop over the bands would add them).
     """
     nb, n = target.shape
-    for k in range(n):
-        total = 0.0
-        cnt = 0
-        st = 0.0
-        sr = 0.0
-        any_both = False
+    total = np.empty(LANE_CHUNK)
+    cnt = np.empty(LANE_CHUNK, np.int64)
+    st = np.empty(LANE_CHUNK)
+    sr = np.empty(LANE_CHUNK)
+    any_both = np.empty(LANE_CHUNK, np.bool_)
+    for p0 in range(0, n, LANE_CHUNK):
+        count = min(LANE_CHUNK, n - p0)
+        total[:count] = 0.0
+        cnt[:count] = 0
+        st[:count] = 0.0
+        sr[:count] = 0.0
+        any_both[:count] = False
         for b in range(nb):
-            t = np.float64(target[b, k])
-            r = gain[b] * np.float64(source[b, k]) + offset[b]
-            diff = t - r
-            if np.isfinite(diff):
-                total += diff * diff
-                cnt += 1
-            if np.isfinite(t) and np.isfinite(r):
-                st += t
-                sr += r
-                any_both = True
-        d = np.sqrt(total / cnt) if cnt > 0 else np.nan
-        w = 1.0 / (1.0 + (d / scale) ** 2)
-        w = w * (1.0 - _darkening_at(st, sr, any_both, low, high))
-        out[k] = w if np.isfinite(w) else 0.0
+            tgt = target[b, p0 : p0 + count]
+            src = source[b, p0 : p0 + count]
+            g = gain[b]
+            o = offset[b]
+            for q in range(count):
+                t = np.float64(tgt[q])
+                r = g * np.float64(src[q]) + o
+                diff = t - r
+                if np.isfinite(diff):
+                    total[q] += diff * diff
+                    cnt[q] += 1
+                if np.isfinite(t) and np.isfinite(r):
+                    st[q] += t
+                    sr[q] += r
+                    any_both[q] = True
+        for q in range(count):
+            d = np.sqrt(total[q] / cnt[q]) if cnt[q] > 0 else np.nan
+            w = 1.0 / (1.0 + (d / scale) ** 2)
+            w = w * (1.0 - _darkening_at(st[q], sr[q], any_both[q], low, high))
+            out[p0 + q] = w if np.isfinite(w) else 0.0
