@@ -28,6 +28,11 @@ F32 = np.float32
 
 #: An empty operand: tells a compiled kernel that an optional input (HOT, SCL, floor) is absent.
 ABSENT = np.empty((0, 0))
+#: Pixels per chunk of the per-pixel passes that loop band-outer over a chunk of pixels
+#: (``_reference.add_candidate_fit``, ``_harmonisation.agreement_fit``): each pixel's
+#: arithmetic is unchanged, but a chunk's independent pixels run side by side (the
+#: divisions and square roots overlap) and the (B, chunk) scratch stays in L1/L2.
+LANE_CHUNK = 256
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -36,8 +36,9 @@ over the whole scene has no dark pixel left: its excess is the haze's path radia
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from ._common import band_index, box_mean_nan, smoothstep
+from ._common import band_index, box_mean_nan, float_array, smoothstep
 from ._transmission import snow_score
 
 #: Slope s of the HOT used for changes between dates (see the module docstring).
@@ -51,15 +52,17 @@ def lower_envelope(values: np.ndarray, quantile: float) -> np.ndarray:
     """Per-pixel low quantile over axis 0 of (T, ...) values, ignoring NaN (lower method).
 
     The k-th smallest valid value with k = floor(quantile (n - 1)), n the pixel's valid dates;
-    NaN where a pixel has none. A sort along time, not ``np.nanquantile`` (which falls back
-    to a Python loop per pixel when NaNs are present).
+    NaN where a pixel has none. A compiled selection per pixel, not ``np.nanquantile``
+    (which falls back to a Python loop per pixel when NaNs are present).
     """
-    v = np.asarray(values, dtype=np.float64)
-    n = np.isfinite(v).sum(axis=0)
-    ordered = np.sort(np.where(np.isfinite(v), v, np.inf), axis=0)  # invalid last
-    k = np.floor(quantile * np.maximum(n - 1, 0)).astype(np.intp)
-    out = np.take_along_axis(ordered, k[None], axis=0)[0]
-    return np.where(n > 0, out, np.nan)
+    v = float_array(values)
+    if v.ndim < 1:
+        raise ValueError(f"lower_envelope needs (T, ...) values, got a {v.ndim}-d array")
+    out = np.empty(v.shape[1:])
+    # one compiled selection per pixel (``lower_envelope_fit``): a full sort of the stack
+    # along time, then ``take_along_axis``, held three float64 copies of it
+    lower_envelope_fit(v.reshape(v.shape[0], -1), float(quantile), out.reshape(-1))
+    return out
 
 
 def hot_index(data: np.ndarray, blue: int, red: int, slope: float = CHANGE_SLOPE) -> np.ndarray:
@@ -290,3 +293,35 @@ def scene_haze_excess(
     if not np.isfinite(levels).any():
         return levels
     return levels - np.nanmin(levels)
+
+
+# -- compiled passes ---------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def lower_envelope_fit(values, quantile, out):
+    """Per pixel: the k-th smallest finite value of ``values`` (T, N), k = floor(q (n - 1)).
+
+    Semantics: ``lower_envelope``; ``out`` (N,) float64, NaN where no value is finite. The
+    finite values of a pixel are insertion-sorted into a buffer (T is a few dozen at most),
+    so the value picked is the one a full sort along time would give.
+    """
+    nt, n = values.shape
+    buf = np.empty(nt)
+    for p in range(n):
+        m = 0
+        for i in range(nt):
+            v = np.float64(values[i, p])
+            if not np.isfinite(v):
+                continue
+            j = m
+            while j > 0 and buf[j - 1] > v:
+                buf[j] = buf[j - 1]
+                j -= 1
+            buf[j] = v
+            m += 1
+        if m == 0:
+            out[p] = np.nan
+            continue
+        k = int(np.floor(quantile * (m - 1)))
+        out[p] = buf[k]

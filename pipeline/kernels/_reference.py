@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._common import band_lanes, box_mean_nan, float_array
+from ._common import LANE_CHUNK, band_lanes, box_mean_nan, float_array
 from ._config import FusionConfig
 
 
@@ -94,7 +94,7 @@ def _keep_signature(mapped: np.ndarray, source: np.ndarray, share: float) -> np.
     m = np.ascontiguousarray(mapped, dtype=np.float64)
     out = np.empty(m.shape)
     nb = m.shape[0]
-    # one compiled pass per pixel (``_keep_signature_at``, shared with ``_add_candidate``)
+    # one compiled pass per pixel (``_keep_signature_lanes``, shared with ``_add_candidate``)
     keep_signature_fit(
         m.reshape(nb, -1),
         np.ascontiguousarray(source, dtype=np.float64).reshape(nb, -1),
@@ -242,45 +242,64 @@ def candidate_weights_fit(base, cand, decay, ratio, power, weights, best):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _keep_signature_at(mapped, source, share, out):
-    """One pixel of ``_keep_signature``: ``mapped`` and ``source`` (B,) into ``out`` (B,).
+def _keep_signature_lanes(mapped, source, share, count, n_map, n_src, n_u, out):
+    """``_keep_signature`` of the first ``count`` pixels of (B, chunk) ``mapped``, ``source``.
 
     out = u / |u| * |mapped|, u = (1 - share) mapped / |mapped| + share source / |source|;
-    a band where that is not finite keeps the mapped value.
+    a band where that is not finite keeps the mapped value. Band-outer loops over a chunk
+    of pixels (the norms summed band by band, in band order, as a per-pixel loop would):
+    the divisions of a whole chunk run side by side. ``n_map``, ``n_src``, ``n_u`` (chunk,)
+    scratch; ``out`` (B, chunk).
     """
     nb = mapped.shape[0]
-    n_map = 0.0
-    n_src = 0.0
+    n_map[:count] = 0.0
+    n_src[:count] = 0.0
+    n_u[:count] = 0.0
     for b in range(nb):
-        n_map += mapped[b] * mapped[b]
-        n_src += source[b] * source[b]
-    n_map = np.sqrt(n_map)
-    n_src = np.sqrt(n_src)
-    n_u = 0.0
+        m = mapped[b]
+        src = source[b]
+        for q in range(count):
+            n_map[q] += m[q] * m[q]
+            n_src[q] += src[q] * src[q]
+    for q in range(count):
+        n_map[q] = np.sqrt(n_map[q])
+        n_src[q] = np.sqrt(n_src[q])
     for b in range(nb):
-        u = (1.0 - share) * mapped[b] / n_map + share * source[b] / n_src
-        out[b] = u
-        n_u += u * u
-    n_u = np.sqrt(n_u)
+        m = mapped[b]
+        src = source[b]
+        dst = out[b]
+        for q in range(count):
+            u = (1.0 - share) * m[q] / n_map[q] + share * src[q] / n_src[q]
+            dst[q] = u
+            n_u[q] += u * u
+    for q in range(count):
+        n_u[q] = np.sqrt(n_u[q])
     for b in range(nb):
-        v = out[b] / n_u * n_map
-        out[b] = v if np.isfinite(v) else mapped[b]
+        m = mapped[b]
+        dst = out[b]
+        for q in range(count):
+            v = dst[q] / n_u[q] * n_map[q]
+            dst[q] = v if np.isfinite(v) else m[q]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def keep_signature_fit(mapped, source, share, out):
-    """``_keep_signature_at`` over (B, N) arrays (share > 0), into ``out`` (B, N) float64."""
+    """``_keep_signature_lanes`` over (B, N) arrays (share > 0), into ``out`` (B, N) float64."""
     nb, n = mapped.shape
-    m = np.empty(nb)
-    s = np.empty(nb)
-    o = np.empty(nb)
-    for k in range(n):
+    m = np.empty((nb, LANE_CHUNK))
+    s = np.empty((nb, LANE_CHUNK))
+    o = np.empty((nb, LANE_CHUNK))
+    n_map = np.empty(LANE_CHUNK)
+    n_src = np.empty(LANE_CHUNK)
+    n_u = np.empty(LANE_CHUNK)
+    for p0 in range(0, n, LANE_CHUNK):
+        count = min(LANE_CHUNK, n - p0)
         for b in range(nb):
-            m[b] = mapped[b, k]
-            s[b] = source[b, k]
-        _keep_signature_at(m, s, share, o)
+            m[b, :count] = mapped[b, p0 : p0 + count]
+            s[b, :count] = source[b, p0 : p0 + count]
+        _keep_signature_lanes(m, s, share, count, n_map, n_src, n_u, o)
         for b in range(nb):
-            out[b, k] = o[b]
+            out[b, p0 : p0 + count] = o[b, :count]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -292,33 +311,48 @@ def add_candidate_fit(
     Per pixel with ``weight`` > 0: r = keep_signature(g J_j + o, J_j) (share <= 0: the plain
     map); if every band of r is finite, acc += w r, acc_w += w, acc_var += w * resid (or
     ``resid_default`` where resid is NaN), acc_q += w * quality. (B, N) / (N,) arrays; the
-    accumulators are float64.
+    accumulators are float64. Runs over chunks of ``LANE_CHUNK`` pixels, band-outer
+    (``_keep_signature_lanes``); pixels of zero weight are computed too and then skipped,
+    which costs less than breaking the chunk's loops on them.
     """
     nb, n = source.shape
-    m = np.empty(nb)
-    s = np.empty(nb)
-    r = np.empty(nb)
-    for k in range(n):
-        wk = weight[k]
-        if not wk > 0.0:
-            continue
+    m = np.empty((nb, LANE_CHUNK))
+    s = np.empty((nb, LANE_CHUNK))
+    r = np.empty((nb, LANE_CHUNK))
+    n_map = np.empty(LANE_CHUNK)
+    n_src = np.empty(LANE_CHUNK)
+    n_u = np.empty(LANE_CHUNK)
+    finite = np.empty(LANE_CHUNK, np.bool_)
+    for p0 in range(0, n, LANE_CHUNK):
+        count = min(LANE_CHUNK, n - p0)
         for b in range(nb):
-            s[b] = source[b, k]
-            m[b] = np.float64(gain[b, k]) * s[b] + np.float64(offset[b, k])
+            g = gain[b, p0 : p0 + count]
+            o = offset[b, p0 : p0 + count]
+            src = source[b, p0 : p0 + count]
+            mb = m[b]
+            sb = s[b]
+            for q in range(count):
+                x = np.float64(src[q])
+                sb[q] = x
+                mb[q] = np.float64(g[q]) * x + np.float64(o[q])
         if share > 0.0:
-            _keep_signature_at(m, s, share, r)
+            _keep_signature_lanes(m, s, share, count, n_map, n_src, n_u, r)
         else:
-            r[:] = m
-        ok = True
+            r[:, :count] = m[:, :count]
+        finite[:count] = True
         for b in range(nb):
-            if not np.isfinite(r[b]):
-                ok = False
-                break
-        if not ok:
-            continue
-        for b in range(nb):
-            acc[b, k] += wk * r[b]
-        acc_w[k] += wk
-        rv = np.float64(resid[k])
-        acc_var[k] += wk * (rv if np.isfinite(rv) else resid_default)
-        acc_q[k] += wk * quality[k]
+            rb = r[b]
+            for q in range(count):
+                if not np.isfinite(rb[q]):
+                    finite[q] = False
+        for q in range(count):
+            k = p0 + q
+            wk = weight[k]
+            if not (wk > 0.0 and finite[q]):
+                continue
+            for b in range(nb):
+                acc[b, k] += wk * r[b, q]
+            acc_w[k] += wk
+            rv = np.float64(resid[k])
+            acc_var[k] += wk * (rv if np.isfinite(rv) else resid_default)
+            acc_q[k] += wk * quality[k]

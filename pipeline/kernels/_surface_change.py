@@ -14,18 +14,9 @@ demo's stack).
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-
-def _nearest_clear(clear: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(T, Y, X) index of the nearest clear date strictly before (-1: none) and strictly
-    after (T: none) each date."""
-    nt = clear.shape[0]
-    idx = np.arange(nt)[:, None, None]
-    upto = np.maximum.accumulate(np.where(clear, idx, -1), axis=0)
-    before = np.concatenate([np.full((1,) + clear.shape[1:], -1), upto[:-1]], axis=0)
-    fromhere = np.minimum.accumulate(np.where(clear, idx, nt)[::-1], axis=0)[::-1]
-    after = np.concatenate([fromhere[1:], np.full((1,) + clear.shape[1:], nt)], axis=0)
-    return before, after
+from ._common import float_array
 
 
 def surface_change(data: np.ndarray, clear: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -35,29 +26,85 @@ def surface_change(data: np.ndarray, clear: np.ndarray, targets: np.ndarray) -> 
     target.
 
     data: (T, B, Y, X) reflectance; clear: (T, Y, X) bool (observed and read as clear);
-    targets: (N,) date indices.
+    targets: (N,) date indices. A date counts as clear where it is also finite in every
+    band. One compiled pass per pixel (``surface_change_fit``); the squares are summed in
+    float32, band by band, as numpy's float32 arrays would.
     """
-    nt = data.shape[0]
-    clear = clear & np.isfinite(data).all(axis=1)
-    before, after = _nearest_clear(clear)
+    d = float_array(data)
+    if d.ndim != 4 or np.shape(clear) != d.shape[:1] + d.shape[2:]:
+        raise ValueError(
+            f"surface_change needs data (T, B, Y, X) and clear (T, Y, X), got {d.shape} "
+            f"and {np.shape(clear)}"
+        )
+    nt, nb = d.shape[:2]
     targets = np.asarray(targets, dtype=np.intp)
-    b1, a1 = before[targets], after[targets]
-    # the second nearest on each side: the nearest clear date before the nearest one, ...
-    b2 = np.take_along_axis(before, np.clip(b1, 0, nt - 1), axis=0)
-    b2 = np.where(b1 >= 0, b2, -1)
-    a2 = np.take_along_axis(after, np.clip(a1, 0, nt - 1), axis=0)
-    a2 = np.where(a1 < nt, a2, nt)
-    both = (b1 >= 0) & (a1 < nt)
-    first = np.where(both, b1, np.where(b1 >= 0, b2, a1))
-    second = np.where(both, a1, np.where(b1 >= 0, b1, a2))
-    ok = (first >= 0) & (first < nt) & (second >= 0) & (second < nt)
-    f, s = np.clip(first, 0, nt - 1), np.clip(second, 0, nt - 1)
-    # band by band: no (N, B, Y, X) temporaries in the restore's peak memory
-    squares = np.zeros(f.shape, np.float32)
-    for b in range(data.shape[1]):
-        band = data[:, b]
-        diff = np.take_along_axis(band, f, axis=0) - np.take_along_axis(band, s, axis=0)
-        squares += diff * diff
-    with np.errstate(invalid="ignore"):
-        change = np.sqrt(squares / data.shape[1])
-    return np.where(ok, change, np.nan).astype(np.float32)
+    if targets.ndim != 1 or (targets.size and not 0 <= targets.min() <= targets.max() < nt):
+        raise ValueError(f"surface_change: targets must be indices into the {nt} dates")
+    out = np.empty((targets.size,) + d.shape[2:], np.float32)
+    surface_change_fit(
+        d.reshape(nt, nb, -1),
+        np.ascontiguousarray(clear, dtype=bool).reshape(nt, -1),
+        targets,
+        out.reshape(targets.size, -1),
+    )
+    return out
+
+
+# -- compiled passes ---------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def surface_change_fit(data, clear, targets, out):
+    """Semantics: ``surface_change``; ``data`` (T, B, N), ``clear`` (T, N), ``out`` (K, N).
+
+    Per pixel and target t: b1, b2 the nearest and second-nearest clear dates before t, a1,
+    a2 after; the pair is (b1, a1) with both sides, else (b2, b1) or (a1, a2). The change
+    is sqrt(sum_b d_b^2 / B) with d_b = x_first,b - x_second,b, rounded to the data's
+    float type at each step and the sum kept in float32 (as numpy's arrays would).
+    """
+    nt, nb, n = data.shape
+    # which dates count, plane by plane (contiguous reads), pixel-major for the pass below
+    usable = np.empty((n, nt), np.bool_)
+    for i in range(nt):
+        for p in range(n):
+            usable[p, i] = clear[i, p]
+        for b in range(nb):
+            for p in range(n):
+                if not np.isfinite(data[i, b, p]):
+                    usable[p, i] = False
+    scale = np.float32(nb)
+    for p in range(n):
+        for k in range(targets.shape[0]):
+            t = targets[k]
+            b1 = -1
+            b2 = -1
+            for i in range(t - 1, -1, -1):
+                if usable[p, i]:
+                    if b1 < 0:
+                        b1 = i
+                    else:
+                        b2 = i
+                        break
+            a1 = nt
+            a2 = nt
+            for i in range(t + 1, nt):
+                if usable[p, i]:
+                    if a1 >= nt:
+                        a1 = i
+                    else:
+                        a2 = i
+                        break
+            if b1 >= 0 and a1 < nt:
+                first, second = b1, a1
+            elif b1 >= 0:
+                first, second = b2, b1
+            else:
+                first, second = a1, a2
+            if not (0 <= first < nt and 0 <= second < nt):
+                out[k, p] = np.nan
+                continue
+            squares = np.float32(0.0)
+            for b in range(nb):
+                diff = data[first, b, p] - data[second, b, p]
+                squares = np.float32(squares + diff * diff)
+            out[k, p] = np.float32(np.sqrt(np.float64(np.float32(squares / scale))))
