@@ -147,7 +147,11 @@ def test_transient_faults_are_retried_until_the_data_equals_the_local_read(serve
     assert injected.fired == GDAL_TRIES + 1
     retried = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
     reason = "timeout" if "stall_s" in fault else f"HTTP {fault['status']}"
-    assert retried and all(name in m and f"({reason})" in m for m in retried)
+    assert retried and all(name in m for m in retried)
+    assert any(f"({reason})" in m for m in retried)
+    # GDAL's timeout is cut to one second here: on a loaded machine a read may also time
+    # out on its own, which is retried (and named) the same way
+    assert all(f"({reason})" in m or "(timeout)" in m for m in retried)
     assert collect_read_failures() == []
 
 
