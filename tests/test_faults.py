@@ -148,9 +148,10 @@ def test_transient_faults_are_retried_until_the_data_equals_the_local_read(serve
     retried = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
     reason = "timeout" if "stall_s" in fault else f"HTTP {fault['status']}"
     assert retried and all(name in m for m in retried)
-    # (which reason each kind of GDAL error reads as: ``test_diagnose_gdal_errors``) Under threads a failed HTTP range request can surface as the tile decode failing
+    # Under threads a failed HTTP range request can surface as the tile decode failing
     # ("read error": GDAL reports the HTTP code as a warning only), and with GDAL's timeout
-    # cut to one second here a read on a loaded machine may also time out: both retried
+    # cut to one second here a read on a loaded machine may also time out: both retried.
+    # (Which reason each GDAL error reads as: ``test_diagnose_gdal_errors``.)
     assert all(any(f"({r})" in m for r in (reason, "timeout", "read error")) for m in retried)
     assert collect_read_failures() == []
 
