@@ -141,18 +141,17 @@ def test_transient_faults_are_retried_until_the_data_equals_the_local_read(serve
     name = _asset_name(items, 1, "B03")
     # More failures in a row than GDAL tries per request: only the reader's retry gets through.
     injected = server.inject(match=name, first=GDAL_TRIES + 1, **fault)
+    # One thread: the failures then hit one request after another, so they outlast GDAL's
+    # own retries. Under threads two chunks' requests can share them, GDAL's retries absorb
+    # them all and the reader has nothing to retry (or a failed range request surfaces as
+    # the tile decode failing): the data is still right, but this test would prove nothing.
     with caplog.at_level(logging.INFO, logger="pipeline._reading"):
-        got = load_cube(items, CONFIG).compute(scheduler="threads")
+        got = load_cube(items, CONFIG).compute(scheduler="synchronous")
     _assert_same(got, local)
     assert injected.fired == GDAL_TRIES + 1
     retried = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
     reason = "timeout" if "stall_s" in fault else f"HTTP {fault['status']}"
-    assert retried and all(name in m for m in retried)
-    # Under threads a failed HTTP range request can surface as the tile decode failing
-    # ("read error": GDAL reports the HTTP code as a warning only), and with GDAL's timeout
-    # cut to one second here a read on a loaded machine may also time out: both retried.
-    # (Which reason each GDAL error reads as: ``test_diagnose_gdal_errors``.)
-    assert all(any(f"({r})" in m for r in (reason, "timeout", "read error")) for m in retried)
+    assert retried and all(name in m and f"({reason})" in m for m in retried)
     assert collect_read_failures() == []
 
 
