@@ -27,9 +27,11 @@ scores the restoration against what was really there:
 4. **Post-stratified estimates with intervals.** What lies under a cloud drives the error
    (a melting snow cover or a harvested field errs far more than a forest), so each pixel
    gets a land-cover stratum (NDVI class x brightness class, ``strata``) as seen on the
-   nearest other date that shows it clear, or a stratum of its own where no other date does
+   nearest other date that shows it clear (as the run reads clear: ``CLOUDY_AT``), or one
+   of two strata of their own: other dates see it only under cloud, or none observes it
    (``neighbour_strata``). The run's own pixels of each class (clear; thin and thick, read
-   from the evidence and the transmission) are counted per stratum in the windows, and the
+   from the evidence and the transmission; thick cloud no other date observes is flagged
+   by the run, not restored, and left out) are counted per stratum in the windows, and the
    held-out pixels of each simulated class are weighted to their class's mix. Per class:
    RMSE and PSNR with a bootstrap interval over the simulated cases; the "all" figure mixes
    the classes at the run's own shares, and a per-tile table gives the cloudy-pixel figure
