@@ -104,6 +104,21 @@ def _scl_code(value: float) -> int:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def insert_sorted(buf, m, v):
+    """Insert ``v`` into the sorted first ``m`` values of ``buf``; returns m + 1.
+
+    The per-pixel sort of the time-series kernels (T is a few dozen at most, so an
+    insertion sort beats a general one and needs no temporary).
+    """
+    j = m
+    while j > 0 and buf[j - 1] > v:
+        buf[j] = buf[j - 1]
+        j -= 1
+    buf[j] = v
+    return m + 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _row_extreme(src, y, radius, sign, row_out):
     """Row ``y`` of ``src`` (Y, X): sign * max over the in-array [x - r, x + r] of sign * v.
 

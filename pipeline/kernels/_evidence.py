@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._common import band_index, box_mean_nan, float_array, smoothstep
+from ._common import band_index, box_mean_nan, float_array, insert_sorted, smoothstep
 from ._transmission import snow_score
 
 #: Slope s of the HOT used for changes between dates (see the module docstring).
@@ -312,14 +312,8 @@ def lower_envelope_fit(values, quantile, out):
         m = 0
         for i in range(nt):
             v = np.float64(values[i, p])
-            if not np.isfinite(v):
-                continue
-            j = m
-            while j > 0 and buf[j - 1] > v:
-                buf[j] = buf[j - 1]
-                j -= 1
-            buf[j] = v
-            m += 1
+            if np.isfinite(v):
+                m = insert_sorted(buf, m, v)
         if m == 0:
             out[p] = np.nan
             continue

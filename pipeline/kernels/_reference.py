@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._common import LANE_CHUNK, band_lanes, box_mean_nan, float_array
+from ._common import LANE_CHUNK, band_lanes, box_mean_nan, float_array, insert_sorted
 from ._config import FusionConfig
 
 
@@ -178,14 +178,8 @@ def spectral_consistency_fit(surface, eligible, sigma, out):
                 if not eligible[i, k]:
                     continue
                 v = np.float64(surface[i, b, k])
-                if v != v:
-                    continue
-                j = m
-                while j > 0 and buf[j - 1] > v:
-                    buf[j] = buf[j - 1]
-                    j -= 1
-                buf[j] = v
-                m += 1
+                if v == v:
+                    m = insert_sorted(buf, m, v)
             med[b] = _median_sorted(buf, m)
         for i in range(nt):
             total = 0.0
