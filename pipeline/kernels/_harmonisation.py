@@ -634,25 +634,20 @@ def _interpolate_finite(node, ylo, yf, xlo, xf, out):
             j0 = xlo[i]
             j1 = min(j0 + 1, ncx - 1)
             w00, w01, w10, w11 = _corner_weights(fy, xf[i])
-            num = 0.0
-            den = 0.0
-            v = node[k0, j0]
-            if w00 > 0.0 and v == v:
-                num += w00 * v
-                den += w00
-            v = node[k0, j1]
-            if w01 > 0.0 and v == v:
-                num += w01 * v
-                den += w01
-            v = node[k1, j0]
-            if w10 > 0.0 and v == v:
-                num += w10 * v
-                den += w10
-            v = node[k1, j1]
-            if w11 > 0.0 and v == v:
-                num += w11 * v
-                den += w11
+            num, den = _add_finite_node(0.0, 0.0, w00, node[k0, j0])
+            num, den = _add_finite_node(num, den, w01, node[k0, j1])
+            num, den = _add_finite_node(num, den, w10, node[k1, j0])
+            num, den = _add_finite_node(num, den, w11, node[k1, j1])
             out[y, i] = num / den if den > 0.0 else np.nan
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _add_finite_node(num, den, weight, value):
+    """One node's term of ``_interpolate_finite``: (num + w v, den + w) where w > 0 and v is
+    not NaN, else (num, den) unchanged."""
+    if weight > 0.0 and value == value:
+        return num + weight * value, den + weight
+    return num, den
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
