@@ -90,6 +90,20 @@ def test_the_dark_object_excess_finds_the_scene_wide_haze_date():
     assert np.delete(excess, 5).max() < 0.01
 
 
+def test_the_clear_pixels_around_a_thick_cloud_stay_clear():
+    """The haze index is smoothed over 3 x 3 pixels against noise; a clear pixel beside a
+    thick cloud must not inherit the cloud's excess (it took a third of it from the window
+    and read as cloud: a one-pixel ring of false cloud around every cloud)."""
+    obs = _series()
+    obs[4][:, 10:30, 10:30] = 0.9 * 0.8 + 0.1 * obs[4][:, 10:30, 10:30]  # thick grey cloud
+    p_cloud, _ = stack_evidence(obs, BANDS6)
+    assert p_cloud[4][12:28, 12:28].min() > 0.95
+    ring = np.zeros((40, 40), bool)
+    ring[9:31, 9:31] = True
+    ring[10:30, 10:30] = False  # the pixels that touch the cloud, outside it
+    assert p_cloud[4][ring].max() < 0.5
+
+
 def test_surface_changes_are_not_cloud_but_thick_cloud_is():
     obs = _series()
     field = (slice(5, 20), slice(5, 20))

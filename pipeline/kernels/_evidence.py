@@ -15,8 +15,9 @@ Per date t and pixel:
   after harvest, vegetation green-up) moves red at least 1.5x as much as blue, haze moves
   blue more than red and a grey cloud moves both alike, so only cloud and haze raise HOT
   (with the scene's fitted slope, often near 1, a grey cloud would not move HOT at all);
-* haze index    e = min(dB, 2 dH), box-mean smoothed: both must rise, so a brighter soil
-  (blue up, HOT down) and a greener field (blue down) are not haze; haze and cloud raise both;
+* haze index    e = min(dB, 2 dH), damped by its 3 x 3 mean (never raised by it: no cloud
+  bleeds into the clear pixels around it): both must rise, so a brighter soil (blue up, HOT
+  down) and a greener field (blue down) are not haze; haze and cloud raise both;
 * p_cloud = logistic((e / (1 + 1 / (n - 1)) - haze_mid) / haze_scale) x (1 - snow score)
   for a pixel with n valid dates (a lower envelope of few dates is a noisier view of the
   clear sky: the excess needed grows, x2 with two dates) (fresh snow is white
@@ -89,7 +90,8 @@ def _band(data: np.ndarray, k: int, observed: np.ndarray) -> np.ndarray:
 def haze_excess(
     data: np.ndarray, bands: tuple[str, ...], quantile: float, radius: int
 ) -> np.ndarray:
-    """e = box-mean of min(dB, 2 dH) over the (2r+1)^2 window, (T, Y, X) float64, NaN unobserved."""
+    """e = min(dB, 2 dH), damped by its (2r+1)^2 window mean but never raised by it:
+    min(own, box-mean), (T, Y, X) float64, NaN unobserved."""
     blue = band_index(bands, "B02")
     red = band_index(bands, "B04")
     if blue is None or red is None:
@@ -104,7 +106,12 @@ def haze_excess(
     h = np.where(observed, hot_index(data, blue, red), np.nan)
     e = np.minimum(b - lower_envelope(b, quantile), 2.0 * (h - lower_envelope(h, quantile)))
     if radius > 0:
-        e = np.where(observed, box_mean_nan(e, radius), np.nan)
+        # The window mean damps a noisy pixel's excess but must not lift a pixel above its
+        # own reading: a clear pixel beside a thick cloud would take a third of the cloud's
+        # excess from the window and read as cloud (a fifth of the clear pixels of a thick-
+        # cloud scene, the ring along every cloud edge). fmin: the pixel's own value where
+        # the window reads higher (or where the window has none).
+        e = np.where(observed, np.fmin(box_mean_nan(e, radius), e), np.nan)
     return e
 
 
