@@ -141,6 +141,28 @@ def test_melting_snow_is_not_cloud_but_cloud_over_a_snowy_series_is():
     assert p_cloud[5][7:13, 7:13].min() > 0.95
 
 
+def test_half_melted_snow_after_a_snowy_season_is_not_cloud():
+    """Snow lay on the first five of twelve dates, more than the envelope's quarter: per band
+    the SWIR envelope would be the snow's (dark there) while the blue one is the ground's, so a
+    date with 40 % snow left (visible up, SWIR back near the soil's) would read as a SWIR rise,
+    the mark of water cloud, over a spectrum no date ever had. Against the snow-free dates'
+    envelope it is what it is: the visible up and the SWIR down, snow. A grey cloud on a
+    snow-free date of the same series still reads as cloud."""
+    rng = np.random.default_rng(2)
+    obs = _series(n_dates=12)
+    obs[:] = SOIL[None, :, None, None] * rng.uniform(0.9, 1.1, (12, 1, 40, 40))
+    obs[:5] = SNOW[None, :, None, None]  # a snowy season
+    obs[5] = 0.4 * SNOW[:, None, None] + 0.6 * obs[6]  # 40 % of the snow left
+    ndsi = (obs[5][1] - obs[5][4]) / (obs[5][1] + obs[5][4])
+    assert ndsi.max() < 0.4  # below the snow test's NDSI ramp: only the change tells
+    obs[8][:, 5:15, 5:15] = 0.9 * 0.8 + 0.1 * obs[8][:, 5:15, 5:15]  # thick grey cloud
+    p_cloud, _ = stack_evidence(obs, BANDS6)
+    melted = p_cloud[5][2:-2, 2:-2]
+    assert np.median(melted) < 0.05
+    assert melted.max() < 0.5  # clear by the run's reading (CLOUDY_AT) everywhere
+    assert p_cloud[8][7:13, 7:13].min() > 0.95
+
+
 def test_cloud_shadow_is_a_uniform_darkening_snow_melt_is_not():
     obs = _series()
     # shadow: every band x 0.4-0.3 (diffuse light), on date 3
