@@ -284,3 +284,20 @@ def test_restore_reaches_the_torch_backend_and_refuses_bad_values(small_cube):
     if not torch.cuda.is_available():  # the torch path is taken: it asks for the device
         with pytest.raises(RuntimeError, match="no CUDA device"):
             pipeline.restore(crop, backend="torch", device="cuda")
+
+
+def test_restore_on_dask_chunks_with_the_torch_backend_equals_in_memory(small_cube):
+    """The torch fit in ``map_overlap`` blocks (each with its ``origin`` and halo) gives the
+    in-memory result, as the numba one does (``tests/test_restore.py``)."""
+    import dask
+
+    import pipeline
+
+    options = {"backend": "torch", "device": "cpu"}
+    eager = pipeline.restore(small_cube, **options)
+    with dask.config.set(scheduler="synchronous"):
+        lazy = pipeline.restore(small_cube.chunk({"y": 37, "x": 29}), **options).compute()
+    for name in ("B02", "B11", "confidence", "gate", "reference_days"):
+        np.testing.assert_allclose(
+            lazy[name].values, eager[name].values, rtol=0, atol=1e-5, equal_nan=True, err_msg=name
+        )
