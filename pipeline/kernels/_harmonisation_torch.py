@@ -14,8 +14,9 @@ interpolation between cell centres (the residual over the finite nodes only).
 
 How it differs: whole-array tensor operations instead of per-pixel loops. The exact path's
 window sums are differences of cumulative sums (the numba twin keeps running sums), and the
-per-cell sums of the coarse path are tensor reductions (the twin adds pixel by pixel), so
-the float64 moments differ from the twin's in their last bits: the float32 outputs agree to
+per-cell sums of the coarse path are tensor reductions (the twin adds pixel by pixel), and
+the bilinear weights are applied along x then along y (the twin sums four products), so
+the float64 values differ from the twin's in their last bits: the float32 outputs agree to
 about 1e-6 relative (``tests/test_harmonisation_torch.py`` states the tolerances). The
 window over cells adds the same cells in the same order as the twin, so the coarse path is
 chunk-independent like it (a block with ``coarse_reach`` px of halo gives the whole array's
@@ -26,9 +27,13 @@ the two backends stay interchangeable. Float64 is slow on consumer GPUs (1/32 or
 the float32 rate) but not on data-centre ones (an H100/H200 runs FP64 at half its FP32
 rate), and these passes are bound by memory traffic more than by arithmetic anyway.
 
-Status: measured on the CPU only (``phyvlm-cr benchmark speed --parts harmonisation``). No
-GPU was available where this was written, so the CUDA path has not been run: it uses only
-device-generic tensor operations, and the benchmark prints its figure where CUDA exists.
+Status: measured on the CPU only (``phyvlm-cr benchmark speed --parts harmonisation``): on
+one thread it runs at about 0.2x numba's speed on the default coarse grid (0.07x exact),
+because eager torch makes one pass over memory per operation where numba fuses a pixel's
+two dozen in one; on CPUs numba stays the backend. No GPU was available where this was
+written, so the CUDA path has not been run: it uses only device-generic tensor operations
+(``tests/test_harmonisation_torch.py`` compares CUDA with the CPU where torch sees a GPU),
+and the benchmark prints its figure, with the device's name, where CUDA exists.
 
 Memory: per band, a handful of (Y, X) float64 temporaries (the exact path about a dozen);
 the numba twin holds O(r X) scratch. ``pipeline.bench.memory`` models the numba backend.
