@@ -49,13 +49,12 @@ def test_cli_runs_every_part_and_writes_finite_figures(tiny_run):
     code, out, printed = tiny_run
     assert code == EXIT_OK
     report = json.loads((out / "speed.json").read_text())
-    for section in ("kernel", "end_to_end", "peers", "memory", "scaling", "machine", "config"):
+    sections = ("kernel", "end_to_end", "peers", "memory", "scaling", "harmonisation")
+    for section in (*sections, "machine", "config"):
         assert section in report, f"speed.json lacks {section}"
     assert report["config"]["parts"] == list(PARTS)
 
-    numbers = _numbers(
-        {k: report[k] for k in ("kernel", "end_to_end", "peers", "memory", "scaling")}
-    )
+    numbers = _numbers({k: report[k] for k in sections})
     assert len(numbers) > 40
     bad = [(p, v) for p, v in numbers if not math.isfinite(v)]
     assert not bad, f"non-finite figures: {bad}"
@@ -89,6 +88,19 @@ def test_cli_runs_every_part_and_writes_finite_figures(tiny_run):
         / scaling["end_to_end_seconds_by_workers"]["2"]
     )
 
+    h = report["harmonisation"]
+    assert (h["bands"], h["height_px"], h["width_px"]) == (4, 64, 64)
+    runs = {(r["backend"], r["device"], r["grid_step"]): r for r in h["runs"]}
+    assert set(runs) >= {("numba", "cpu", 8), ("numba", "cpu", 1), ("torch", "cpu", 8)}
+    for r in runs.values():
+        assert r["output_mpx_per_s"] == pytest.approx(64 * 64 / 1e6 / r["seconds"])
+        assert r["max_abs_gain_difference_to_numba"] <= 1e-5  # the same maps (float32)
+    assert h["torch_cpu_over_numba_by_grid_step"]["8"] == pytest.approx(
+        runs[("numba", "cpu", 8)]["seconds"] / runs[("torch", "cpu", 8)]["seconds"]
+    )
+    assert {r["backend"] for r in h["restore"]} == {"numba", "torch"}
+    assert h["threads"]["OMP_NUM_THREADS"] == "1"
+
     machine = report["machine"]
     assert machine["logical_cores"] >= 1 and machine["ram_bytes"] > 0 and machine["cpu_model"]
     for package in ("numpy", "dask", "torch", "numba"):
@@ -96,7 +108,15 @@ def test_cli_runs_every_part_and_writes_finite_figures(tiny_run):
     assert machine["timestamp"].endswith("Z")
 
     # the printed table carries the same figures
-    for title in ("Restoration kernel", "End to end", "Peers", "Peak memory", "Scaling"):
+    for title in (
+        "Restoration kernel",
+        "End to end",
+        "Peers",
+        "Peak memory",
+        "Scaling",
+        "Local harmonisation alone",
+        "torch-CPU / numba speed, grid step 8",
+    ):
         assert title in printed
     assert f"{k['output_mpx_per_s_per_core']:10.3f}".strip() in printed
     assert f"{scaling['speedup']:.2f}" in printed
@@ -161,6 +181,7 @@ def test_memory_calculator_matches_the_kernels_heap_peak():
 def test_config_and_memory_guard_name_the_fix():
     with pytest.raises(ValueError, match="choose from kernel"):
         SpeedConfig(parts=("kernel", "throughput"))
+    assert not SpeedConfig(parts=("kernel", "harmonisation")).cluster_parts  # no cluster
     with pytest.raises(ValueError, match="two worker counts"):
         SpeedConfig(workers=(2,), parts=("scaling",))
     with pytest.raises(ValueError, match="too small"):

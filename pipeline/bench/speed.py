@@ -18,6 +18,12 @@ like STAC items in a work folder), five measurements:
    during the end-to-end run, against ``estimate_memory``, at two areas (1x and 4x pixels)
    to show whether it stays flat.
 5. ``scaling``: the end-to-end time with 1 and with N single-threaded worker processes.
+6. ``harmonisation``: the fusion's dominant cost alone, the local harmonisation of one
+   candidate date (pre-weight + local fit, ``FusionConfig.backend``), on one
+   ``kernel_size`` chunk in the pinned process: numba, torch on the CPU (1 thread) and, where
+   torch sees CUDA, torch on the GPU (its name recorded), at the default grid step and the
+   exact fit; output megapixels per second and torch-CPU speed / numba speed. Also
+   ``restore`` on a small crop with each CPU backend. Seconds, not minutes.
 
 Timings are wall seconds of one run each (no repeats: the whole point is one comparable run).
 The COGs are in the page cache when they are read (they were just written), so the "I/O"
@@ -42,7 +48,9 @@ __all__ = ["PARTS", "SpeedConfig", "SpeedReport", "check_memory", "run_speed_ben
 log = logging.getLogger(__name__)
 
 #: What a run can measure; ``SpeedConfig.parts`` picks a subset.
-PARTS = ("kernel", "end_to_end", "peers", "memory", "scaling")
+PARTS = ("kernel", "end_to_end", "peers", "memory", "scaling", "harmonisation")
+#: Parts that run in the one pinned process, without a cluster.
+IN_PROCESS_PARTS = frozenset({"kernel", "harmonisation"})
 #: Bands in the order a B-band benchmark takes them: the HOT pair (B02, B04) and the snow test
 #: (B03, B08, B11) come first so a small B still exercises every cue of the physics prior.
 BAND_ORDER = ("B02", "B03", "B04", "B08", "B11", "B12", "B05", "B06", "B07", "B8A", "B01", "B09")
@@ -52,9 +60,13 @@ TARGETS = {
     "end_to_end_over_load": 1.3,
     "memory_ratio_band": 0.2,
     "speedup": 1.6,
+    # issue 14: a torch implementation within 0.8x of numba's speed on the CPU may replace it
+    "harmonisation_torch_cpu_over_numba": 0.8,
 }
 _WARMUP_PX = 128
 _MEMORY_PX = 256
+_HARMONISATION_RESTORE_PX = 256
+_HARMONISATION_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -110,7 +122,7 @@ class SpeedConfig:
 
     @property
     def cluster_parts(self) -> bool:
-        return bool(set(self.parts) - {"kernel"})
+        return bool(set(self.parts) - IN_PROCESS_PARTS)
 
 
 @dataclass
@@ -181,6 +193,37 @@ def _kernel_part(config: SpeedConfig, items: list, geobox: Any) -> dict[str, Any
         "scene_share": raw["scene_seconds"] / raw["seconds"],
         "memory_crop_predicted_bytes": predicted,
         "memory_crop_ratio": _ratio(raw["memory_crop_heap_peak_bytes"], predicted),
+    }
+
+
+def _harmonisation_part(config: SpeedConfig, items: list, geobox: Any) -> dict[str, Any]:
+    from ._speed_runs import harmonisation_job, pinned_process
+
+    k = config.kernel_size
+    with pinned_process() as pool:
+        raw = pool.submit(
+            harmonisation_job,
+            items,
+            geobox[:k, :k],
+            config.band_names,
+            _WARMUP_PX,
+            _HARMONISATION_RESTORE_PX,
+            _HARMONISATION_REPEATS,
+        ).result()
+    by = {(r["backend"], r["device"], r["grid_step"]): r["seconds"] for r in raw["runs"]}
+    ratios = {
+        str(step): _ratio(by[("numba", "cpu", step)], by[("torch", "cpu", step)])
+        for (backend, device, step) in by
+        if backend == "torch" and device == "cpu"
+    }
+    rest = {r["backend"]: r["seconds"] for r in raw["restore"]}
+    return {
+        **raw,
+        # speed of torch on one CPU thread over numba's (1 = as fast), per grid step
+        "torch_cpu_over_numba_by_grid_step": ratios,
+        "restore_torch_cpu_over_numba": (
+            _ratio(rest["numba"], rest["torch"]) if "torch" in rest else math.nan
+        ),
     }
 
 
@@ -359,7 +402,7 @@ def run_speed_benchmark(
     figures: dict[str, Any] = {}
     try:
         side = max(
-            config.kernel_size if "kernel" in config.parts else 0,
+            config.kernel_size if set(config.parts) & IN_PROCESS_PARTS else 0,
             config.size if config.cluster_parts else 0,
         )
         say(
@@ -382,6 +425,12 @@ def run_speed_benchmark(
                 "after a warm-up crop",
             )
             figures["kernel"] = _kernel_part(config, items, geobox)
+        if "harmonisation" in config.parts:
+            say(
+                "harmonisation alone: one candidate's fit on one %d px chunk per backend, 1 thread",
+                config.kernel_size,
+            )
+            figures["harmonisation"] = _harmonisation_part(config, items, geobox)
         if config.cluster_parts:
             say(
                 "cluster runs: %s worker(s), area %d px, chunks %d px",
@@ -433,6 +482,10 @@ def _notes(config: SpeedConfig) -> list[str]:
         "memory: the highest RSS of any worker process (psutil thread, 10 ms) during the "
         "end-to-end run, against pipeline.bench.memory.estimate_memory with the measured "
         "idle worker RSS as baseline.",
+        "harmonisation: fuse_dates' fit of one candidate (robust pre-weight + local gain/offset, "
+        "float32 maps back in host memory) on the cube's first two dates, best of "
+        f"{_HARMONISATION_REPEATS}; output megapixels = pixels of one map. torch/numba is the "
+        "speed ratio on one CPU thread (issue 14: >= 0.8 would let torch replace numba).",
     ]
 
 
@@ -472,6 +525,8 @@ def _format_table(report: SpeedReport) -> str:
             f"{_mib(k['memory_crop_heap_peak_bytes']):>10}   predicted "
             f"{_mib(k['memory_crop_predicted_bytes'])}, ratio {k['memory_crop_ratio']:.2f}",
         ]
+    if "harmonisation" in f:
+        lines += _harmonisation_lines(f["harmonisation"])
     if "end_to_end" in f:
         lines += [
             "",
@@ -524,3 +579,34 @@ def _format_table(report: SpeedReport) -> str:
     if report.json_path is not None:
         lines += ["", f"figures: {report.json_path}"]
     return "\n".join(lines)
+
+
+def _harmonisation_lines(h: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"Local harmonisation alone, one candidate, {h['height_px']} x {h['width_px']} px, "
+        f"B = {h['bands']}, radius {h['harmonise_radius']} (best of {h['repeats']})",
+        "  backend  device  grid step   seconds   output Mpx/s   max |gain - numba|",
+    ]
+    for r in h["runs"]:
+        device = r["device"] if r["device"] == "cpu" else f"{r['device']} ({r['device_name']})"
+        lines.append(
+            f"  {r['backend']:<7}  {device:<6}  {r['grid_step']:>9}  {r['seconds']:8.3f}"
+            f"   {r['output_mpx_per_s']:12.2f}   {r['max_abs_gain_difference_to_numba']:.1e}"
+        )
+    target = TARGETS["harmonisation_torch_cpu_over_numba"]
+    for step, ratio in h["torch_cpu_over_numba_by_grid_step"].items():
+        lines.append(
+            f"  torch-CPU / numba speed, grid step {step}: {ratio:.2f}   (keep one if >= {target})"
+        )
+    if not h["torch_version"]:
+        lines.append("  torch is not installed: numba only (pip install 'phyvlm-cr[vlm]')")
+    elif not h["cuda_available"]:
+        lines.append("  torch sees no CUDA device here: no GPU figure")
+    rest = {r["backend"]: r["seconds"] for r in h["restore"]}
+    if "torch" in rest:
+        lines.append(
+            f"  restore on a {h['restore_px']} px crop, CPU: numba {rest['numba']:.1f} s, torch "
+            f"{rest['torch']:.1f} s (torch/numba speed {h['restore_torch_cpu_over_numba']:.2f})"
+        )
+    return lines

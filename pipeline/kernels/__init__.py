@@ -15,6 +15,8 @@ prior: cloud evidence          ``_evidence``        cloud, haze, shadow from the
 transmission of one date       ``_transmission``    haze cues, t_ref, per-band t_b, floor of t_b
 transmission from a reference  ``_temporal``        temporal haze cue, refinement of t and J
 harmonisation                  ``_harmonisation``   local and date-pair gain/offset fits, pre-weight
+harmonisation in torch         ``_harmonisation_``  the local fit and pre-weight on any torch device
+                               ``torch``            (``FusionConfig.backend = "torch"``)
 reference choice               ``_reference``       quality, consistency, candidate blend
 gate and inversion             ``_inversion``       J, confidence, plausibility, the gate
 fusion: the steps per date     ``_fusion``          ``fuse_dates``, the time neighbourhood

@@ -6,9 +6,13 @@ fusion that runs them (``_fusion`` imports them all).
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass
 
 from ._harmonisation import coarse_reach
+
+#: Implementations of the local harmonisation (``FusionConfig.backend``).
+BACKENDS = ("numba", "torch")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,12 @@ class FusionConfig:
         references from: dates at most this many positions away in the series and/or at
         most this many days away (both must hold when both are set; None: unbounded). It
         also bounds what a time block of ``restore`` holds (``time_neighbourhood``).
+    backend: implementation of the local harmonisation, the fusion's dominant cost: "numba"
+        (``_harmonisation``, compiled CPU passes) or "torch" (``_harmonisation_torch``, the
+        same fit in tensor operations on ``device``; needs the ``vlm`` extra). Both give the
+        same maps to float32 rounding (``tests/test_harmonisation_torch.py``).
+    device: torch device of the "torch" backend ("cpu", "cuda", "cuda:N"); None = CUDA when
+        torch sees one on the worker, else the CPU. Only with backend "torch".
     """
 
     gate_low: float = 0.2
@@ -95,8 +105,11 @@ class FusionConfig:
     evidence_floor: float = 0.02
     time_window_dates: int | None = None
     time_window_days: float | None = None
+    backend: str = "numba"
+    device: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_backend()
         if not 0.0 <= self.gate_low < self.gate_high <= 1.0:
             raise ValueError(
                 f"FusionConfig needs 0 <= gate_low < gate_high <= 1, got {self.gate_low}, "
@@ -143,6 +156,41 @@ class FusionConfig:
             raise ValueError(
                 f"FusionConfig.temporal_weight must be in [0, 1], got {self.temporal_weight}"
             )
+
+    def _check_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"FusionConfig.backend must be one of {', '.join(map(repr, BACKENDS))}, got "
+                f"{self.backend!r}"
+            )
+        if self.device is not None and not isinstance(self.device, str):
+            raise ValueError(
+                f"FusionConfig.device must be a torch device name ('cpu', 'cuda', 'cuda:N') or "
+                f"None, got {self.device!r}"
+            )
+        if self.backend != "torch":
+            if self.device is not None:
+                raise ValueError(
+                    f"FusionConfig.device={self.device!r} applies to backend='torch' only; set "
+                    "backend='torch' or leave device None"
+                )
+            return
+        if importlib.util.find_spec("torch") is None:
+            from ._harmonisation_torch import import_torch
+
+            import_torch()  # raises the ImportError that names the extra
+        if self.device is not None:
+            # the name only: whether CUDA exists is a property of the worker that runs the
+            # fusion, not of the machine that builds the config
+            from ._harmonisation_torch import import_torch
+
+            try:
+                import_torch().device(self.device)
+            except (RuntimeError, ValueError) as exc:
+                raise ValueError(
+                    f"FusionConfig.device {self.device!r} is not a torch device: use 'cpu', "
+                    "'cuda', 'cuda:N' or None (CUDA when available, else CPU)"
+                ) from exc
 
     @property
     def grid_step(self) -> int:

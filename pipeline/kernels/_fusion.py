@@ -1,6 +1,6 @@
 """Fusion of one block: the time neighbourhood and ``fuse_dates`` (its settings: ``_config``),
 which runs per target date the reference choice (``_reference``), the harmonisation of the candidates
-(``_harmonisation``), the transmission read against the reference (``_temporal``) and the
+(``_harmonisation``, or its torch twin ``_harmonisation_torch`` with ``FusionConfig.backend``), the transmission read against the reference (``_temporal``) and the
 soft gate of the inversion against the reference (``_inversion``):
 
     J_out = g(c) J_phys + (1 - g(c)) R,   g(c) = S(c; gate_low, gate_high)   (smoothstep)
@@ -251,26 +251,14 @@ def fuse_dates(
                 w_c = weights[k]
                 if not (w_c > 0).any():
                     continue
-                g, o, resid = harmonise_local(
+                g, o, resid = _harmonise_candidate(
                     j_phys[i],
                     j_phys[j],
-                    (clear[i] * clear[j]) ** 2
-                    * _agreement(
-                        j_phys[i],
-                        j_phys[j],
-                        pair_gain[i, j],
-                        pair_offset[i, j],
-                        scale=2.0 * cfg.consistency_sigma,
-                        darkening=(cfg.shadow_ratio_low, cfg.shadow_ratio_high),
-                    ),
-                    cfg.harmonise_radius,
+                    (clear[i] * clear[j]) ** 2,
                     pair_gain[i, j],
                     pair_offset[i, j],
-                    ridge=cfg.harmonise_ridge,
-                    shrink_pixels=cfg.harmonise_shrink_pixels,
-                    residual=True,
-                    grid_step=cfg.grid_step,
-                    origin=origin,
+                    cfg,
+                    origin,
                 )
                 _add_candidate(g, o, j_phys[j], w_c, resid, q[j], acc, acc_w, acc_var, q_ref, cfg)
                 del g, o, resid  # a date's (B, Y, X) arrays never outlive their use (memory peak)
@@ -330,6 +318,61 @@ def fuse_dates(
         np.full(conf_out.shape, np.nan, dtype=F32) if p_clear is None else 1.0 - p_clear[targets]
     )
     return FusionResult(out, conf_out, gate_out, ref_days, flag, t_out, cloud.astype(F32))
+
+
+def _harmonise_candidate(
+    target: np.ndarray,
+    source: np.ndarray,
+    clear_weight: np.ndarray,
+    prior_gain: np.ndarray,
+    prior_offset: np.ndarray,
+    cfg: FusionConfig,
+    origin: tuple[int, int],
+) -> tuple[np.ndarray, ...]:
+    """Step 3's local map of a candidate onto the target: (gain, offset, residual), float32.
+
+    Fitted with weight ``clear_weight`` x the robust pre-weight against the prior (pair) map,
+    by the backend ``cfg.backend`` names: ``_harmonisation`` (numba) or its twin
+    ``_harmonisation_torch`` on ``cfg.device``.
+    """
+    scale = 2.0 * cfg.consistency_sigma
+    darkening = (cfg.shadow_ratio_low, cfg.shadow_ratio_high)
+    radius, step = cfg.harmonise_radius, cfg.grid_step
+    ridge, shrink = cfg.harmonise_ridge, cfg.harmonise_shrink_pixels
+    if cfg.backend == "torch":
+        from ._harmonisation_torch import harmonise_pair_torch
+
+        return harmonise_pair_torch(
+            target,
+            source,
+            clear_weight,
+            radius,
+            prior_gain,
+            prior_offset,
+            scale=scale,
+            darkening=darkening,
+            ridge=ridge,
+            shrink_pixels=shrink,
+            grid_step=step,
+            origin=origin,
+            device=cfg.device,
+        )
+    weight = clear_weight * _agreement(
+        target, source, prior_gain, prior_offset, scale=scale, darkening=darkening
+    )
+    return harmonise_local(
+        target,
+        source,
+        weight,
+        radius,
+        prior_gain,
+        prior_offset,
+        ridge=ridge,
+        shrink_pixels=shrink,
+        residual=True,
+        grid_step=step,
+        origin=origin,
+    )
 
 
 def _clear_probability(

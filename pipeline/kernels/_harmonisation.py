@@ -21,6 +21,10 @@ Implementation: the numpy fronts first, then their compiled passes (numba, conve
 ``_common``). Window sums treat pixels outside the array as absent (they add nothing), so a
 block with a halo of at least the window radius gives the same interior values as the whole
 array. Accumulators are float64 whatever the input dtype.
+
+Twin: ``_harmonisation_torch`` states ``harmonise_local`` and ``_agreement`` again in torch
+tensor operations, on any torch device (``FusionConfig.backend = "torch"``); a change to a
+formula here is made there too (``tests/test_harmonisation_torch.py`` holds them equal).
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ def harmonise_local(
     interpolated bilinearly between cell centres (``harmonise_fit_coarse``). A block
     whose halo covers ``coarse_reach(radius, grid_step)`` gives the same core as the
     whole array.
+
+    Torch twin (any device): ``_harmonisation_torch.harmonise_local_torch``.
     """
     t, s = float_array(target), float_array(source)
     if t.ndim != 3 or s.shape != t.shape or np.shape(weight) != t.shape[1:]:
@@ -189,6 +195,8 @@ def _agreement(
     ratio ramp (low, high) of ``_common._darkening_at`` (the fusion: shadow_ratio_low,
     shadow_ratio_high). Shadow, residual cloud and surface change on either date then do
     not bend the local fit.
+
+    Torch twin (any device): ``_harmonisation_torch.agreement_torch``.
     """
     out = np.empty(np.shape(target)[1:])
     agreement_fit(  # one compiled pass per pixel, R0 never materialised
@@ -364,7 +372,8 @@ def harmonise_fit(
     ring of the last 2r+1 row results, so the moments of one output row are ready when it
     is reached and only O(r X) float64 scratch is held. The fit and, with ``residual``, the
     band-mean weighted squared residual are computed in the same sweep. ``gain``, ``offset``
-    (B, Y, X) and ``resid`` (Y, X) are written in place.
+    (B, Y, X) and ``resid`` (Y, X) are written in place. Torch twin:
+    ``_harmonisation_torch._fit_exact``.
     """
     nb, ny, nx = t.shape
     w = np.zeros((ny, nx))
@@ -507,7 +516,8 @@ def harmonise_fit_coarse(
     cells around each cell (``coarse_span``); the ridge fit and residual are evaluated once
     per cell, at its centre, and bilinearly interpolated to every pixel (the residual over
     the finite nodes only; NaN where none of the four is). The fit costs O(cells) instead of
-    O(pixels); the moments still read every pixel once.
+    O(pixels); the moments still read every pixel once. Torch twin:
+    ``_harmonisation_torch._fit_coarse``.
     """
     nb, ny, nx = t.shape
     m = max(1, (radius + step // 2) // step)
@@ -713,7 +723,8 @@ def agreement_fit(target, source, gain, offset, scale, low, high, out):
     r0 = gain_b J_j + offset_b; w = (1 - darkening(J_i, r0)) / (1 + (d / scale)^2), d the RMS
     over the finite bands of J_i - r0; 0 where w is not finite. (B, N) in, ``out`` (N,).
     Band-outer over chunks of ``LANE_CHUNK`` pixels (the sums still run in band order per
-    pixel, as a per-pixel loop over the bands would add them).
+    pixel, as a per-pixel loop over the bands would add them). Torch twin:
+    ``_harmonisation_torch._agreement``.
     """
     nb, n = target.shape
     total = np.empty(LANE_CHUNK)
