@@ -328,7 +328,9 @@ class ValidationResult:
 
     per_class: class -> {rmse, psnr, psnr_low, psnr_high (bootstrap 5-95 %), pixels};
     the run-level ``psnr`` / ``rmse`` mix the classes at ``shares`` (the run's own, from the
-    evidence of the windows); ``per_tile``: label -> {pixels, rmse, psnr} of cloudy pixels.
+    evidence of the windows); ``per_tile``: label -> {pixels, rmse, psnr} of cloudy pixels;
+    ``per_date``: ISO day -> class (and "all") -> {rmse, psnr, pixels}, each date's own
+    estimate (``_per_date``: its held-out pixels at its own mix; no interval).
     """
 
     pixels: int
@@ -341,6 +343,7 @@ class ValidationResult:
     config: dict[str, Any]
     shares: dict[str, float] = field(default_factory=dict)
     per_tile: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_date: dict[str, dict[str, Any]] = field(default_factory=dict)
     psnr_low: float = float("nan")
     psnr_high: float = float("nan")
     error_model: ErrorModel | None = None
@@ -515,6 +518,7 @@ class _Collector:
                 "stratum",
                 "case",
                 "tile",
+                "date",
                 *FEATURE_LAYERS,
             )
         }
@@ -522,11 +526,20 @@ class _Collector:
         self.class_counts = dict.fromkeys(("clear", "thin", "thick"), 0)
         #: run class -> pixel count per land-cover stratum (``neighbour_strata``)
         self.strata_counts = {c: np.zeros(N_STRATA) for c in self.class_counts}
+        #: the same two counts per date (ISO day): a date's own mix, for its own estimate
+        self.date_class_counts: dict[str, dict[str, int]] = {}
+        self.date_strata_counts: dict[str, dict[str, np.ndarray]] = {}
         self.cases = 0
 
-    def add_run_shares(self, base: xr.Dataset, data: np.ndarray, proxy: np.ndarray) -> None:
+    def add_run_shares(
+        self,
+        base: xr.Dataset,
+        data: np.ndarray,
+        proxy: np.ndarray,
+        dates: Sequence[str] | None = None,
+    ) -> None:
         """The run's own pixels of the window: class (from the evidence and transmission)
-        and land-cover proxy."""
+        and land-cover proxy, for the run and (with ``dates``, a label per date) per date."""
         observed = np.isfinite(data).all(axis=1)
         cp = np.nan_to_num(base["cloud_probability"].values, nan=0.5)
         t = np.nan_to_num(base["transmission"].values, nan=1.0)
@@ -541,8 +554,15 @@ class _Collector:
         for c, m in masks.items():
             self.class_counts[c] += int(m.sum())
             self.strata_counts[c] += np.bincount(_stratum_index(proxy[m]), minlength=N_STRATA)
+            for t, label in enumerate(dates or ()):
+                counts = self.date_class_counts.setdefault(label, dict.fromkeys(masks, 0))
+                strata = self.date_strata_counts.setdefault(
+                    label, {k: np.zeros(N_STRATA) for k in masks}
+                )
+                counts[c] += int(m[t].sum())
+                strata[c] += np.bincount(_stratum_index(proxy[t][m[t]]), minlength=N_STRATA)
 
-    def add(self, est, truth, cls, stratum, tile, layers) -> None:
+    def add(self, est, truth, cls, stratum, tile, layers, date: str = "") -> None:
         diff = np.clip(est, 0, 1) - np.clip(truth, 0, 1)  # (B, N)
         self.rows["sq"].append((diff**2).sum(axis=0))
         self.rows["abs"].append(np.abs(diff).sum(axis=0))
@@ -550,6 +570,7 @@ class _Collector:
         self.rows["stratum"].append(stratum)
         self.rows["case"].append(np.full(cls.size, self.cases))
         self.rows["tile"].append(np.full(cls.size, tile))
+        self.rows["date"].append(np.full(cls.size, date, dtype=object))
         for k in FEATURE_LAYERS:
             self.rows[k].append(layers[k])
         self.band_sq.append(diff**2)
@@ -565,6 +586,14 @@ class _Collector:
         for c in self.class_counts:
             self.class_counts[c] += other.class_counts[c]
             self.strata_counts[c] += other.strata_counts[c]
+        for label, counts in other.date_class_counts.items():
+            mine = self.date_class_counts.setdefault(label, dict.fromkeys(counts, 0))
+            strata = self.date_strata_counts.setdefault(
+                label, {k: np.zeros(N_STRATA) for k in counts}
+            )
+            for c in counts:
+                mine[c] += counts[c]
+                strata[c] += other.date_strata_counts[label][c]
         self.cases += other.cases
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -629,6 +658,38 @@ def _strata_weights(rows: dict[str, np.ndarray], strata_counts: dict[str, np.nda
     return w
 
 
+def _per_date(rows: dict[str, np.ndarray], col: _Collector) -> dict[str, dict[str, Any]]:
+    """Per date (ISO day) with held-out pixels: the estimate of that date alone, its
+    held-out pixels post-stratified to the date's own land-cover mix per class and its
+    classes mixed at the date's own shares ("all"). Point estimates: a date holds the
+    pixels of a few windows only, too few cases for a bootstrap interval of its own."""
+    out: dict[str, dict[str, Any]] = {}
+    for label in sorted({str(d) for d in rows["date"]} - {""}):
+        m = rows["date"] == label
+        sub = {k: v[m] for k, v in rows.items()}
+        counts = col.date_class_counts.get(label, {})
+        total = sum(counts.values())
+        if not total:
+            continue
+        weights = _strata_weights(sub, col.date_strata_counts[label])
+        mse = _estimates(sub, weights, {k: v / total for k, v in counts.items()})
+        entry: dict[str, Any] = {}
+        for k, c in enumerate(CLASSES):
+            n = int((sub["cls"] == k).sum())
+            if n and math.isfinite(mse[c]):
+                entry[c] = {
+                    "rmse": math.sqrt(mse[c]),
+                    "psnr": _psnr(math.sqrt(mse[c])),
+                    "pixels": n,
+                }
+        if math.isfinite(mse["all"]):
+            r = math.sqrt(mse["all"])
+            entry["all"] = {"rmse": r, "psnr": _psnr(r), "pixels": int(m.sum())}
+        if entry:
+            out[label] = entry
+    return out
+
+
 def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> ValidationResult:
     rows = col.arrays()
     n = int(rows["sq"].size)
@@ -672,6 +733,7 @@ def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> Va
         if m.any():
             r = math.sqrt(float((rows["sq"][m] / rows["nb"][m]).mean()))
             per_tile[str(label)] = {"pixels": int(m.sum()), "rmse": r, "psnr": _psnr(r)}
+    per_date = _per_date(rows, col)
     band_sq = np.concatenate(col.band_sq, axis=1) if col.band_sq else np.zeros((len(bands), 0))
     rmse_all = math.sqrt(mse["all"]) if math.isfinite(mse["all"]) else float("nan")
     lo, hi = interval("all")
@@ -688,6 +750,7 @@ def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> Va
         config=asdict(cfg),
         shares=shares,
         per_tile=per_tile,
+        per_date=per_date,
         psnr_low=lo,
         psnr_high=hi,
         error_model=fit_error_model(rows, rows["case"], weights),
@@ -847,6 +910,13 @@ def _compute_each(tasks: list, where: list[str]) -> list[_Collector]:
     return out
 
 
+def _day_labels(win: xr.Dataset) -> list[str]:
+    """The ISO day of each date of a window cube (the keys of ``per_date``)."""
+    if "time" not in win.coords:
+        return [str(t) for t in range(win.sizes.get("time", 0))]
+    return [str(d) for d in np.datetime_as_string(win["time"].values, unit="D")]
+
+
 def _spread_dates(order: np.ndarray, count: int, gap: int) -> list[int]:
     """Up to ``count`` dates from ``order`` (a random permutation), no two within ``gap``
     places of each other in the series: a date clouded for the trial must not take away
@@ -994,6 +1064,7 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
     scored[inner] = True
     clear &= scored[None]
     proxy = neighbour_strata(data, observed & (cp < CLOUDY_AT), bands)
+    days = _day_labels(win)
     col.add_run_shares(
         base.isel(
             y=slice(inner[0].start - ey.start, inner[0].stop - ey.start),
@@ -1001,6 +1072,7 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
         ),
         data[:, :, inner[0], inner[1]],
         proxy[:, inner[0], inner[1]],
+        days,
     )
     first, last = window.eligible
     candidates = [
@@ -1043,7 +1115,15 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
             continue
         cls = np.select([sim.thick, sim.shadow, sim.thin], [2, 3, 1], default=0)[held]
         layers = {n: out[n].values[k][held] for n in FEATURE_LAYERS}
-        col.add(est[:, held], data[target][:, held], cls, proxy[target][held], window.tile, layers)
+        col.add(
+            est[:, held],
+            data[target][:, held],
+            cls,
+            proxy[target][held],
+            window.tile,
+            layers,
+            days[target],
+        )
     return col
 
 

@@ -204,8 +204,14 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
     assert printed.count("approximation (ours - ours_exact, PSNR dB)") == len(keys)
     # the run's self-validation beside the truth, once per stack and scenario
     assert set(report["validation"]) == set(keys)
-    assert printed.count("self-validation estimate vs true") == len(keys)
+    assert printed.count("self-validation estimate (") == len(keys)
     for key, check in report["validation"].items():
+        # the truth is the target date's: the estimate compared is that date's own where
+        # the date has held-out pixels, named in the line
+        scope = (
+            f"(the target date {check['estimate_date']})" if check["estimate_date"] else "(the run)"
+        )
+        assert f"self-validation estimate {scope} vs true" in printed, key
         assert set(check["diff"]) == {"all", "thin", "thick"}
         for c, diff in check["diff"].items():
             want = check["estimate"].get(c, math.nan) - check["true"].get(c, math.nan)

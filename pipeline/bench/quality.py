@@ -418,7 +418,7 @@ def run_quality_benchmark(
                     cases.append(row)
                     outputs[method] = result.estimate
                 if config.validation_check and (kind, cover, seed) == _check_case(grid):
-                    validation[stack.key] = validation_check(stack, cloudy, sim, invalid)
+                    validation[stack.key] = validation_check(stack, cloudy, sim)
                 if (kind, cover, seed) == example_key:
                     outputs.pop(INPUT, None)  # the figure shows the cloudy input already
                     examples[stack.name] = {

@@ -275,8 +275,10 @@ def snow_change(
     # snowy dates set a per-band SWIR envelope far below the ground's, and a half-melted snow
     # pixel (visible up, SWIR back near the ground's) then reads as a SWIR *rise*, the mark
     # of water cloud. A pixel snowy on every date keeps the envelope of all its dates.
-    snow = snow_score(data, bands) if snow is None else np.asarray(snow)
-    free = observed & (np.nan_to_num(snow, nan=0.0) < SNOW_FREE_BELOW)
+    score = snow_score(data, bands) if snow is None else snow
+    free = observed
+    if score is not None:
+        free = observed & (np.nan_to_num(np.asarray(score), nan=0.0) < SNOW_FREE_BELOW)
 
     def excess(k: int) -> np.ndarray:
         v = _band(data, k, observed)
