@@ -76,6 +76,34 @@ def test_score_case_counts_invented_and_missing_pixels():
     assert row["thick"]["psnr"] == float("inf")  # exact there (truth == estimate)
 
 
+def test_pixels_whose_truth_is_no_clear_view_are_scored_for_no_method():
+    truth = np.full((2, 2, 2), 0.1)
+    est = truth.copy()
+    est[:, 1, 0] = 0.6  # a real cloud in the "truth" that the method removed
+    est[:, 1, 1] = np.nan  # and an unobserved pixel there, left empty
+    invalid = np.array([[False, False], [False, True]])
+    unclear = np.array([[False, False], [True, True]])
+    plain = score_case(truth, est, np.zeros((2, 2), bool), _Sim(), invalid)
+    screened = score_case(truth, est, np.zeros((2, 2), bool), _Sim(), invalid, unclear)
+    assert plain["clear"]["psnr"] < 20 and screened["clear"]["pixels"] == 0
+    assert screened["all"]["psnr"] == float("inf")
+    assert screened["unrecoverable"] == 0 and screened["missing"] == 0
+
+
+def test_the_real_crops_own_small_clouds_are_screened_out_of_its_truth():
+    """PROVENANCE.md of the real crop: "essentially cloud-free (only ~0.03 % of pixels bright
+    in all visible bands)". Those pixels, not a surface the benchmark can score against,
+    are the screen; the crop's farmland and forest are not."""
+    from pipeline.bench._stacks import austria_stacks
+    from tests.conftest import shared_data
+
+    for stack in austria_stacks(shared_data("pc-l2a-austria-2dates", "inference-img.tif")):
+        screen = stack.truth_unclear
+        assert screen is not None and 0.0001 < screen.mean() < 0.0005
+        blue = stack.clear[stack.target][0]
+        assert np.nanmedian(blue[screen]) > 2 * np.nanpercentile(blue[~screen], 99)
+
+
 def test_targets_compare_ours_with_the_best_peer():
     ours = {
         "thin_psnr": 30.0,

@@ -35,6 +35,12 @@ AUSTRIA_FILE = "inference-img.tif"
 AUSTRIA_DATES = ("2021-06-17T10:05:59", "2021-09-25T10:10:19")
 AUSTRIA_BAND_ORDER = ("B04", "B03", "B02", "B08")  # per date, as stored (PROVENANCE.md)
 #: No-data layout (fractions of the smaller image side; see ``add_nodata_wedges``).
+#: A pixel of a real image whose every visible band (B02, B03, B04) reaches this reflectance
+#: is no clear view of a surface: a small real cloud or a specular glint (the Austria crop's
+#: PROVENANCE.md: "essentially cloud-free (only ~0.03 % of pixels bright in all visible
+#: bands)"; 58 and 71 px of its two dates, up to 1.6 in the blue). Farmland, forest and
+#: roofs of that crop stay below it; a real snow scene would not (no such stack here).
+TRUTH_BRIGHT_VISIBLE = 0.3
 WEDGE_ALL_DATES = 0.25
 WEDGE_OTHER_DATES = 0.35
 
@@ -62,6 +68,10 @@ class BenchStack:
     scene_wide: tuple[int, ...] = ()
     #: (Y, X) bool: the surface change the scenario made (snow region, harvested fields)
     scenario_mask: np.ndarray | None = None
+    #: (Y, X) bool: pixels where the target's "truth" is itself no clear view of the surface
+    #: (a real image's own small clouds: ``bright_in_all_visible``); no method is scored on
+    #: them. None = the truth is clear everywhere (generated stacks).
+    truth_unclear: np.ndarray | None = None
 
     @property
     def days(self) -> np.ndarray:
@@ -157,7 +167,26 @@ def austria_stacks(path: str | Path | None = None) -> list[BenchStack]:
     order = ("B02", "B03", "B04", "B08")  # wavelength order, as the cube loader gives
     data = np.stack([per_date[:, AUSTRIA_BAND_ORDER.index(b)] for b in order], axis=1)
     times = pd.to_datetime(list(AUSTRIA_DATES)).values.astype("datetime64[ns]")
-    return [BenchStack(f"austria-{AUSTRIA_DATES[t][:10]}", data, t, times, order) for t in range(2)]
+    return [
+        BenchStack(
+            f"austria-{AUSTRIA_DATES[t][:10]}",
+            data,
+            t,
+            times,
+            order,
+            truth_unclear=bright_in_all_visible(data[t], order),
+        )
+        for t in range(2)
+    ]
+
+
+def bright_in_all_visible(image: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """(Y, X) bool: B02, B03 and B04 of a (B, Y, X) image all at least
+    ``TRUTH_BRIGHT_VISIBLE``: a real cloud or glint in what should be a clear truth."""
+    out = np.ones(image.shape[1:], bool)
+    for b in ("B02", "B03", "B04"):
+        out &= np.nan_to_num(image[bands.index(b)], nan=0.0) >= TRUTH_BRIGHT_VISIBLE
+    return out
 
 
 def synthetic_stack(size: int, dates: int, seed: int) -> BenchStack:

@@ -56,6 +56,8 @@ def validation_check(stack: Any, cloudy: np.ndarray, sim: Any) -> dict[str, Any]
     # own scores leave them out and count them as "invented".)
     flagged = out["no_valid_observation"].values[t].astype(bool)
     valid = np.isfinite(est).all(axis=0) & ~flagged
+    if getattr(stack, "truth_unclear", None) is not None:
+        valid &= ~stack.truth_unclear  # the truth is no clear view there
     classes = {
         "clear": valid & ~(sim.thin | sim.thick | sim.shadow),
         "thin": valid & sim.thin,

@@ -223,10 +223,20 @@ def unrecoverable(
 
 
 def score_case(
-    truth: np.ndarray, estimate: np.ndarray, flagged: np.ndarray, sim: Any, invalid: np.ndarray
+    truth: np.ndarray,
+    estimate: np.ndarray,
+    flagged: np.ndarray,
+    sim: Any,
+    invalid: np.ndarray,
+    unclear: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one method on one case (recoverable pixels only) + integrity counts."""
-    valid = ~invalid
+    """Metrics of one method on one case (recoverable pixels only) + integrity counts.
+
+    ``unclear`` (Y, X): pixels whose truth is no clear view (``BenchStack.truth_unclear``),
+    left out of every score and count."""
+    if unclear is not None:
+        invalid = invalid & ~unclear
+    valid = ~invalid if unclear is None else ~invalid & ~unclear
     clear = valid & ~(sim.thin | sim.thick | sim.shadow)
     masks = {
         "all": valid,
@@ -403,7 +413,9 @@ def run_quality_benchmark(
                         skipped[method] = str(err)
                         continue
                     seconds[stack.key][method] += time.perf_counter() - started
-                    row = score_case(truth, result.estimate, result.flagged, sim, invalid)
+                    row = score_case(
+                        truth, result.estimate, result.flagged, sim, invalid, stack.truth_unclear
+                    )
                     row.update(cloud_evidence(stack, result.cloud_probability))
                     row.update(
                         stack=stack.name,
