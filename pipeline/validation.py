@@ -911,7 +911,8 @@ def _compute_each(tasks: list, where: list[str]) -> list[_Collector]:
 
 
 def _day_labels(win: xr.Dataset) -> list[str]:
-    """The ISO day of each date of a window cube (the keys of ``per_date``)."""
+    """The ISO day of each date of a window cube (the keys of ``per_date``; two
+    acquisitions of one day, as from overlapping orbits, share a row)."""
     if "time" not in win.coords:
         return [str(t) for t in range(win.sizes.get("time", 0))]
     return [str(d) for d in np.datetime_as_string(win["time"].values, unit="D")]
