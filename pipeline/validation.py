@@ -554,13 +554,13 @@ class _Collector:
         for c, m in masks.items():
             self.class_counts[c] += int(m.sum())
             self.strata_counts[c] += np.bincount(_stratum_index(proxy[m]), minlength=N_STRATA)
-            for t, label in enumerate(dates or ()):
+            for d, label in enumerate(dates or ()):
                 counts = self.date_class_counts.setdefault(label, dict.fromkeys(masks, 0))
                 strata = self.date_strata_counts.setdefault(
                     label, {k: np.zeros(N_STRATA) for k in masks}
                 )
-                counts[c] += int(m[t].sum())
-                strata[c] += np.bincount(_stratum_index(proxy[t][m[t]]), minlength=N_STRATA)
+                counts[c] += int(m[d].sum())
+                strata[c] += np.bincount(_stratum_index(proxy[d][m[d]]), minlength=N_STRATA)
 
     def add(self, est, truth, cls, stratum, tile, layers, date: str = "") -> None:
         diff = np.clip(est, 0, 1) - np.clip(truth, 0, 1)  # (B, N)

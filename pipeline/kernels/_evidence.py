@@ -261,8 +261,9 @@ def snow_change(
     dB and thin 0.1-0.3 dB, because the melting dates then become the nearest clear
     references of a snow-covered target and haze over a ground whose SWIR fell since reads
     as ice. The reference choice has to learn to avoid a surface in transition first.) Ice
-    cloud (cirrus) also darkens in the SWIR; it is thin, and stays partly cloud here. 0 without NIR or SWIR bands. It catches old and wet snow, whose NDSI
-    (green against SWIR) is too low for ``snow_score``.
+    cloud (cirrus) also darkens in the SWIR; it is thin, and stays partly cloud here. 0
+    without NIR or SWIR bands. It catches old and wet snow, whose NDSI (green against
+    SWIR) is too low for ``snow_score``.
     """
     blue = band_index(bands, "B02")
     nir = band_index(bands, "B08", "B8A")
