@@ -43,7 +43,8 @@ scores the restoration against what was really there:
    reflectance, and ``interval90`` x ``error_estimate`` bounds 90 % of the errors.
 
 The figure is an estimate of the error on cloud like the simulated one, not a bound; its
-caveats are recorded with it (simulated cloud; windows re-estimate the scene parameters).
+caveats are recorded with it (simulated cloud; and, when the run passes no scene state of its
+area, windows that re-estimate the scene parameters on their own context).
 """
 
 from __future__ import annotations
@@ -690,7 +691,9 @@ def _per_date(rows: dict[str, np.ndarray], col: _Collector) -> dict[str, dict[st
     return out
 
 
-def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> ValidationResult:
+def _summarise(
+    col: _Collector, cfg: ValidationConfig, bands, labels, rng, *, own_scene: bool = False
+) -> ValidationResult:
     rows = col.arrays()
     n = int(rows["sq"].size)
     weights = _strata_weights(rows, col.strata_counts)
@@ -754,7 +757,12 @@ def _summarise(col: _Collector, cfg: ValidationConfig, bands, labels, rng) -> Va
         psnr_low=lo,
         psnr_high=hi,
         error_model=fit_error_model(rows, rows["case"], weights),
-        note="windows re-estimate the scene parameters; simulated cloud (pipeline.cloud_simulator)",
+        note=(
+            "simulated cloud (pipeline.cloud_simulator)"
+            if own_scene
+            else "windows re-estimate the scene parameters; simulated cloud "
+            "(pipeline.cloud_simulator)"
+        ),
     )
 
 
@@ -840,7 +848,7 @@ def self_validate(
     for part in _compute_each(tasks, where):
         col.merge(part)
     result = (
-        _summarise(col, cfg, bands, labels, rng)
+        _summarise(col, cfg, bands, labels, rng, own_scene=scene is not None)
         if col.cases
         else ValidationResult(
             0,

@@ -175,6 +175,62 @@ def test_cloud_shadow_is_a_uniform_darkening_snow_melt_is_not():
     assert p_shadow[6:, :, 27:].max() < 0.05
 
 
+def test_shadows_on_a_third_of_the_dates_do_not_make_the_clear_dates_read_as_haze():
+    """A low quantile is robust to cloud, not to shadow: with cloud shadows on 3 of 9 dates
+    at a pixel they *were* its clear-sky baseline, every clear date read as haze and was
+    replaced (the demo stack's worst clear pixels, a bright surface under frequent shadow).
+    The shadowed dates still read as shadow, and a thick cloud on another date as cloud."""
+    obs = _series(n_dates=9)
+    obs[:, :, :, :] = np.maximum(obs, 0.35)  # a bright surface: shadow darkens it most
+    factor = np.linspace(0.45, 0.3, len(BANDS6)).astype(np.float32)[:, None, None]
+    for t in (1, 4, 6):
+        obs[t][:, 5:35, 5:35] *= factor
+    obs[8][:, 15:25, 15:25] = 0.8  # thick cloud, grey
+    p_cloud, p_shadow = stack_evidence(obs, BANDS6)
+    clear = [0, 2, 3, 5, 7]
+    assert p_cloud[clear][:, 7:33, 7:33].max() < 0.2
+    for t in (1, 4, 6):
+        assert p_shadow[t][7:33, 7:33].min() > 0.5
+    assert p_cloud[8][17:23, 17:23].min() > 0.95
+
+
+def test_the_ground_after_a_snowy_season_is_no_shadow_and_a_cloud_over_it_stays_cloud():
+    """The snow-free ground after a snowy season is darker than a median of snow: against
+    the snow-free dates it is no outlier, stays in the baseline and reads clear, and a thick
+    cloud over it reads as cloud."""
+    obs = _series(n_dates=9)
+    obs[:4] = SNOW[None, :, None, None]
+    obs[4:7] = SOIL[None, :, None, None] + obs[4:7] * 0.01
+    obs[7:] = 0.8  # thick cloud over the melted ground on the last two dates
+    p_cloud, p_shadow = stack_evidence(obs, BANDS6)
+    assert p_cloud[7:, 2:-2, 2:-2].min() > 0.95
+    assert p_cloud[4:7, 2:-2, 2:-2].max() < 0.2
+    assert p_shadow[4:7].max() < 0.05
+
+
+def test_dates_left_out_of_the_baseline_lift_it_at_most_to_the_usual_level():
+    """Snow on four dates, the ground on two, a thick cloud on the last. Were the ground dates
+    left out of the baseline (as outliers), the rest would set it at the snow's blue and the
+    cloud would read as clear; the lift stops at the median of the snow-free dates."""
+    obs = np.empty((7, len(BANDS6), 4, 4), np.float32)
+    obs[:4] = SNOW[None, :, None, None]
+    obs[4:6] = SOIL[None, :, None, None]
+    obs[6] = 0.8
+    observed = np.ones(obs.shape[:1] + obs.shape[2:], bool)
+    without_ground = observed.copy()
+    without_ground[4:6] = False
+    snow_free = observed.copy()
+    snow_free[:4] = False
+    lifted = haze_excess(obs, BANDS6, 0.25, 0, without_ground)
+    assert lifted[6].max() < 0.0  # the failure the lift's bound prevents
+    bounded = haze_excess(obs, BANDS6, 0.25, 0, without_ground, snow_free)
+    # the cloud's excess over the ground: min(dB, 2 dH), HOT = (1.5 B02 - B04) / sqrt(3.25)
+    hot = lambda blue, red: (1.5 * blue - red) / np.sqrt(3.25)  # noqa: E731
+    expected = min(0.8 - SOIL[0], 2 * (hot(0.8, 0.8) - hot(SOIL[0], SOIL[2])))
+    np.testing.assert_allclose(bounded[6], expected, atol=1e-6)
+    np.testing.assert_allclose(bounded[4:6], 0.0, atol=1e-6)
+
+
 def test_mowing_is_not_a_shadow_though_most_bands_darken():
     """A mown or ploughed field loses its NIR (and some SWIR) while the visible stays: most
     bands darken, on average as much as under a shadow, but a shadow darkens every band."""

@@ -73,6 +73,13 @@ def test_the_run_settings_are_what_is_validated(cube):
     assert good.per_class["thin"]["psnr"] > weaker.per_class["thin"]["psnr"] + 0.5
 
 
+def test_the_caveat_says_whether_windows_had_the_runs_scene_state(cube):
+    own = self_validate(cube, config=SMALL)
+    assert "re-estimate the scene parameters" in own.note
+    placed = self_validate(cube, config=SMALL, scene=estimate_scene_state(cube))
+    assert "re-estimate" not in placed.note and "simulated cloud" in placed.note
+
+
 def test_single_date_cube_says_why_it_cannot_validate(cube):
     result = self_validate(cube.isel(time=[0]), config=SMALL)
     assert result.pixels == 0 and "two dates" in result.line()

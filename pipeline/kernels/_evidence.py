@@ -9,7 +9,12 @@ its own lower envelope, so a date's blue excess over that envelope is haze or cl
 
 Per date t and pixel:
 
-* blue excess   dB = B02_t - Q(B02), Q the per-pixel low quantile over the valid dates;
+* blue excess   dB = B02_t - Q(B02), Q the per-pixel low quantile over the valid dates
+  that are not shadowed (``dark_outliers``: darker, uniformly, than the median of the
+  pixel's snow-free dates, where it has at least 6), lifted by leaving them out at most to
+  that median. A low quantile is robust to cloud, which only brightens, but not to cloud
+  shadow: where shadows fall on more than a quarter of a pixel's dates they would set the
+  baseline and every clear date would read as haze;
 * HOT excess    dH = HOT_t - Q(HOT), HOT = (s B02 - B04) / sqrt(1 + s^2) with s = 1.5: the
   direction of the *change* matters, not the scene's clear line: a surface change (soil
   after harvest, vegetation green-up) moves red at least 1.5x as much as blue, haze moves
@@ -90,11 +95,43 @@ def _band(data: np.ndarray, k: int, observed: np.ndarray) -> np.ndarray:
     return np.where(observed, np.asarray(data)[:, k], np.nan)
 
 
+def _envelope_over(
+    values: np.ndarray,
+    baseline: np.ndarray | None,
+    quantile: float,
+    typical: np.ndarray | None = None,
+) -> np.ndarray:
+    """The lower envelope of (T, ...) ``values`` over the ``baseline`` observations.
+
+    Leaving observations out can only lift the envelope of all of them, and it lifts it at
+    most to the pixel's median over the ``typical`` observations (when given): where the
+    left-out dates are the pixel's real ground (after a snowy season, with cloud on most
+    other dates) the rest would set a baseline of snow and cloud, and a thick cloud would
+    read as clear against it.
+    """
+    everything = lower_envelope(values, quantile)
+    if baseline is None:
+        return everything
+    own = lower_envelope(np.where(baseline, values, np.nan), quantile)
+    own = np.where(np.isfinite(own), own, everything)
+    if typical is not None:
+        usual = lower_envelope(np.where(typical, values, np.nan), 0.5)
+        own = np.fmin(own, np.fmax(usual, everything))
+    return own
+
+
 def haze_excess(
-    data: np.ndarray, bands: tuple[str, ...], quantile: float, radius: int
+    data: np.ndarray,
+    bands: tuple[str, ...],
+    quantile: float,
+    radius: int,
+    baseline: np.ndarray | None = None,
+    typical: np.ndarray | None = None,
 ) -> np.ndarray:
     """e = min(dB, 2 dH), damped by its (2r+1)^2 window mean but never raised by it:
-    min(own, box-mean), (T, Y, X) float64, NaN unobserved."""
+    min(own, box-mean), (T, Y, X) float64, NaN unobserved. ``baseline`` (T, Y, X) bool: the
+    observations the envelopes are taken over (all observed ones when None), lifting them
+    at most to the median of the ``typical`` ones (``_envelope_over``)."""
     blue = band_index(bands, "B02")
     red = band_index(bands, "B04")
     if blue is None or red is None:
@@ -107,7 +144,10 @@ def haze_excess(
     observed = _observed(data)
     b = _band(data, blue, observed)
     h = np.where(observed, hot_index(data, blue, red), np.nan)
-    e = np.minimum(b - lower_envelope(b, quantile), 2.0 * (h - lower_envelope(h, quantile)))
+    e = np.minimum(
+        b - _envelope_over(b, baseline, quantile, typical),
+        2.0 * (h - _envelope_over(h, baseline, quantile, typical)),
+    )
     if radius > 0:
         # The window mean damps a noisy pixel's excess but must not lift a pixel above its
         # own reading: a clear pixel beside a thick cloud would take a third of the cloud's
@@ -190,6 +230,46 @@ def shadow_probability(
     return np.where(observed, p, np.nan)
 
 
+#: An observation whose uniform-darkening probability against its pixel's median over all
+#: dates reaches this is left out of the clear-sky baseline (``dark_outliers``).
+DARK_OUTLIER_AT = 0.5
+#: ... and only where the pixel has at least this many snow-free dates to take a median of.
+DARK_OUTLIER_MIN_DATES = 6
+
+
+def dark_outliers(
+    data: np.ndarray,
+    bands: tuple[str, ...],
+    *,
+    darkening: tuple[float, float],
+    spread: tuple[float, float],
+    snow: np.ndarray | None = None,
+) -> np.ndarray:
+    """(T, Y, X) bool: observations darker than their pixel's usual self in the way a cloud
+    shadow darkens, to be kept out of the clear-sky baseline.
+
+    The shadow test of ``shadow_probability`` (every band darker by a similar factor, the
+    visible too; not over snow) against the median of all the pixel's snow-free dates, not
+    of the dates that read clear: this runs before anything reads clear, and the median is
+    robust to shadow and to cloud as long as each holds fewer than half of the dates. A
+    cloud-dominated median does not turn the clear dates into outliers either: against a
+    grey cloud the surface's spectrum has a large spread across bands (a bright, grey
+    surface under a cloud on most dates is the exception, and leaves the envelope where it
+    was without this step). False where unobserved.
+    """
+    observed = _observed(data)
+    # the median is that of the snow-free dates (as the envelopes of ``snow_change``): after
+    # a snowy season the ground is darker than a median of snow and would read as shadow
+    if snow is None:
+        snow = snow_score(data, bands)
+    veto = np.zeros(observed.shape) if snow is None else np.nan_to_num(snow, nan=0.0)
+    p = shadow_probability(data, veto, darkening=darkening, spread=spread, bands=bands)
+    # a median of few snow-free dates is one or two dates' value (a cloud, where clouds are
+    # most of them): it cannot tell the ground from a shadow there
+    enough = (observed & (veto < 0.5)).sum(axis=0) >= DARK_OUTLIER_MIN_DATES
+    return observed & enough[None] & (np.nan_to_num(p, nan=0.0) >= DARK_OUTLIER_AT)
+
+
 def stack_evidence(
     data: np.ndarray,
     bands: tuple[str, ...],
@@ -211,8 +291,17 @@ def stack_evidence(
     logistic((x - scene_mid) / scene_scale) is added where positive (it can only raise the
     belief in haze: a scene without dark-object excess can still hold local cloud).
     """
-    e = haze_excess(data, bands, quantile, radius)
-    n = _observed(data).sum(axis=0)
+    # The clear-sky baseline leaves out the dates that are shadowed at a pixel: a low
+    # quantile is robust to cloud (always brighter) but not to shadow, and where cloud
+    # shadows fall on a quarter of the dates they *are* the envelope, so every clear date
+    # reads as haze and is replaced (the demo stack's worst clear pixels: a bright surface
+    # 0.42 in the blue on its clear dates, 0.13-0.25 on its three shadowed ones).
+    observed = _observed(data)
+    snow = snow_score(data, bands)
+    snow_free = observed if snow is None else observed & (np.nan_to_num(snow) < SNOW_FREE_BELOW)
+    baseline = ~dark_outliers(data, bands, darkening=darkening, spread=spread, snow=snow)
+    e = haze_excess(data, bands, quantile, radius, baseline, snow_free)
+    n = observed.sum(axis=0)
     # A lower envelope of few dates is a noisy view of the clear sky: the date-to-date
     # variation of a clear surface (and of the atmospheric correction) is read as excess.
     # The excess needed for haze grows as 1 + 1 / (n - 1): x2 with 2 dates, x1.1 with 10.
@@ -230,9 +319,8 @@ def stack_evidence(
         with np.errstate(divide="ignore"):
             lo = np.log(p) - np.log1p(-np.minimum(p, 1.0 - 1e-12))
         p = 1.0 / (1.0 + np.exp(-(lo + boost[:, None, None])))
-    snow = snow_score(data, bands)
     if snow is not None:
-        p = p * (1.0 - np.maximum(snow, snow_change(data, bands, quantile, snow)))
+        p = p * (1.0 - np.maximum(snow, snow_change(data, bands, quantile, snow, baseline)))
     shadow = shadow_probability(data, p, darkening=darkening, spread=spread, bands=bands)
     return p.astype(np.float32), shadow.astype(np.float32)
 
@@ -242,11 +330,14 @@ def snow_change(
     bands: tuple[str, ...],
     quantile: float,
     snow: np.ndarray | None = None,
+    baseline: np.ndarray | None = None,
 ) -> np.ndarray:
     """Likelihood (T, Y, X) that a date's brightening over the lower envelope is snow.
 
     The envelope here is that of the dates without snow (``snow_score`` < ``SNOW_FREE_BELOW``;
-    ``snow``: that score when the caller has it), all dates where a pixel has none.
+    ``snow``: that score when the caller has it) among the ``baseline`` observations (all
+    when None; ``stack_evidence`` leaves out the shadowed ones), all dates where a pixel has
+    none.
 
     The change's spectral shape, against the same per-pixel envelope as the haze index:
     snow brightens the visible and the NIR alike but not the SWIR (ice absorbs there); haze
@@ -284,7 +375,15 @@ def snow_change(
     def excess(k: int) -> np.ndarray:
         v = _band(data, k, observed)
         envelope = lower_envelope(np.where(free, v, np.nan), quantile)
-        return v - np.where(np.isfinite(envelope), envelope, lower_envelope(v, quantile))
+        envelope = np.where(np.isfinite(envelope), envelope, lower_envelope(v, quantile))
+        if baseline is not None:  # without the shadowed dates, lifted at most to the median
+            kept = np.where(free & baseline, v, np.nan)
+            lifted = lower_envelope(kept, quantile)
+            usual = lower_envelope(np.where(free, v, np.nan), 0.5)
+            envelope = np.where(
+                np.isfinite(lifted), np.fmin(lifted, np.fmax(usual, envelope)), envelope
+            )
+        return v - envelope
 
     db, dn, ds = excess(blue), excess(nir), excess(swir)
     with np.errstate(invalid="ignore", divide="ignore"):
