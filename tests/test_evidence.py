@@ -12,6 +12,7 @@ import xarray as xr
 
 from pipeline.kernels import band_transmission, forward_model, wavelengths_of
 from pipeline.kernels._evidence import (
+    dark_outliers,
     haze_excess,
     lower_envelope,
     scene_haze_excess,
@@ -192,6 +193,24 @@ def test_shadows_on_a_third_of_the_dates_do_not_make_the_clear_dates_read_as_haz
     for t in (1, 4, 6):
         assert p_shadow[t][7:33, 7:33].min() > 0.5
     assert p_cloud[8][17:23, 17:23].min() > 0.95
+
+
+def test_a_shadow_is_darker_in_the_infrared_the_ground_under_a_veil_is_not():
+    """Against a median of veiled dates (a grey veil of 0.18 over the ground on four of
+    seven), the clear ground is darker in every band and nearly uniformly so, but most in the
+    visible; a cloud shadow, lit by blue skylight, is darkest in the infrared. Only the
+    shadow may leave the clear-sky baseline."""
+    obs = np.empty((7, len(BANDS6), 4, 4), np.float32)
+    obs[:] = SOIL[None, :, None, None]
+    obs[3:] += 0.18
+    factor = np.linspace(0.45, 0.3, len(BANDS6)).astype(np.float32)
+    shadowed = obs.copy()
+    shadowed[:] = SOIL[None, :, None, None]
+    shadowed[[1, 4]] *= factor[None, :, None, None]
+    kw = {"darkening": (0.2, 0.5), "spread": (0.3, 0.6)}
+    assert not dark_outliers(obs, BANDS6, **kw).any()
+    flagged = dark_outliers(shadowed, BANDS6, **kw)
+    assert flagged[[1, 4]].all() and not flagged[[0, 2, 3, 5, 6]].any()
 
 
 def test_the_ground_after_a_snowy_season_is_no_shadow_and_a_cloud_over_it_stays_cloud():

@@ -267,7 +267,51 @@ def dark_outliers(
     # a median of few snow-free dates is one or two dates' value (a cloud, where clouds are
     # most of them): it cannot tell the ground from a shadow there
     enough = (observed & (veto < 0.5)).sum(axis=0) >= DARK_OUTLIER_MIN_DATES
-    return observed & enough[None] & (np.nan_to_num(p, nan=0.0) >= DARK_OUTLIER_AT)
+    dark = observed & enough[None] & (np.nan_to_num(p, nan=0.0) >= DARK_OUTLIER_AT)
+    if not dark.any():
+        return dark
+    return dark & _darker_in_the_infrared(data, bands, observed & (veto < 0.5))
+
+
+#: Largest excess of the infrared's mean log darkening over the visible's that still reads
+#: as a shadow (``_darker_in_the_infrared``).
+SHADOW_IR_TOLERANCE = 0.1
+
+
+def _darker_in_the_infrared(
+    data: np.ndarray, bands: tuple[str, ...], typical: np.ndarray
+) -> np.ndarray:
+    """(T, Y, X) bool: each observation darker, against the median of the ``typical`` ones,
+    in the NIR and SWIR at least as much as in the visible (to ``SHADOW_IR_TOLERANCE``).
+
+    The shape of a cloud shadow: the diffuse skylight that still lights it is blue, so a
+    shadow takes a larger share of the light off the infrared than off the visible. The
+    ground against a hazy or cloudy date is the opposite: haze adds most in the blue, so the
+    ground is darker in the visible. True where either group of bands is missing.
+    """
+    observed = _observed(data)
+    groups = {
+        "visible": [band_index(bands, b) for b in ("B02", "B03", "B04")],
+        "infrared": [band_index(bands, b) for b in ("B08", "B8A", "B11", "B12")],
+    }
+    means = {}
+    for name, idx in groups.items():
+        total = np.zeros(observed.shape)
+        count = np.zeros(observed.shape, np.int32)
+        for k in [i for i in idx if i is not None]:
+            band = _band(data, k, observed)
+            median = lower_envelope(np.where(typical, band, np.nan), 0.5)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ok = (median[None] > 0.01) & (band > 0.01)
+                total += np.where(
+                    ok, np.log(np.where(ok, band, 1.0) / np.where(ok, median[None], 1.0)), 0.0
+                )
+            count += ok
+        means[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    with np.errstate(invalid="ignore"):
+        shaped = means["infrared"] <= means["visible"] + SHADOW_IR_TOLERANCE
+    missing = ~np.isfinite(means["infrared"]) | ~np.isfinite(means["visible"])
+    return shaped | missing
 
 
 def stack_evidence(
