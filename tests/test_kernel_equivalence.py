@@ -4,7 +4,9 @@ Issue 14 made these passes faster without changing their results: a selection in
 sort (``lower_envelope``), one compiled pass instead of numpy index arithmetic
 (``surface_change``), plane-by-plane bilinear interpolation (``harmonise_fit_coarse``) and
 band-outer loops over chunks of pixels (``add_candidate_fit``, ``keep_signature_fit``,
-``agreement_fit``). Each keeps every value's arithmetic and summation order, so each must
+``agreement_fit``), and one compiled pass for the shadow test's darkening statistics
+(``darkening_fit``, to 1e-12: it sums the bands' log ratios per pixel rather than plane by
+plane). Each keeps every value's arithmetic and summation order, so each must
 equal, bit for bit, the plain formula below (the implementation each replaced: a sort along
 time, numpy's ``take_along_axis``, a per-pixel Python loop over the bands), on random data
 with NaN and inf, zero and NaN weights, and pixels with nothing valid.
@@ -303,3 +305,63 @@ def test_coarse_harmonisation_still_matches_its_whole_array_core():
     reach = 16  # coarse_reach(8, 4): (2 + 2) * 4
     for w, p in zip(whole, part, strict=True):
         np.testing.assert_array_equal(w[..., 8 + reach :, :], p[..., reach:, :])
+
+
+# --------------------------------------------------------------------------- shadow darkening
+
+
+def numpy_shadow_probability(data, p_cloud, darkening, spread, bands, min_reflectance=0.01):
+    """The cloud-shadow probability band by band in numpy (the implementation the compiled
+    ``darkening_fit`` replaced): medians of the clear dates, log ratios summed over bands."""
+    from pipeline.kernels._common import band_index, smoothstep
+    from pipeline.kernels._evidence import VISIBLE_DARKER
+    from pipeline.kernels._transmission import snow_score
+
+    observed = np.isfinite(data).all(axis=1)
+    clear = observed & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
+    n = np.zeros(observed.shape, np.int32)
+    total, squares = np.zeros(observed.shape), np.zeros(observed.shape)
+    vis_total, vis_n = np.zeros(observed.shape), np.zeros(observed.shape, np.int32)
+    visible = [band_index(bands, b) for b in ("B02", "B03", "B04")]
+    median = np.empty((data.shape[1],) + observed.shape[1:])
+    for k in range(data.shape[1]):
+        band = np.where(observed, data[:, k], np.nan)
+        median[k] = sorted_lower_envelope(np.where(clear, band, np.nan), 0.5)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = (median[k][None] > min_reflectance) & (band > min_reflectance)
+            logr = np.log(np.where(ok, band, 1.0) / np.where(ok, median[k][None], 1.0))
+        n += ok
+        total += logr
+        squares += logr * logr
+        if k in visible:
+            vis_total += logr
+            vis_n += ok
+    mean = total / np.maximum(n, 1)
+    var = np.maximum(squares / np.maximum(n, 1) - mean * mean, 0.0)
+    dark = smoothstep(-mean, *darkening) * (1.0 - smoothstep(np.sqrt(var), *spread))
+    vis_mean = vis_total / np.maximum(vis_n, 1)
+    dark = dark * np.where(vis_n > 0, 1.0 - smoothstep(vis_mean, *VISIBLE_DARKER), 1.0)
+    p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
+    snowy = snow_score(median[None], bands)
+    p = p * (1.0 - snowy)
+    return np.where(observed, p, np.nan)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shadow_probability_equals_the_band_by_band_formula(seed):
+    from pipeline.kernels._evidence import shadow_probability
+
+    bands = ("B02", "B03", "B04", "B08", "B11", "B12")
+    rng = np.random.default_rng(seed)
+    data = rng.uniform(0.0, 0.6, (9, len(bands), 23, 300)).astype(np.float32)
+    data[rng.random(data.shape) < 0.05] = np.nan  # unobserved in some band
+    data[:, :, 0, :7] = np.nan  # pixels never observed
+    shade = rng.random((9, 23, 300)) < 0.2
+    data *= np.where(shade, 0.4, 1.0)[:, None].astype(np.float32)  # darker dates
+    p_cloud = rng.random((9, 23, 300))
+    p_cloud[rng.random(p_cloud.shape) < 0.05] = np.nan
+    kw = {"darkening": (0.2, 0.5), "spread": (0.3, 0.6)}
+    got = shadow_probability(data, p_cloud, bands=bands, **kw)
+    want = numpy_shadow_probability(data, p_cloud, kw["darkening"], kw["spread"], bands)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.array_equal(np.isnan(got), np.isnan(want))

@@ -41,6 +41,8 @@ over the whole scene has no dark pixel left: its excess is the haze's path radia
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -112,12 +114,20 @@ def _envelope_over(
     everything = lower_envelope(values, quantile)
     if baseline is None:
         return everything
-    own = lower_envelope(np.where(baseline, values, np.nan), quantile)
-    own = np.where(np.isfinite(own), own, everything)
+    # only pixels with an observation left out can change: the rest keep the envelope of
+    # all (the same values), so the extra selections run on those pixels alone
+    left_out = (~np.asarray(baseline) & np.isfinite(values)).any(axis=0)
+    if not left_out.any():
+        return everything
+    sub = values[:, left_out]
+    own = lower_envelope(np.where(baseline[:, left_out], sub, np.nan), quantile)
+    own = np.where(np.isfinite(own), own, everything[left_out])
     if typical is not None:
-        usual = lower_envelope(np.where(typical, values, np.nan), 0.5)
-        own = np.fmin(own, np.fmax(usual, everything))
-    return own
+        usual = lower_envelope(np.where(typical[:, left_out], sub, np.nan), 0.5)
+        own = np.fmin(own, np.fmax(usual, everything[left_out]))
+    out = everything.copy()
+    out[left_out] = own
+    return out
 
 
 def haze_excess(
@@ -187,47 +197,91 @@ def shadow_probability(
     without a median. The median's own snow score (with ``bands``, where SWIR exists) vetoes
     the test: melting snow over water or dark rock darkens the visible bands alike.
     """
+    return _shadow(data, p_cloud, darkening, spread, bands, min_reflectance)[0]
+
+
+class _Darkening(NamedTuple):
+    """Per date and pixel, log(I_b / M_b) against the per-band median M of chosen dates:
+    its mean over bands, variance, mean over the visible and over the infrared bands (NaN
+    without any), and the count of bands read; M itself (B, ...)."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    visible: np.ndarray
+    infrared: np.ndarray
+    bands_read: np.ndarray
+    median: np.ndarray
+
+
+def _darkening(
+    data: np.ndarray,
+    dates: np.ndarray,
+    bands: tuple[str, ...] | None,
+    min_reflectance: float,
+    darker_than: float = np.inf,
+) -> _Darkening:
+    """``_Darkening`` of (T, B, ...) ``data`` against the median of the ``dates`` (T, ...)
+    bool (``darkening_fit``); dates with no band below ``darker_than`` x M_b read as no
+    darkening (count 0, mean 0, NaN group means)."""
+    d = float_array(data)
+    nt, nb = d.shape[:2]
+    space = d.shape[2:]
+    group = np.zeros(nb, np.int8)
+    for code, names in ((1, ("B02", "B03", "B04")), (2, ("B08", "B8A", "B11", "B12"))):
+        for name in names:
+            k = band_index(bands, name) if bands is not None else None
+            if k is not None:
+                group[k] = code
+    flat = d.reshape(nt, nb, -1)
+    n = flat.shape[2]
+    mean, var, visible, infrared = (np.empty((nt, n)) for _ in range(4))
+    count = np.empty((nt, n), np.int32)
+    median = np.empty((nb, n))
+    chosen = np.ascontiguousarray(np.asarray(dates, dtype=bool).reshape(nt, -1))
+    darkening_fit(
+        flat,
+        chosen,
+        group,
+        float(min_reflectance),
+        float(darker_than),
+        mean,
+        var,
+        visible,
+        infrared,
+        count,
+        median,
+    )
+    shape = (nt,) + space
+    return _Darkening(
+        mean.reshape(shape),
+        var.reshape(shape),
+        visible.reshape(shape),
+        infrared.reshape(shape),
+        count.reshape(shape),
+        median.reshape((nb,) + space),
+    )
+
+
+def _shadow(data, p_cloud, darkening, spread, bands, min_reflectance):
+    """``shadow_probability`` and the ``_Darkening`` it was read from."""
     observed = _observed(data)
     clear = observed & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
-    # band by band (single-band layers only): log r_b, then its mean and spread over bands
-    nb = np.shape(data)[1]
-    n = np.zeros(observed.shape, np.int32)
-    total = np.zeros(observed.shape)
-    squares = np.zeros(observed.shape)
-    visible = [band_index(bands, b) for b in ("B02", "B03", "B04")] if bands else []
-    visible = [k for k in visible if k is not None]
-    vis_total = np.zeros(observed.shape)
-    vis_n = np.zeros(observed.shape, np.int32)
-    median = np.empty((nb,) + observed.shape[1:])
-    for k in range(nb):
-        band = _band(data, k, observed)
-        # median of the clear dates per band and pixel (lower median: a real observation)
-        median[k] = lower_envelope(np.where(clear, band, np.nan), 0.5)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ok = (median[k][None] > min_reflectance) & (band > min_reflectance)
-            logr = np.log(np.where(ok, band, 1.0) / np.where(ok, median[k][None], 1.0))
-        n += ok
-        total += logr  # 0 where not ok
-        squares += logr * logr
-        if k in visible:
-            vis_total += logr
-            vis_n += ok
-        del band, ok, logr
-    mean = total / np.maximum(n, 1)
-    var = np.maximum(squares / np.maximum(n, 1) - mean * mean, 0.0)
-    dark = smoothstep(-mean, *darkening) * (1.0 - smoothstep(np.sqrt(var), *spread))
+    # S(-mean; darkening) is 0 unless some band is darker than exp(-darkening[0]) x M_b: the
+    # other dates read count 0, p = 0, as the full reading would give
+    stats = _darkening(data, clear, bands, min_reflectance, float(np.exp(-darkening[0])))
+    dark = smoothstep(-stats.mean, *darkening) * (1.0 - smoothstep(np.sqrt(stats.var), *spread))
     # a shadow takes the direct sun off the visible too (diffuse skylight is a larger share
     # there, but the visible still darkens): mowing, ploughing or a harvest drop the NIR and
     # SWIR while the visible stays, which is no shadow
-    if visible:
-        vis_mean = vis_total / np.maximum(vis_n, 1)
-        dark = dark * np.where(vis_n > 0, 1.0 - smoothstep(vis_mean, *VISIBLE_DARKER), 1.0)
-    p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
+    if bands is not None and any(band_index(bands, b) is not None for b in ("B02", "B03", "B04")):
+        vis = stats.visible
+        dark = dark * np.where(np.isfinite(vis), 1.0 - smoothstep(vis, *VISIBLE_DARKER), 1.0)
+    p = np.where(stats.bands_read >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
     if bands is not None:
-        snowy = snow_score(median[None], bands)
+        snowy = snow_score(stats.median[None], bands)
         if snowy is not None:
             p = p * (1.0 - snowy)
-    return np.where(observed, p, np.nan)
+    return np.where(observed, p, np.nan), stats
 
 
 #: An observation whose uniform-darkening probability against its pixel's median over all
@@ -263,55 +317,31 @@ def dark_outliers(
     if snow is None:
         snow = snow_score(data, bands)
     veto = np.zeros(observed.shape) if snow is None else np.nan_to_num(snow, nan=0.0)
-    p = shadow_probability(data, veto, darkening=darkening, spread=spread, bands=bands)
+    typical = observed & (veto < 0.5)
     # a median of few snow-free dates is one or two dates' value (a cloud, where clouds are
     # most of them): it cannot tell the ground from a shadow there
-    enough = (observed & (veto < 0.5)).sum(axis=0) >= DARK_OUTLIER_MIN_DATES
-    dark = observed & enough[None] & (np.nan_to_num(p, nan=0.0) >= DARK_OUTLIER_AT)
-    if not dark.any():
-        return dark
-    return dark & _darker_in_the_infrared(data, bands, observed & (veto < 0.5))
+    candidates = typical.sum(axis=0) >= DARK_OUTLIER_MIN_DATES
+    out = np.zeros(observed.shape, dtype=bool)
+    if not candidates.any():
+        return out
+    # the test on those pixels alone (most have six snow-free dates), as a (T, B, 1, N) block
+    sub = np.asarray(data)[:, :, candidates][:, :, None, :]
+    p, stats = _shadow(sub, veto[:, candidates][:, None, :], darkening, spread, bands, 0.01)
+    # the shape of a cloud shadow: the diffuse skylight that still lights it is blue, so a
+    # shadow takes a larger share of the light off the infrared than off the visible. The
+    # ground against hazy or cloudy dates is the opposite (haze adds most in the blue), so
+    # it is darker in the visible and stays in the baseline.
+    with np.errstate(invalid="ignore"):
+        shaped = stats.infrared <= stats.visible + SHADOW_IR_TOLERANCE
+    shaped |= ~np.isfinite(stats.infrared) | ~np.isfinite(stats.visible)
+    dark = shaped & (np.nan_to_num(p, nan=0.0) >= DARK_OUTLIER_AT)
+    out[:, candidates] = dark[:, 0, :] & observed[:, candidates]
+    return out
 
 
 #: Largest excess of the infrared's mean log darkening over the visible's that still reads
-#: as a shadow (``_darker_in_the_infrared``).
+#: as a shadow (``dark_outliers``).
 SHADOW_IR_TOLERANCE = 0.1
-
-
-def _darker_in_the_infrared(
-    data: np.ndarray, bands: tuple[str, ...], typical: np.ndarray
-) -> np.ndarray:
-    """(T, Y, X) bool: each observation darker, against the median of the ``typical`` ones,
-    in the NIR and SWIR at least as much as in the visible (to ``SHADOW_IR_TOLERANCE``).
-
-    The shape of a cloud shadow: the diffuse skylight that still lights it is blue, so a
-    shadow takes a larger share of the light off the infrared than off the visible. The
-    ground against a hazy or cloudy date is the opposite: haze adds most in the blue, so the
-    ground is darker in the visible. True where either group of bands is missing.
-    """
-    observed = _observed(data)
-    groups = {
-        "visible": [band_index(bands, b) for b in ("B02", "B03", "B04")],
-        "infrared": [band_index(bands, b) for b in ("B08", "B8A", "B11", "B12")],
-    }
-    means = {}
-    for name, idx in groups.items():
-        total = np.zeros(observed.shape)
-        count = np.zeros(observed.shape, np.int32)
-        for k in [i for i in idx if i is not None]:
-            band = _band(data, k, observed)
-            median = lower_envelope(np.where(typical, band, np.nan), 0.5)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ok = (median[None] > 0.01) & (band > 0.01)
-                total += np.where(
-                    ok, np.log(np.where(ok, band, 1.0) / np.where(ok, median[None], 1.0)), 0.0
-                )
-            count += ok
-        means[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    with np.errstate(invalid="ignore"):
-        shaped = means["infrared"] <= means["visible"] + SHADOW_IR_TOLERANCE
-    missing = ~np.isfinite(means["infrared"]) | ~np.isfinite(means["visible"])
-    return shaped | missing
 
 
 def stack_evidence(
@@ -421,12 +451,15 @@ def snow_change(
         envelope = lower_envelope(np.where(free, v, np.nan), quantile)
         envelope = np.where(np.isfinite(envelope), envelope, lower_envelope(v, quantile))
         if baseline is not None:  # without the shadowed dates, lifted at most to the median
-            kept = np.where(free & baseline, v, np.nan)
-            lifted = lower_envelope(kept, quantile)
-            usual = lower_envelope(np.where(free, v, np.nan), 0.5)
-            envelope = np.where(
-                np.isfinite(lifted), np.fmin(lifted, np.fmax(usual, envelope)), envelope
-            )
+            left_out = (free & ~baseline).any(axis=0)
+            if left_out.any():
+                sub = np.where(free[:, left_out], v[:, left_out], np.nan)
+                lifted = lower_envelope(np.where(baseline[:, left_out], sub, np.nan), quantile)
+                usual = lower_envelope(sub, 0.5)
+                here = envelope[left_out]
+                envelope[left_out] = np.where(
+                    np.isfinite(lifted), np.fmin(lifted, np.fmax(usual, here)), here
+                )
         return v - envelope
 
     db, dn, ds = excess(blue), excess(nir), excess(swir)
@@ -492,3 +525,96 @@ def lower_envelope_fit(values, quantile, out):
             continue
         k = int(np.floor(quantile * (m - 1)))
         out[p] = buf[k]
+
+
+#: Pixels per run of ``darkening_fit``'s passes (its per-run sums stay in cache).
+DARKENING_RUN = 256
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def darkening_fit(
+    data, dates, group, min_reflectance, darker_than, mean, var, visible, infrared, count, median
+):
+    """Per pixel of ``data`` (T, B, N): M_b, the lower median over the ``dates`` (T, N) of
+    each band (NaN without any), into ``median`` (B, N); then per date, over the bands with
+    M_b and I_b above ``min_reflectance``, log(I_b / M_b): its mean, variance (population),
+    mean over the ``group`` 1 (visible) and 2 (infrared) bands (NaN without any) and count.
+    A date with no band below ``darker_than`` x M_b reads as no darkening (count 0, mean 0,
+    NaN group means): no darkening test can fire there.
+
+    Semantics: ``_darkening``; the medians are those of ``lower_envelope`` (q = 0.5).
+    """
+    nt, nb, n = data.shape
+    buf = np.empty(nt)
+    # the medians band by band over runs of pixels: each date's run is read contiguously
+    # into a small tile (the dates of one pixel lie a whole (B, N) plane apart)
+    tile = np.empty((nt, DARKENING_RUN))
+    for k in range(nb):
+        for p0 in range(0, n, DARKENING_RUN):
+            p1 = min(p0 + DARKENING_RUN, n)
+            for t in range(nt):
+                for p in range(p0, p1):
+                    tile[t, p - p0] = data[t, k, p] if dates[t, p] else np.nan
+            for p in range(p0, p1):
+                m = 0
+                for t in range(nt):
+                    v = tile[t, p - p0]
+                    if np.isfinite(v):
+                        m = insert_sorted(buf, m, v)
+                median[k, p] = buf[int(np.floor(0.5 * (m - 1)))] if m > 0 else np.nan
+    # then run by run of pixels, date by date, band by band: the sums of a run stay in small
+    # arrays (in cache) and each date's band reads a contiguous row
+    run = DARKENING_RUN
+    c_ = np.empty(run, np.int32)
+    tot = np.empty(run)
+    sq = np.empty(run)
+    vis = np.empty(run)
+    ir = np.empty(run)
+    vis_n = np.empty(run, np.int32)
+    ir_n = np.empty(run, np.int32)
+    darker = np.empty(run, np.bool_)
+    for p0 in range(0, n, run):
+        p1 = min(p0 + run, n)
+        for t in range(nt):
+            darker[:] = False
+            c_[:] = 0
+            tot[:] = 0.0
+            sq[:] = 0.0
+            vis[:] = 0.0
+            ir[:] = 0.0
+            vis_n[:] = 0
+            ir_n[:] = 0
+            for k in range(nb):
+                g = group[k]
+                for p in range(p0, p1):
+                    i = p - p0
+                    mk = median[k, p]
+                    v = np.float64(data[t, k, p])
+                    if mk > min_reflectance and v > min_reflectance:
+                        if v < darker_than * mk:
+                            darker[i] = True
+                        lr = np.log(v / mk)
+                        c_[i] += 1
+                        tot[i] += lr
+                        sq[i] += lr * lr
+                        if g == 1:
+                            vis[i] += lr
+                            vis_n[i] += 1
+                        elif g == 2:
+                            ir[i] += lr
+                            ir_n[i] += 1
+            for p in range(p0, p1):
+                i = p - p0
+                if not darker[i]:  # no darkening test can fire: not read
+                    c_[i] = 0
+                    tot[i] = 0.0
+                    sq[i] = 0.0
+                    vis_n[i] = 0
+                    ir_n[i] = 0
+                c = max(c_[i], 1)
+                mu = tot[i] / c
+                count[t, p] = c_[i]
+                mean[t, p] = mu
+                var[t, p] = max(sq[i] / c - mu * mu, 0.0)
+                visible[t, p] = vis[i] / vis_n[i] if vis_n[i] > 0 else np.nan
+                infrared[t, p] = ir[i] / ir_n[i] if ir_n[i] > 0 else np.nan
