@@ -321,12 +321,9 @@ def dark_outliers(
     # a median of few snow-free dates is one or two dates' value (a cloud, where clouds are
     # most of them): it cannot tell the ground from a shadow there
     candidates = typical.sum(axis=0) >= DARK_OUTLIER_MIN_DATES
-    out = np.zeros(observed.shape, dtype=bool)
     if not candidates.any():
-        return out
-    # the test on those pixels alone (most have six snow-free dates), as a (T, B, 1, N) block
-    sub = np.asarray(data)[:, :, candidates][:, :, None, :]
-    p, stats = _shadow(sub, veto[:, candidates][:, None, :], darkening, spread, bands, 0.01)
+        return np.zeros(observed.shape, dtype=bool)
+    p, stats = _shadow(data, veto, darkening, spread, bands, 0.01)
     # the shape of a cloud shadow: the diffuse skylight that still lights it is blue, so a
     # shadow takes a larger share of the light off the infrared than off the visible. The
     # ground against hazy or cloudy dates is the opposite (haze adds most in the blue), so
@@ -334,9 +331,7 @@ def dark_outliers(
     with np.errstate(invalid="ignore"):
         shaped = stats.infrared <= stats.visible + SHADOW_IR_TOLERANCE
     shaped |= ~np.isfinite(stats.infrared) | ~np.isfinite(stats.visible)
-    dark = shaped & (np.nan_to_num(p, nan=0.0) >= DARK_OUTLIER_AT)
-    out[:, candidates] = dark[:, 0, :] & observed[:, candidates]
-    return out
+    return observed & candidates[None] & shaped & (np.nan_to_num(p, nan=0.0) >= DARK_OUTLIER_AT)
 
 
 #: Largest excess of the infrared's mean log darkening over the visible's that still reads
