@@ -443,19 +443,10 @@ def snow_change(
 
     def excess(k: int) -> np.ndarray:
         v = _band(data, k, observed)
-        envelope = lower_envelope(np.where(free, v, np.nan), quantile)
-        envelope = np.where(np.isfinite(envelope), envelope, lower_envelope(v, quantile))
-        if baseline is not None:  # without the shadowed dates, lifted at most to the median
-            left_out = (free & ~baseline).any(axis=0)
-            if left_out.any():
-                sub = np.where(free[:, left_out], v[:, left_out], np.nan)
-                lifted = lower_envelope(np.where(baseline[:, left_out], sub, np.nan), quantile)
-                usual = lower_envelope(sub, 0.5)
-                here = envelope[left_out]
-                envelope[left_out] = np.where(
-                    np.isfinite(lifted), np.fmin(lifted, np.fmax(usual, here)), here
-                )
-        return v - envelope
+        # over the snow-free dates, without the shadowed ones (lifted at most to their
+        # median); over all dates where a pixel has no snow-free one
+        envelope = _envelope_over(np.where(free, v, np.nan), baseline, quantile, free)
+        return v - np.where(np.isfinite(envelope), envelope, lower_envelope(v, quantile))
 
     db, dn, ds = excess(blue), excess(nir), excess(swir)
     with np.errstate(invalid="ignore", divide="ignore"):
