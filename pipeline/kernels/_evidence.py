@@ -218,11 +218,9 @@ def _darkening(
     dates: np.ndarray,
     bands: tuple[str, ...] | None,
     min_reflectance: float,
-    darker_than: float = np.inf,
 ) -> _Darkening:
     """``_Darkening`` of (T, B, ...) ``data`` against the median of the ``dates`` (T, ...)
-    bool (``darkening_fit``); dates with no band below ``darker_than`` x M_b read as no
-    darkening (count 0, mean 0, NaN group means)."""
+    bool (``darkening_fit``)."""
     d = float_array(data)
     nt, nb = d.shape[:2]
     space = d.shape[2:]
@@ -243,7 +241,6 @@ def _darkening(
         chosen,
         group,
         float(min_reflectance),
-        float(darker_than),
         mean,
         var,
         visible,
@@ -266,9 +263,7 @@ def _shadow(data, p_cloud, darkening, spread, bands, min_reflectance):
     """``shadow_probability`` and the ``_Darkening`` it was read from."""
     observed = _observed(data)
     clear = observed & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
-    # S(-mean; darkening) is 0 unless some band is darker than exp(-darkening[0]) x M_b: the
-    # other dates read count 0, p = 0, as the full reading would give
-    stats = _darkening(data, clear, bands, min_reflectance, float(np.exp(-darkening[0])))
+    stats = _darkening(data, clear, bands, min_reflectance)
     dark = smoothstep(-stats.mean, *darkening) * (1.0 - smoothstep(np.sqrt(stats.var), *spread))
     # a shadow takes the direct sun off the visible too (diffuse skylight is a larger share
     # there, but the visible still darkens): mowing, ploughing or a harvest drop the NIR and
@@ -518,15 +513,11 @@ DARKENING_RUN = 256
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def darkening_fit(
-    data, dates, group, min_reflectance, darker_than, mean, var, visible, infrared, count, median
-):
+def darkening_fit(data, dates, group, min_reflectance, mean, var, visible, infrared, count, median):
     """Per pixel of ``data`` (T, B, N): M_b, the lower median over the ``dates`` (T, N) of
     each band (NaN without any), into ``median`` (B, N); then per date, over the bands with
     M_b and I_b above ``min_reflectance``, log(I_b / M_b): its mean, variance (population),
     mean over the ``group`` 1 (visible) and 2 (infrared) bands (NaN without any) and count.
-    A date with no band below ``darker_than`` x M_b reads as no darkening (count 0, mean 0,
-    NaN group means): no darkening test can fire there.
 
     Semantics: ``_darkening``; the medians are those of ``lower_envelope`` (q = 0.5).
     """
@@ -558,11 +549,9 @@ def darkening_fit(
     ir = np.empty(run)
     vis_n = np.empty(run, np.int32)
     ir_n = np.empty(run, np.int32)
-    darker = np.empty(run, np.bool_)
     for p0 in range(0, n, run):
         p1 = min(p0 + run, n)
         for t in range(nt):
-            darker[:] = False
             c_[:] = 0
             tot[:] = 0.0
             sq[:] = 0.0
@@ -577,8 +566,6 @@ def darkening_fit(
                     mk = median[k, p]
                     v = np.float64(data[t, k, p])
                     if mk > min_reflectance and v > min_reflectance:
-                        if v < darker_than * mk:
-                            darker[i] = True
                         lr = np.log(v / mk)
                         c_[i] += 1
                         tot[i] += lr
@@ -591,12 +578,6 @@ def darkening_fit(
                             ir_n[i] += 1
             for p in range(p0, p1):
                 i = p - p0
-                if not darker[i]:  # no darkening test can fire: not read
-                    c_[i] = 0
-                    tot[i] = 0.0
-                    sq[i] = 0.0
-                    vis_n[i] = 0
-                    ir_n[i] = 0
                 c = max(c_[i], 1)
                 mu = tot[i] / c
                 count[t, p] = c_[i]
