@@ -692,7 +692,7 @@ def _per_date(rows: dict[str, np.ndarray], col: _Collector) -> dict[str, dict[st
 
 
 def _summarise(
-    col: _Collector, cfg: ValidationConfig, bands, labels, rng, *, own_scene: bool = False
+    col: _Collector, cfg: ValidationConfig, bands, labels, rng, *, run_scene: bool = False
 ) -> ValidationResult:
     rows = col.arrays()
     n = int(rows["sq"].size)
@@ -759,7 +759,7 @@ def _summarise(
         error_model=fit_error_model(rows, rows["case"], weights),
         note=(
             "simulated cloud (pipeline.cloud_simulator)"
-            if own_scene
+            if run_scene
             else "windows re-estimate the scene parameters; simulated cloud "
             "(pipeline.cloud_simulator)"
         ),
@@ -848,7 +848,7 @@ def self_validate(
     for part in _compute_each(tasks, where):
         col.merge(part)
     result = (
-        _summarise(col, cfg, bands, labels, rng, own_scene=scene is not None)
+        _summarise(col, cfg, bands, labels, rng, run_scene=scene is not None)
         if col.cases
         else ValidationResult(
             0,
