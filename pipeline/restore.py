@@ -108,6 +108,7 @@ QUALITY_LAYERS = (
     "no_valid_observation",
     "cloud_probability",
     "surface_change",
+    "reference_departure",
 )
 _MODES = ("dates", "composite")
 DEFAULT_SAMPLE_PIXELS = 250_000
@@ -618,7 +619,8 @@ def _restore_block(
     params: dict[str, Any],
     origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
-    """Block kernel: (T, B [+1 SCL] [+L stored], y, x) float32 -> (N, B + 5 + L, y, x) float32.
+    """Block kernel: (T, B [+1 SCL] [+L stored], y, x) float32 -> (N, B + Q + L, y, x) float32
+    (Q = ``len(QUALITY_LAYERS)``).
 
     Output: bands, quality layers, then the prior's L extra ``layers``, for the N dates
     ``params["targets"]`` (all T by default) of the T the block holds. ``origin`` is the
@@ -681,6 +683,7 @@ def _restore_block(
     out[:, nb + 5] = fr.cloud_probability
     # the clear dates around each target, read as the fusion read them (p_clear >= 0.5)
     out[:, nb + 6] = surface_change(data, _clear_share(evidence) >= 0.5, targets)
+    out[:, nb + 7] = fr.reference_departure
     return out
 
 
@@ -791,7 +794,9 @@ def restore(
     ``no_valid_observation`` (uint8), ``cloud_probability`` (float32 0..1, the fused cloud
     evidence: probability the observation is cloud-, haze- or shadow-contaminated),
     ``surface_change`` (float32, RMS change of the surface between the clear dates around the
-    date: what a temporal reference can miss; NaN where fewer than two tell it); ``gamma``
+    date: what a temporal reference can miss; NaN where fewer than two tell it),
+    ``reference_departure`` (float32, RMS over bands of the observation minus its harmonised
+    reference; NaN where there is none); ``gamma``
     (time) and ``airlight`` (time, band); attrs
     ``prior``, ``prior_params`` and ``fusion_params`` (JSON). Lazy for dask input.
     """
@@ -1005,6 +1010,10 @@ QUALITY_DESCRIPTIONS = {
     "surface_change": "RMS change of the surface reflectance between the clear observations "
     "nearest before and after the date (on one side: the two nearest there); what a "
     "temporal reference can miss",
+    "reference_departure": "RMS over bands of the observation minus its harmonised temporal "
+    "reference (the harmonisation residual at the pixel); an observation kept (gate 1) that "
+    "departs from its reference is a real change or contamination the evidence missed; NaN: "
+    "no reference",
 }
 
 

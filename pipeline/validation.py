@@ -141,9 +141,17 @@ FEATURES = (
     "evidence",
     "reference_change",
     "reference_change_unknown",
+    "departure_kept",
 )
 #: The quality layers the features are computed from.
-FEATURE_LAYERS = ("gate", "transmission", "reference_days", "cloud_probability", "surface_change")
+FEATURE_LAYERS = (
+    "gate",
+    "transmission",
+    "reference_days",
+    "cloud_probability",
+    "surface_change",
+    "reference_departure",
+)
 
 
 def _fill(a, value: float):
@@ -159,7 +167,10 @@ def _features(layers: dict[str, Any]) -> dict[str, Any]:
     error grows with the haze removed); evidence: the cloud probability;
     reference_change: (1 - gate) x ``surface_change`` (what the reference can miss: the
     surface's change between the clear dates around the target), and
-    reference_change_unknown: (1 - gate) where fewer than two clear dates tell it.
+    reference_change_unknown: (1 - gate) where fewer than two clear dates tell it;
+    departure_kept: gate x ``reference_departure`` (what the output kept of an observation
+    that departs from its reference: a real change, or cloud, haze or shadow the evidence
+    missed, which no other feature sees; 0 without a reference).
     """
     g = layers["gate"].clip(0, 1)
     t = layers["transmission"].clip(0, 1)
@@ -171,6 +182,9 @@ def _features(layers: dict[str, Any]) -> dict[str, Any]:
         change = g * np.nan
     unknown = change * 0 + 0.0
     unknown = _fill(unknown, 1.0)
+    departure = layers.get("reference_departure")
+    if departure is None:  # a restore from before the layer existed
+        departure = g * 0.0
     return {
         "one": g * 0 + 1.0,
         "reference_share": 1 - g,
@@ -179,6 +193,7 @@ def _features(layers: dict[str, Any]) -> dict[str, Any]:
         "evidence": p,
         "reference_change": (1 - g) * _fill(change, 0.0),
         "reference_change_unknown": (1 - g) * unknown,
+        "departure_kept": g * _fill(departure, 0.0),
     }
 
 
@@ -282,40 +297,49 @@ def _regime_quantile(z: np.ndarray, w: np.ndarray, gate: np.ndarray, q: float) -
 def fit_error_model(
     rows: dict[str, np.ndarray], case: np.ndarray, weights: np.ndarray | None = None
 ) -> ErrorModel | None:
-    """Split-conformal fit: NNLS of |error| on the features on the even cases, scale and
-    90 % interval from the odd ones (all cases on both halves when there is only one).
-    ``weights`` (the covariate-shift weights of the estimates) weight the calibration, so
-    the interval holds for the run's mix of pixels rather than the hold-out's."""
+    """Cross-conformal fit: NNLS of |error| on the features on each half of the cases (even,
+    odd), each half's errors predicted by the other half's fit; the scale and the 90 %
+    interval come from those out-of-fold predictions, so every held-out pixel calibrates
+    and none calibrates a fit it took part in; the model is the mean of the two fits. With
+    too few pixels in a half, one fit on all the cases calibrates itself.
+
+    A single split (fit on one half, calibrate on the other) leaves the figures to the luck
+    of the split: on one synthetic stack the run's coverage moved 0.87-0.91 and the rank
+    correlation 0.39-0.50 with the choice of halves. ``weights`` (the covariate-shift weights
+    of the estimates) weight the calibration, so the interval holds for the run's mix of
+    pixels rather than the hold-out's."""
     err = np.sqrt(rows["sq"] / rows["nb"])
     by_name = _features({n: rows[n] for n in FEATURE_LAYERS})
     feats = np.stack([by_name[n] for n in FEATURES], axis=1).astype(np.float64)
-    fit = case % 2 == 0
-    cal = ~fit
-    if fit.sum() < 20 or cal.sum() < 20:
-        fit = cal = np.ones_like(fit)
-    if fit.sum() < 20:
+    halves = [case % 2 == 0, case % 2 == 1]
+    if min(int(h.sum()) for h in halves) >= 20:
+        fits = [_nnls(feats[h], err[h]) for h in halves]
+        pred = np.where(halves[0], feats @ fits[1], feats @ fits[0])
+        coef = np.mean(fits, axis=0)
+    elif err.size >= 20:
+        coef = _nnls(feats, err)
+        pred = feats @ coef
+    else:
         return None
-    coef = _nnls(feats[fit], err[fit])
-    pred = feats @ coef
     floor = max(float(np.median(pred[pred > 0])) * 1e-3, 1e-6) if (pred > 0).any() else 1e-6
     pred = np.maximum(pred, floor)
     w = np.ones(err.shape) if weights is None else np.asarray(weights, np.float64)
-    ratio = err[cal] / pred[cal]
+    ratio = err / pred
     kappa = (
-        float(np.sqrt(np.average(ratio**2, weights=w[cal])))
-        if w[cal].sum() > 0
+        float(np.sqrt(np.average(ratio**2, weights=w)))
+        if w.sum() > 0
         else float(np.sqrt(np.mean(ratio**2)))
     )
-    z90 = _regime_quantile(ratio / kappa, w[cal], rows["gate"][cal], 0.9)
+    z90 = _regime_quantile(ratio / kappa, w, rows["gate"], 0.9)
     return ErrorModel(
         coefficients=[float(c) for c in np.maximum(coef, 0)],
         kappa=kappa,
         interval90=z90,
-        fitted_pixels=int(fit.sum()),
-        calibration_pixels=int(cal.sum()),
-        spearman=_spearman(pred[cal], err[cal]),
-        coverage90=float(np.average(err[cal] <= z90 * kappa * pred[cal], weights=w[cal]))
-        if w[cal].sum() > 0
+        fitted_pixels=int(err.size),
+        calibration_pixels=int(err.size),
+        spearman=_spearman(pred, err),
+        coverage90=float(np.average(err <= z90 * kappa * pred, weights=w))
+        if w.sum() > 0
         else float("nan"),
     )
 

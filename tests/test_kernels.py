@@ -272,6 +272,43 @@ def test_fuse_dates_fills_thick_cloud_from_clear_date_and_flags_no_observation()
     assert res.no_valid_observation.sum() == 2
 
 
+def test_reference_departure_is_the_observations_distance_from_its_reference():
+    """A patch that darkens on the target while the evidence calls it clear is kept (gate 1)
+    and its departure from the reference is the darkening; elsewhere the reference agrees."""
+    bands = ("B02", "B04")
+    surf = make_surface(bands, 24, 24, 4)
+    obs = np.stack([surf, surf]).copy()
+    obs[0, :, 10:14, 10:14] -= 0.05  # a small change: the local harmonisation cannot absorb it
+    ones = np.ones((2, 24, 24), np.float32)
+    res = fuse_dates(
+        obs,
+        obs.copy(),
+        ones,
+        ones,
+        np.array([0.0, 10.0]),
+        np.ones((2, 2, 2), np.float32),
+        np.zeros((2, 2, 2), np.float32),
+        FusionConfig(harmonise_radius=6),
+        evidence=(np.zeros((2, 24, 24)), None),
+    )
+    dep = res.reference_departure
+    assert dep.shape == (2, 24, 24) and dep.dtype == np.float32
+    np.testing.assert_allclose(res.output[0], obs[0], atol=1e-5)  # kept as observed
+    np.testing.assert_allclose(dep[0, 11:13, 11:13], 0.05, atol=0.01)
+    assert np.nanmax(dep[0, :6, :6]) < 0.005
+
+
+def test_reference_departure_is_nan_without_a_reference():
+    bands = ("B02", "B04")
+    surf = make_surface(bands, 12, 12, 4)[None]
+    ones = np.ones((1, 12, 12), np.float32)
+    res = fuse_dates(
+        surf, surf.copy(), ones, ones, np.array([0.0]),
+        np.ones((1, 1, 2), np.float32), np.zeros((1, 1, 2), np.float32), FusionConfig(),
+    )  # fmt: skip
+    assert np.isnan(res.reference_departure).all()
+
+
 # ----------------------------------------------------------------------------- composite
 
 

@@ -69,6 +69,9 @@ class FusionResult(NamedTuple):
     no_valid_observation: np.ndarray  # (T, Y, X) uint8
     transmission: np.ndarray  # (T, Y, X) float32, t_ref after the temporal refinement
     cloud_probability: np.ndarray  # (T, Y, X) float32, 1 - evidence's clear probability
+    #: (T, Y, X) float32: RMS over bands of observation - harmonised reference (the
+    #: harmonisation residual at the target pixel); NaN where there is no reference
+    reference_departure: np.ndarray
 
 
 def fuse_dates(
@@ -188,6 +191,7 @@ def fuse_dates(
     conf_out = np.zeros((nout,) + obs.shape[2:], dtype=F32)
     gate_out = np.zeros_like(conf_out)
     ref_days = np.full_like(conf_out, np.nan)
+    departure = np.full_like(conf_out, np.nan)
     flag = np.zeros(conf_out.shape, dtype=np.uint8)
     t_out = np.asarray(t_ref, dtype=F32)[targets]  # fancy indexing: a copy
     use_temporal = (
@@ -270,6 +274,8 @@ def fuse_dates(
             q_ref = np.where(has, q_ref / norm, 0.0)
             reference_var = np.where(has, acc_var / norm, np.nan)
 
+        if has.any():
+            departure[n] = _rms_departure(obs[i], reference)
         ji = j_phys[i]
         ti = np.asarray(t_ref[i], np.float64)
         if use_temporal and tb_prior is not None and a_scene is not None and has.any():
@@ -317,7 +323,21 @@ def fuse_dates(
     cloud = (
         np.full(conf_out.shape, np.nan, dtype=F32) if p_clear is None else 1.0 - p_clear[targets]
     )
-    return FusionResult(out, conf_out, gate_out, ref_days, flag, t_out, cloud.astype(F32))
+    return FusionResult(
+        out, conf_out, gate_out, ref_days, flag, t_out, cloud.astype(F32), departure
+    )
+
+
+def _rms_departure(observed: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(Y, X) RMS over bands of ``observed`` - ``reference`` (each (B, Y, X)); NaN where
+    either is missing.
+
+    What the error layer reads of a kept observation: a pixel passed through or inverted is
+    only as good as the observation, and an observation that departs from what its
+    references predict is either a real change or contamination that the evidence missed."""
+    diff = np.asarray(observed, np.float64) - reference
+    np.square(diff, out=diff)
+    return np.sqrt(diff.mean(axis=0))
 
 
 def _harmonise_candidate(
