@@ -142,6 +142,7 @@ FEATURES = (
     "reference_change",
     "reference_change_unknown",
     "departure_kept",
+    "departure_unknown",
 )
 #: The quality layers the features are computed from.
 FEATURE_LAYERS = (
@@ -170,7 +171,8 @@ def _features(layers: dict[str, Any]) -> dict[str, Any]:
     reference_change_unknown: (1 - gate) where fewer than two clear dates tell it;
     departure_kept: gate x ``reference_departure`` (what the output kept of an observation
     that departs from its reference: a real change, or cloud, haze or shadow the evidence
-    missed, which no other feature sees; 0 without a reference).
+    missed, which no other feature sees; 0 without a reference), and departure_unknown:
+    gate where there is no reference to depart from (a kept pixel nothing can check).
     """
     g = layers["gate"].clip(0, 1)
     t = layers["transmission"].clip(0, 1)
@@ -183,8 +185,9 @@ def _features(layers: dict[str, Any]) -> dict[str, Any]:
     unknown = change * 0 + 0.0
     unknown = _fill(unknown, 1.0)
     departure = layers.get("reference_departure")
-    if departure is None:  # a restore from before the layer existed
-        departure = g * 0.0
+    if departure is None:  # a restore from before the layer existed: no reading anywhere
+        departure = g * np.nan
+    no_reference = _fill(departure * 0 + 0.0, 1.0)
     return {
         "one": g * 0 + 1.0,
         "reference_share": 1 - g,
@@ -194,6 +197,7 @@ def _features(layers: dict[str, Any]) -> dict[str, Any]:
         "reference_change": (1 - g) * _fill(change, 0.0),
         "reference_change_unknown": (1 - g) * unknown,
         "departure_kept": g * _fill(departure, 0.0),
+        "departure_unknown": g * no_reference,
     }
 
 
