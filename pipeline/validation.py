@@ -821,9 +821,10 @@ def self_validate(
     restoration does, so a window is restored with the run's scene parameters, pair
     harmonisation and date ranks. Cubes may be lazy: only the windows are loaded.
 
-    Each window is one task (load, evidence, simulated cloud, restore, score): on the Dask
-    cluster of the run when there is one (the windows' reads, priors and models run on the
-    workers, side by side), else one after the other here. A window that fails to load
+    Each window is one task (load, evidence, simulated cloud, restore, score; its reads run
+    inside it, ``_WindowCube``): on the Dask cluster of the run when there is one (the
+    windows' reads, priors and models run on the workers, side by side), else one after the
+    other here. A window that fails to load
     costs that window, not the run.
     """
     started = time.perf_counter()
@@ -865,7 +866,7 @@ def self_validate(
                 evidence_halo=prior_halo,
             )
             win = _window_cube(c, k, slice(cy0, cy1), slice(cx0, cx1), read_window)
-            win = win.isel(time=slice(t0, t1))
+            win = _WindowCube(win.isel(time=slice(t0, t1)))
             tasks.append(
                 dask.delayed(_window_task, pure=True)(
                     win, window, bands, cfg, prior, scene, options
@@ -893,6 +894,31 @@ def self_validate(
     result.seconds = time.perf_counter() - started
     log.info("self-validation: %s", result.line())
     return result
+
+
+class _WindowCube:
+    """A window's (lazy) cube carried whole inside its window's task and read there.
+
+    Passed to ``dask.delayed`` bare, the cube's read tasks would join the graph as tasks of
+    their own, spread over the workers, and each window's task would wait for its pixels to
+    be gathered onto one of them: on the demo's 2 workers the windows then ran one at a
+    time, in turn with the reads of the next. Read inside the task, a window's reads, prior
+    and restore run on one worker and the windows run side by side.
+    """
+
+    __slots__ = ("cube",)
+
+    def __init__(self, cube: xr.Dataset) -> None:
+        self.cube = cube
+
+    def __dask_tokenize__(self) -> tuple:
+        from dask.base import tokenize
+
+        return ("_WindowCube", tokenize(self.cube))
+
+    def load(self) -> xr.Dataset:
+        """The window's pixels, read in this thread (a worker's task, or the caller)."""
+        return self.cube.compute(scheduler="sync")
 
 
 def _window_cube(
@@ -1060,6 +1086,8 @@ def _window_task(win, window: _Window, bands, cfg, prior, scene, options) -> _Co
     from .restore import cloud_evidence, restore
 
     col = _Collector(len(bands))
+    if isinstance(win, _WindowCube):
+        win = win.load()
     rng = np.random.default_rng(window.seed)
     inner = window.inner
     data = _as_array(win, bands)

@@ -319,6 +319,27 @@ def test_runs_its_windows_on_the_dask_cluster_with_the_same_result(cube):
     assert here.to_json() == there.to_json()
 
 
+def test_a_window_reads_its_pixels_inside_its_own_task(cube):
+    """A lazy cube's reads run inside the window's task: the cluster sees one task per
+    window and nothing else (as separate tasks, the reads were spread over the workers and
+    each window waited for its pixels to be gathered: the windows ran one at a time)."""
+    from dask.utils import key_split
+    from distributed import Client, LocalCluster, get_task_stream
+
+    lazy = cube.chunk({"y": 32, "x": 32})
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=True) as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as stream,
+    ):
+        there = self_validate(lazy, config=SMALL)
+    names = [key_split(t["key"]) for t in stream.data]
+    assert names == ["window_task"] * SMALL.windows, names  # key_split drops the underscore
+    here = self_validate(cube, config=SMALL)
+    here.seconds = there.seconds = 0.0
+    assert here.to_json() == there.to_json()
+
+
 def test_validates_with_the_run_time_window_and_blocks(cube):
     # a run with a time window restores in time blocks; its windows do the same
     windowed = self_validate(cube, config=SMALL, time_window_dates=1, time_block=1)
