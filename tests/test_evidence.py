@@ -176,6 +176,25 @@ def test_cloud_shadow_is_a_uniform_darkening_snow_melt_is_not():
     assert p_shadow[6:, :, 27:].max() < 0.05
 
 
+# Open water at B02 B03 B04 B08 B11 B12: dark everywhere, darkest in the NIR and SWIR.
+WATER = np.array([0.05, 0.04, 0.03, 0.015, 0.01, 0.008], np.float32)
+
+
+def test_a_shadow_on_snow_is_a_shadow_melt_onto_water_is_not():
+    """Against a snowy median a uniform darkening is either a cloud shadow on the snow or
+    melt onto dark water; only the shadowed snow is still snow (NDSI high, NIR bright)."""
+    rng = np.random.default_rng(2)
+    obs = np.broadcast_to(SNOW[None, :, None, None], (8, 6, 20, 40)).copy()
+    obs += rng.normal(0, 0.004, obs.shape).astype(np.float32)
+    factor = np.linspace(0.4, 0.3, len(BANDS6)).astype(np.float32)[:, None, None]
+    obs[3][:, 5:15, 5:15] *= factor  # a cloud shadow on the snow, date 3
+    obs[3][:, :, 25:] = WATER[:, None, None]  # the right half melted onto a lake, date 3
+    _, p_shadow = stack_evidence(obs, BANDS6)
+    assert p_shadow[3][7:13, 7:13].min() > 0.5  # 0 while any snowy median vetoed the test
+    assert p_shadow[3][:, 27:].max() < 0.05
+    assert p_shadow[[0, 1, 2, 4, 5, 6, 7]].max() < 0.05
+
+
 def test_shadows_on_a_third_of_the_dates_do_not_make_the_clear_dates_read_as_haze():
     """A low quantile is robust to cloud, not to shadow: with cloud shadows on 3 of 9 dates
     at a pixel they *were* its clear-sky baseline, every clear date read as haze and was
@@ -428,3 +447,8 @@ def test_the_darkening_cue_is_specific_to_a_uniform_dimming():
     melted = _shadow_specificity(veg, SNOW[:, None, None], BANDS6)  # snow on the reference
     harvested = _shadow_specificity(veg, SOIL[:, None, None], BANDS6)  # soil -> crop
     assert melted.max() < 0.05 and harvested.max() < 0.5
+    snow = SNOW[:, None, None].astype(np.float64)
+    # snow in a cloud's shadow is still snow: the snowy reference is its yardstick
+    assert _shadow_specificity(snow * factor, snow, BANDS6).min() > 0.95
+    # melt onto a lake dims the visible alike too, but the target is no longer snow
+    assert _shadow_specificity(WATER[:, None, None], snow, BANDS6).max() < 0.05

@@ -343,7 +343,8 @@ def numpy_shadow_probability(data, p_cloud, darkening, spread, bands, min_reflec
     dark = dark * np.where(vis_n > 0, 1.0 - smoothstep(vis_mean, *VISIBLE_DARKER), 1.0)
     p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
     snowy = snow_score(median[None], bands)
-    p = p * (1.0 - snowy)
+    still = np.nan_to_num(snow_score(data, bands))  # the dates' own: shadowed snow stays snow
+    p = p * (1.0 - snowy * (1.0 - still))
     return np.where(observed, p, np.nan)
 
 

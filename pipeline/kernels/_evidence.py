@@ -187,17 +187,20 @@ def shadow_probability(
     spread: tuple[float, float],
     bands: tuple[str, ...] | None = None,
     min_reflectance: float = 0.01,
+    snow: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cloud-shadow probability (T, Y, X): a uniform darkening against the clear median.
 
     M_b = per-pixel median of the dates that read clear (p_cloud < 0.5); log r_b = log(I_b /
     M_b) over bands with M_b and I_b above ``min_reflectance``; p = S(-mean; darkening)
     (1 - S(std; spread)) (1 - S(mean_visible log r_b; ``VISIBLE_DARKER``)) (1 - p_cloud)
-    (1 - snow(M)): the visible must darken too. NaN where the pixel is unobserved; 0
-    without a median. The median's own snow score (with ``bands``, where SWIR exists) vetoes
-    the test: melting snow over water or dark rock darkens the visible bands alike.
+    (1 - snow(M) (1 - snow(I))): the visible must darken too. NaN where the pixel is
+    unobserved; 0 without a median. The median's own snow score (with ``bands``, where SWIR
+    exists) vetoes the test where the date is no longer snow: melting snow over water or
+    dark rock darkens the visible bands alike, while a shadow on the snow leaves it snow
+    (``snow``: the dates' own snow score when the caller has it).
     """
-    return _shadow(data, p_cloud, darkening, spread, bands, min_reflectance)[0]
+    return _shadow(data, p_cloud, darkening, spread, bands, min_reflectance, snow)[0]
 
 
 class _Darkening(NamedTuple):
@@ -259,8 +262,9 @@ def _darkening(
     )
 
 
-def _shadow(data, p_cloud, darkening, spread, bands, min_reflectance):
-    """``shadow_probability`` and the ``_Darkening`` it was read from."""
+def _shadow(data, p_cloud, darkening, spread, bands, min_reflectance, snow=None):
+    """``shadow_probability`` and the ``_Darkening`` it was read from (``snow``: the dates'
+    own ``snow_score`` when the caller has it)."""
     observed = _observed(data)
     clear = observed & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
     stats = _darkening(data, clear, bands, min_reflectance)
@@ -275,7 +279,13 @@ def _shadow(data, p_cloud, darkening, spread, bands, min_reflectance):
     if bands is not None:
         snowy = snow_score(stats.median[None], bands)
         if snowy is not None:
-            p = p * (1.0 - snowy)
+            # Against a snowy median a uniform darkening is melt onto dark ground or water,
+            # or a shadow on the snow. Only the shadowed snow is still snow: its NDSI stays
+            # high and its NIR bright, and a shadow over the snow line is the commonest cloud
+            # shadow of an alpine or boreal winter scene, so the veto holds only where the
+            # date itself no longer reads snow.
+            own = snow_score(data, bands) if snow is None else snow
+            p = p * (1.0 - snowy * (1.0 - np.nan_to_num(own, nan=0.0)))
     return np.where(observed, p, np.nan), stats
 
 
@@ -318,7 +328,7 @@ def dark_outliers(
     candidates = typical.sum(axis=0) >= DARK_OUTLIER_MIN_DATES
     if not candidates.any():
         return np.zeros(observed.shape, dtype=bool)
-    p, stats = _shadow(data, veto, darkening, spread, bands, 0.01)
+    p, stats = _shadow(data, veto, darkening, spread, bands, 0.01, snow)
     # the shape of a cloud shadow: the diffuse skylight that still lights it is blue, so a
     # shadow takes a larger share of the light off the infrared than off the visible. The
     # ground against hazy or cloudy dates is the opposite (haze adds most in the blue), so
@@ -385,7 +395,7 @@ def stack_evidence(
         p = 1.0 / (1.0 + np.exp(-(lo + boost[:, None, None])))
     if snow is not None:
         p = p * (1.0 - np.maximum(snow, snow_change(data, bands, quantile, snow, baseline)))
-    shadow = shadow_probability(data, p, darkening=darkening, spread=spread, bands=bands)
+    shadow = shadow_probability(data, p, darkening=darkening, spread=spread, bands=bands, snow=snow)
     return p.astype(np.float32), shadow.astype(np.float32)
 
 

@@ -211,11 +211,12 @@ def _shadow_specificity(
     target: np.ndarray, reference: np.ndarray, bands: tuple[str, ...] | None
 ) -> np.ndarray:
     """How much a darkening of ``target`` (B, Y, X) against ``reference`` looks like shadow,
-    (Y, X) in [0, 1]: 1 - S(spread; 0.3, 0.6) x (1 - snow score of the reference).
+    (Y, X) in [0, 1]: 1 - S(spread; 0.3, 0.6) x (1 - snow(reference) (1 - snow(target))).
 
     Cloud shadow dims every band by a similar factor (the spread over bands of log(J / R)
     is small); snow melt, harvest and burn change the spectrum's shape (a large spread), and
-    a snow-covered reference is no yardstick of brightness at all. Bands below 0.01 on either
+    a snow-covered reference is no yardstick of brightness for a target that is no longer
+    snow (a target still snow, darker alike in every band, is snow in shadow). Bands below 0.01 on either
     date are left out (their ratio is noise); 1 where fewer than two bands remain.
     """
     j = np.asarray(target, np.float64)
@@ -230,7 +231,10 @@ def _shadow_specificity(
     if bands is not None:
         snowy = snow_score(np.nan_to_num(r)[None], tuple(bands))
         if snowy is not None:
-            spec = spec * (1.0 - snowy[0])
+            # a snowy reference vetoes the cue unless the target is still snow: shadowed
+            # snow keeps its NDSI and a bright NIR, melt onto dark ground or water does not
+            still = snow_score(np.nan_to_num(j)[None], tuple(bands))
+            spec = spec * (1.0 - snowy[0] * (1.0 - still[0]))
     return np.where(np.isfinite(spec), spec, 1.0)
 
 
