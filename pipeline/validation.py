@@ -866,10 +866,10 @@ def self_validate(
                 evidence_halo=prior_halo,
             )
             win = _window_cube(c, k, slice(cy0, cy1), slice(cx0, cx1), read_window)
-            win = _WindowCube(win.isel(time=slice(t0, t1)))
+            carried = _WindowCube(win.isel(time=slice(t0, t1)))
             tasks.append(
                 dask.delayed(_window_task, pure=True)(
-                    win, window, bands, cfg, prior, scene, options
+                    carried, window, bands, cfg, prior, scene, options
                 )
             )
             where.append(f"{labels[k]} at ({y0}, {x0})")

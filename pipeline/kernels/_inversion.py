@@ -234,7 +234,8 @@ def _shadow_specificity(
             # a snowy reference vetoes the cue unless the target is still snow: shadowed
             # snow keeps its NDSI and a bright NIR, melt onto dark ground or water does not
             still = snow_score(np.nan_to_num(j)[None], tuple(bands))
-            spec = spec * (1.0 - snowy[0] * (1.0 - still[0]))
+            target_snow = 0.0 if still is None else still[0]
+            spec = spec * (1.0 - snowy[0] * (1.0 - target_snow))
     return np.where(np.isfinite(spec), spec, 1.0)
 
 
