@@ -195,25 +195,6 @@ def test_a_shadow_on_snow_is_a_shadow_melt_onto_water_is_not():
     assert p_shadow[[0, 1, 2, 4, 5, 6, 7]].max() < 0.05
 
 
-def test_in_a_melt_season_each_date_is_read_against_its_own_snow_state():
-    """Snow on dates 0-3, bare soil on 4-7: the median of all dates mixes the two, so a
-    shadow on a snow date (its SWIR falls most against it, like melt) and one on a soil date
-    were missed. Against the median of the dates in their own state both read as shadow,
-    and the melt itself does not."""
-    rng = np.random.default_rng(4)
-    obs = np.empty((8, 6, 20, 20), np.float32)
-    obs[:4] = SNOW[None, :, None, None]
-    obs[4:] = SOIL[None, :, None, None]
-    obs += rng.normal(0, 0.004, obs.shape).astype(np.float32)
-    factor = np.linspace(0.4, 0.3, len(BANDS6)).astype(np.float32)[:, None, None]
-    obs[2][:, 5:15, 5:15] *= factor  # shadow on the snow
-    obs[6][:, 5:15, 5:15] *= factor  # shadow on the soil
-    _, p_shadow = stack_evidence(obs, BANDS6)
-    assert p_shadow[2][7:13, 7:13].min() > 0.5
-    assert p_shadow[6][7:13, 7:13].min() > 0.5
-    assert p_shadow[[0, 1, 3, 4, 5, 7]].max() < 0.05  # the melt (dates 3 -> 4) is no shadow
-
-
 def test_shadows_on_a_third_of_the_dates_do_not_make_the_clear_dates_read_as_haze():
     """A low quantile is robust to cloud, not to shadow: with cloud shadows on 3 of 9 dates
     at a pixel they *were* its clear-sky baseline, every clear date read as haze and was

@@ -312,41 +312,24 @@ def test_coarse_harmonisation_still_matches_its_whole_array_core():
 
 def numpy_shadow_probability(data, p_cloud, darkening, spread, bands, min_reflectance=0.01):
     """The cloud-shadow probability band by band in numpy (the implementation the compiled
-    ``darkening_fit`` replaced): medians of the clear dates (of the date's own snow state
-    where a pixel has clear dates in both), log ratios summed over bands."""
+    ``darkening_fit`` replaced): medians of the clear dates, log ratios summed over bands."""
     from pipeline.kernels._common import band_index, smoothstep
-    from pipeline.kernels._evidence import SNOW_FREE_BELOW, VISIBLE_DARKER
+    from pipeline.kernels._evidence import VISIBLE_DARKER
     from pipeline.kernels._transmission import snow_score
 
     observed = np.isfinite(data).all(axis=1)
     clear = observed & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
-    own = np.nan_to_num(snow_score(data, bands))
-    snowy = own >= SNOW_FREE_BELOW
-    both = (clear & snowy).any(axis=0) & (clear & ~snowy).any(axis=0)
-    on_snow = both[None] & snowy  # dates read against the median of the snowy dates
-
-    def medians(chosen):
-        return np.stack(
-            [
-                sorted_lower_envelope(
-                    np.where(chosen, np.where(observed, data[:, k], np.nan), np.nan), 0.5
-                )
-                for k in range(data.shape[1])
-            ]
-        )
-
-    base = medians(clear & ~(snowy & both[None]))
-    snow_median = medians(clear & snowy)
-    median = np.where(on_snow[:, None], snow_median[None], base[None])  # (T, B, Y, X)
     n = np.zeros(observed.shape, np.int32)
     total, squares = np.zeros(observed.shape), np.zeros(observed.shape)
     vis_total, vis_n = np.zeros(observed.shape), np.zeros(observed.shape, np.int32)
     visible = [band_index(bands, b) for b in ("B02", "B03", "B04")]
+    median = np.empty((data.shape[1],) + observed.shape[1:])
     for k in range(data.shape[1]):
         band = np.where(observed, data[:, k], np.nan)
+        median[k] = sorted_lower_envelope(np.where(clear, band, np.nan), 0.5)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ok = (median[:, k] > min_reflectance) & (band > min_reflectance)
-            logr = np.log(np.where(ok, band, 1.0) / np.where(ok, median[:, k], 1.0))
+            ok = (median[k][None] > min_reflectance) & (band > min_reflectance)
+            logr = np.log(np.where(ok, band, 1.0) / np.where(ok, median[k][None], 1.0))
         n += ok
         total += logr
         squares += logr * logr
@@ -359,12 +342,9 @@ def numpy_shadow_probability(data, p_cloud, darkening, spread, bands, min_reflec
     vis_mean = vis_total / np.maximum(vis_n, 1)
     dark = dark * np.where(vis_n > 0, 1.0 - smoothstep(vis_mean, *VISIBLE_DARKER), 1.0)
     p = np.where(n >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
-    snowy_median = np.where(
-        on_snow,
-        snow_score(snow_median[None], bands)[0][None],
-        snow_score(base[None], bands)[0][None],
-    )
-    p = p * (1.0 - snowy_median * (1.0 - own))  # shadowed snow stays snow: no veto
+    snowy = snow_score(median[None], bands)
+    still = np.nan_to_num(snow_score(data, bands))  # the dates' own: shadowed snow stays snow
+    p = p * (1.0 - snowy * (1.0 - still))
     return np.where(observed, p, np.nan)
 
 

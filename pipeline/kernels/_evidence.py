@@ -267,11 +267,7 @@ def _shadow(data, p_cloud, darkening, spread, bands, min_reflectance, snow=None)
     own ``snow_score`` when the caller has it)."""
     observed = _observed(data)
     clear = observed & (np.nan_to_num(p_cloud, nan=1.0) < 0.5)
-    own = None
-    if bands is not None:
-        own = snow_score(data, bands) if snow is None else snow
-    own = None if own is None else np.nan_to_num(np.asarray(own, np.float64), nan=0.0)
-    stats, snowy_median = _darkening_by_state(data, clear, own, bands, min_reflectance)
+    stats = _darkening(data, clear, bands, min_reflectance)
     dark = smoothstep(-stats.mean, *darkening) * (1.0 - smoothstep(np.sqrt(stats.var), *spread))
     # a shadow takes the direct sun off the visible too (diffuse skylight is a larger share
     # there, but the visible still darkens): mowing, ploughing or a harvest drop the NIR and
@@ -280,46 +276,17 @@ def _shadow(data, p_cloud, darkening, spread, bands, min_reflectance, snow=None)
         vis = stats.visible
         dark = dark * np.where(np.isfinite(vis), 1.0 - smoothstep(vis, *VISIBLE_DARKER), 1.0)
     p = np.where(stats.bands_read >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
-    if snowy_median is not None and own is not None:
-        # Against a snowy median a uniform darkening is melt onto dark ground or water,
-        # or a shadow on the snow. Only the shadowed snow is still snow: its NDSI stays
-        # high and its NIR bright, and a shadow over the snow line is the commonest cloud
-        # shadow of an alpine or boreal winter scene, so the veto holds only where the
-        # date itself no longer reads snow.
-        p = p * (1.0 - snowy_median * (1.0 - own))
+    if bands is not None:
+        snowy = snow_score(stats.median[None], bands)
+        if snowy is not None:
+            # Against a snowy median a uniform darkening is melt onto dark ground or water,
+            # or a shadow on the snow. Only the shadowed snow is still snow: its NDSI stays
+            # high and its NIR bright, and a shadow over the snow line is the commonest cloud
+            # shadow of an alpine or boreal winter scene, so the veto holds only where the
+            # date itself no longer reads snow.
+            own = snow_score(data, bands) if snow is None else snow
+            p = p * (1.0 - snowy * (1.0 - np.nan_to_num(own, nan=0.0)))
     return np.where(observed, p, np.nan), stats
-
-
-def _darkening_by_state(data, clear, own, bands, min_reflectance):
-    """``_Darkening`` of each date against the median of the clear dates in its own snow
-    state, and the snow score of the median each date was read against (T, ...; None
-    without a snow test).
-
-    A pixel that is snow on some clear dates and bare on others (a melt season) has no
-    typical brightness: the median of all its dates mixes snow and ground, a shadowed snow
-    date against it has the spectral shape of melt (the SWIR falls most) and a shadowed
-    ground date looks lit. Where a pixel has clear dates in both states, a snowy date is read
-    against the median of the snowy ones and a bare date against that of the bare ones;
-    elsewhere every date against the median of all clear dates, as before."""
-    if own is None:
-        return _darkening(data, clear, bands, min_reflectance), None
-    snowy = own >= SNOW_FREE_BELOW
-    both = (clear & snowy).any(axis=0) & (clear & ~snowy).any(axis=0)
-    # the bare dates of two-state pixels, every clear date elsewhere
-    stats = _darkening(data, clear & ~(snowy & both[None]), bands, min_reflectance)
-    median_snow = snow_score(stats.median[None], bands)[0]
-    snowy_median = np.broadcast_to(median_snow, own.shape).copy()
-    if both.any():
-        sub = np.asarray(data)[:, :, both]
-        on_snow = _darkening(sub, (clear & snowy)[:, both], bands, min_reflectance)
-        pick = snowy[:, both]
-        for field in ("mean", "var", "visible", "infrared", "bands_read"):
-            whole = getattr(stats, field)
-            whole[:, both] = np.where(pick, getattr(on_snow, field), whole[:, both])
-        snowy_median[:, both] = np.where(
-            pick, snow_score(on_snow.median[None], bands)[0][None], snowy_median[:, both]
-        )
-    return stats, snowy_median
 
 
 #: An observation whose uniform-darkening probability against its pixel's median over all
