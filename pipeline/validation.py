@@ -53,7 +53,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -634,29 +634,64 @@ class _Collector:
 # --------------------------------------------------------------------------- estimates
 
 
-def _class_mse(rows, weights, mask) -> float:
-    w = weights[mask]
-    if w.sum() <= 0:
-        return float("nan")
-    return float((w * rows["sq"][mask] / rows["nb"][mask]).sum() / w.sum())
+def _class_sums(rows, weights, index: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (``index`` of each held-out pixel, 0 .. groups - 1) and simulated class:
+    the sum of the weighted squared errors (mean over bands) and of the weights, each
+    (groups, len(CLASSES))."""
+    k = len(CLASSES)
+    flat = np.asarray(index, dtype=np.intp) * k + rows["cls"].astype(np.intp)
+    err = weights * rows["sq"] / rows["nb"]
+    sq = np.bincount(flat, weights=err, minlength=groups * k).reshape(groups, k)
+    w = np.bincount(flat, weights=weights, minlength=groups * k).reshape(groups, k)
+    return sq, w
+
+
+def _estimates_from_sums(sq: np.ndarray, w: np.ndarray, shares) -> dict[str, float]:
+    """``_estimates`` from the per-class sums of weighted squared errors and of weights
+    (``_class_sums``, summed over the groups), each (len(CLASSES),)."""
+
+    def mse_of(*classes: str) -> float:
+        idx = [CLASSES.index(c) for c in classes]
+        total = float(w[idx].sum())
+        return float(sq[idx].sum()) / total if total > 0 else float("nan")
+
+    mse = {c: mse_of(c) for c in CLASSES}
+    # the run's "thin" pixels, cloudy with a transmission of at least ``THICK_T``, hold its
+    # cloud shadows too: simulated thin and shadow pixels stand for them
+    run_mse = {"clear": mse["clear"], "thin": mse_of("thin", "shadow"), "thick": mse["thick"]}
+    parts = [(shares.get(c, 0.0), v) for c, v in run_mse.items()]
+    parts = [(f, v) for f, v in parts if math.isfinite(v) and f > 0]
+    total = sum(f for f, _ in parts)
+    mse["all"] = sum(f * v for f, v in parts) / total if total > 0 else float("nan")
+    return mse
 
 
 def _estimates(rows, weights, shares) -> dict[str, float]:
     """MSE per simulated class, and 'all': the classes at the run's own shares of clear, thin
     and thick pixels (the run's "thin" pixels, cloudy with a transmission of at least
     ``THICK_T``, hold its cloud shadows too: simulated thin and shadow pixels stand for them)."""
-    cls = rows["cls"]
-    mse = {c: _class_mse(rows, weights, cls == k) for k, c in enumerate(CLASSES)}
-    run_mse = {
-        "clear": mse["clear"],
-        "thin": _class_mse(rows, weights, (cls == CLASSES.index("thin")) | (cls == 3)),
-        "thick": mse["thick"],
-    }
-    parts = [(shares.get(c, 0.0), v) for c, v in run_mse.items()]
-    parts = [(w, v) for w, v in parts if math.isfinite(v) and w > 0]
-    total = sum(w for w, _ in parts)
-    mse["all"] = sum(w * v for w, v in parts) / total if total > 0 else float("nan")
-    return mse
+    sq, w = _class_sums(rows, weights, np.zeros(rows["sq"].shape, np.intp), 1)
+    return _estimates_from_sums(sq[0], w[0], shares)
+
+
+def _bootstrap_psnr(rows, weights, shares, rng, resamples: int) -> dict[str, list[float]]:
+    """PSNR per class (and 'all') of ``resamples`` bootstrap resamples of the cases.
+
+    A resample weighs each case by how often it was drawn, so it needs only the per-case
+    sums (``_class_sums``): one small matrix product per resample instead of a pass over
+    every held-out pixel (the demo's 200 resamples of 70 000 pixels took half a second)."""
+    boot: dict[str, list[float]] = {c: [] for c in (*CLASSES, "all")}
+    case_ids, index = np.unique(rows["case"], return_inverse=True)
+    if case_ids.size < 2:
+        return boot
+    sq, w = _class_sums(rows, weights, index, case_ids.size)
+    for _ in range(resamples):
+        pick = rng.choice(case_ids.size, case_ids.size, replace=True)
+        mult = np.bincount(pick, minlength=case_ids.size).astype(np.float64)
+        for c, v in _estimates_from_sums(mult @ sq, mult @ w, shares).items():
+            if math.isfinite(v):
+                boot[c].append(_psnr(math.sqrt(v)))
+    return boot
 
 
 def _strata_weights(rows: dict[str, np.ndarray], strata_counts: dict[str, np.ndarray]):
@@ -728,16 +763,7 @@ def _summarise(
     total_runs = sum(col.class_counts.values())
     shares = {k: v / total_runs for k, v in col.class_counts.items()} if total_runs else {}
     mse = _estimates(rows, weights, shares)
-    # bootstrap over cases
-    boot: dict[str, list[float]] = {c: [] for c in (*CLASSES, "all")}
-    case_ids = np.unique(rows["case"])
-    for _ in range(cfg.bootstrap if case_ids.size > 1 else 0):
-        pick = rng.choice(case_ids, case_ids.size, replace=True)
-        mult = np.bincount(np.searchsorted(case_ids, pick), minlength=case_ids.size)
-        w = weights * mult[np.searchsorted(case_ids, rows["case"])]
-        for c, v in _estimates(rows, w, shares).items():
-            if math.isfinite(v):
-                boot[c].append(_psnr(math.sqrt(v)))
+    boot = _bootstrap_psnr(rows, weights, shares, rng, cfg.bootstrap)
 
     def interval(c: str) -> tuple[float, float]:
         vals = np.array([v for v in boot[c] if math.isfinite(v)])
@@ -843,38 +869,41 @@ def self_validate(
     ]
     prior_halo, restore_halo = _halos(prior, options)
     context = cfg.context if cfg.context >= 0 else restore_halo
-    tasks, where = [], []
-    for k, c in enumerate(cubes):
-        ny, nx, nt = c.sizes["y"], c.sizes["x"], c.sizes["time"]
-        if nt < 2:
-            continue
-        size = min(cfg.window, ny, nx)
-        oy, ox = origins[k] if origins is not None else (0, 0)
-        for y0, x0 in window_origins(ny, nx, size, max(1, per_cube[k]), rng):
-            # the window is restored with its context (the restoration's own halo), as the
-            # run restores it inside its chunk; only the inner window is scored
-            cy0, cx0 = max(0, y0 - context), max(0, x0 - context)
-            cy1, cx1 = min(ny, y0 + size + context), min(nx, x0 + size + context)
-            t0, t1, eligible = _time_segment(nt, options, rng)
-            window = _Window(
-                inner=(slice(y0 - cy0, y0 - cy0 + size), slice(x0 - cx0, x0 - cx0 + size)),
-                tile=k,
-                seed=int(rng.integers(0, 2**31 - 1)),
-                origin=(oy + cy0, ox + cx0),
-                grid_shape=grid_shape,
-                eligible=eligible,
-                evidence_halo=prior_halo,
-            )
-            win = _window_cube(c, k, slice(cy0, cy1), slice(cx0, cx1), read_window)
-            carried = _WindowCube(win.isel(time=slice(t0, t1)))
-            tasks.append(
-                dask.delayed(_window_task, pure=True)(
+
+    def window_tasks():
+        """One (task, place) per window, built as the loop reaches it: a window's lazy cube
+        takes a tenth of a second to build (``read_window``), so the first windows compute
+        while the client builds the next."""
+        for k, c in enumerate(cubes):
+            ny, nx, nt = c.sizes["y"], c.sizes["x"], c.sizes["time"]
+            if nt < 2:
+                continue
+            size = min(cfg.window, ny, nx)
+            oy, ox = origins[k] if origins is not None else (0, 0)
+            for y0, x0 in window_origins(ny, nx, size, max(1, per_cube[k]), rng):
+                # the window is restored with its context (the restoration's own halo), as
+                # the run restores it inside its chunk; only the inner window is scored
+                cy0, cx0 = max(0, y0 - context), max(0, x0 - context)
+                cy1, cx1 = min(ny, y0 + size + context), min(nx, x0 + size + context)
+                t0, t1, eligible = _time_segment(nt, options, rng)
+                window = _Window(
+                    inner=(slice(y0 - cy0, y0 - cy0 + size), slice(x0 - cx0, x0 - cx0 + size)),
+                    tile=k,
+                    seed=int(rng.integers(0, 2**31 - 1)),
+                    origin=(oy + cy0, ox + cx0),
+                    grid_shape=grid_shape,
+                    eligible=eligible,
+                    evidence_halo=prior_halo,
+                )
+                win = _window_cube(c, k, slice(cy0, cy1), slice(cx0, cx1), read_window)
+                carried = _WindowCube(win.isel(time=slice(t0, t1)))
+                task = dask.delayed(_window_task, pure=True)(
                     carried, window, bands, cfg, prior, scene, options
                 )
-            )
-            where.append(f"{labels[k]} at ({y0}, {x0})")
+                yield task, f"{labels[k]} at ({y0}, {x0})"
+
     col = _Collector(len(bands))
-    for part in _compute_each(tasks, where):
+    for part in _compute_each(window_tasks()):
         col.merge(part)
     result = (
         _summarise(col, cfg, bands, labels, rng, run_scene=scene is not None)
@@ -946,9 +975,11 @@ def _window_cube(
     return own
 
 
-def _compute_each(tasks: list, where: list[str]) -> list[_Collector]:
-    """The windows' results: on the current Dask cluster (all at once) when there is one,
-    else one by one in this process; a window whose task fails is logged and skipped."""
+def _compute_each(tasks: Iterable[tuple[Any, str]]) -> list[_Collector]:
+    """The results of the windows' (task, place) pairs: on the current Dask cluster when
+    there is one (each task submitted as soon as it is built, so they run side by side
+    while the next are built), else one by one in this process; a window whose task fails
+    is logged and skipped."""
     try:
         from distributed import get_client
 
@@ -957,14 +988,14 @@ def _compute_each(tasks: list, where: list[str]) -> list[_Collector]:
         client = None
     out = []
     if client is not None:
-        futures = client.compute(tasks)
-        for future, place in zip(futures, where, strict=True):
+        futures = [(client.compute(task), place) for task, place in tasks]
+        for future, place in futures:
             try:
                 out.append(future.result())
             except Exception as exc:  # noqa: BLE001 - a read failure costs a window
                 log.warning("self-validation skipped the window of %s: %s", place, exc)
         return out
-    for task, place in zip(tasks, where, strict=True):
+    for task, place in tasks:
         try:
             out.append(task.compute(scheduler="sync"))
         except Exception as exc:  # noqa: BLE001 - a read failure costs a window

@@ -19,7 +19,9 @@ from pipeline.validation import (
     NO_OTHER,
     ErrorModel,
     ValidationConfig,
+    _bootstrap_psnr,
     _Collector,
+    _estimates,
     _halos,
     _per_date,
     _strata_weights,
@@ -298,6 +300,41 @@ def test_a_dates_estimate_is_its_own_pixels_at_its_own_mix():
     assert a["all"]["rmse"] == pytest.approx(0.01)  # A has no thick pixels of its own
     assert b["all"]["rmse"] == pytest.approx(0.02)
     assert a["all"]["pixels"] == b["all"]["pixels"] == 10
+
+
+def test_the_bootstrap_from_case_sums_equals_reweighting_every_pixel():
+    # each resample weighs a case by how often it was drawn: the same figures as repeating
+    # the case's pixels that many times and scoring them one by one (``_estimates``)
+    rng = np.random.default_rng(0)
+    n = 400
+    rows = {
+        "sq": rng.gamma(2.0, 1e-3, n),
+        "nb": np.full(n, 4.0),
+        "cls": rng.integers(0, 4, n),
+        "case": rng.choice([2, 5, 7, 11, 13], n),  # case ids need not be 0..K-1
+    }
+    weights = rng.uniform(0.2, 3.0, n)
+    shares = {"clear": 0.5, "thin": 0.3, "thick": 0.2}
+    boot = _bootstrap_psnr(rows, weights, shares, np.random.default_rng(42), 20)
+
+    draws = np.random.default_rng(42)  # the same draws, scored pixel by pixel
+    case_ids = np.unique(rows["case"])
+    expected: dict[str, list[float]] = {c: [] for c in boot}
+    for _ in range(20):
+        pick = draws.choice(case_ids.size, case_ids.size, replace=True)
+        mult = np.bincount(pick, minlength=case_ids.size)[np.searchsorted(case_ids, rows["case"])]
+        for c, v in _estimates(rows, weights * mult, shares).items():
+            if math.isfinite(v):
+                expected[c].append(-20.0 * math.log10(math.sqrt(v)))
+    for c in boot:
+        assert len(boot[c]) == len(expected[c]) > 0
+        np.testing.assert_allclose(boot[c], expected[c], rtol=1e-12)
+
+
+def test_a_single_case_has_no_bootstrap():
+    rows = {"sq": np.ones(5), "nb": np.ones(5), "cls": np.zeros(5, int), "case": np.zeros(5)}
+    boot = _bootstrap_psnr(rows, np.ones(5), {"clear": 1.0}, np.random.default_rng(0), 50)
+    assert all(v == [] for v in boot.values())
 
 
 def test_runs_its_windows_on_the_dask_cluster_with_the_same_result(cube):
