@@ -142,27 +142,6 @@ def test_melting_snow_is_not_cloud_but_cloud_over_a_snowy_series_is():
     assert p_cloud[5][7:13, 7:13].min() > 0.95
 
 
-def test_haze_over_a_spring_field_is_haze_not_snow():
-    """A field greening up: its NIR grows date by date past its winter envelope while its
-    SWIR stays. Thin haze on one late date lifts the blue a few hundredths, and against that
-    small rise the NIR's own growth and the unchanged SWIR are snow's shape (NIR up with the
-    visible, SWIR not up). A pixel that dim in the green holds no snow cover: it is haze.
-    Real snow left on the same field still reads as snow."""
-    rng = np.random.default_rng(3)
-    n = 10
-    veg = np.array([0.035, 0.06, 0.04, 0.25, 0.22, 0.12], np.float32)
-    obs = np.broadcast_to(veg[None, :, None, None], (n, 6, 40, 40)).copy()
-    obs[:, 3] += np.linspace(0.0, 0.15, n, dtype=np.float32)[:, None, None]  # NIR green-up
-    obs *= rng.uniform(0.95, 1.05, (1, 1, 40, 40)).astype(np.float32)
-    obs += rng.normal(0, 0.003, obs.shape).astype(np.float32)
-    obs[7] = _haze(obs[7:8], 0.75)[0]
-    assert obs[7][1].max() < 0.15  # dim in the green, though hazy
-    obs[8][:, :, :20] = 0.4 * SNOW[:, None, None] + 0.6 * obs[8][:, :, :20]  # 40 % snow left
-    p_cloud, _ = stack_evidence(obs, BANDS6)
-    assert np.median(p_cloud[7][2:-2, 2:-2]) > 0.9
-    assert p_cloud[8][2:-2, 2:18].max() < 0.2
-
-
 def test_half_melted_snow_after_a_snowy_season_is_not_cloud():
     """Snow lay on the first five of twelve dates, more than the envelope's quarter: per band
     the SWIR envelope would be the snow's (dark there) while the blue one is the ground's, so a

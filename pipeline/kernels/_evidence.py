@@ -54,10 +54,6 @@ CHANGE_SLOPE = 1.5
 #: A date's pixel counts as snow-free for the envelope of ``snow_change`` below this
 #: ``snow_score`` (the middle of its ramp).
 SNOW_FREE_BELOW = 0.5
-#: Green reflectance over which ``snow_change`` may read a brightening as snow: that of a
-#: pixel about 10 % and 20 % snow-covered (old snow ~0.6 in the green) over a dark ground
-#: (~0.07); below it no snow fraction that matters to the restoration is there.
-SNOW_COVER_GREEN = (0.12, 0.2)
 #: Least p_cloud of a pixel with n valid dates is FEW_DATES_FLOOR / (n - 1): the chance that
 #: the lower envelope itself is contaminated shrinks as the dates add up.
 FEW_DATES_FLOOR = 0.3
@@ -423,11 +419,8 @@ def snow_change(
     half as much as the blue); patchy or melting snow over a darker ground darkens the SWIR
     while it brightens the visible, which no cloud or haze does by more than ~0.1 of the
     blue rise. score = S(dB; 0.03, 0.06) max(S(dN / dB; 0.5, 0.8) (1 - S(dS / dB; 0.1,
-    0.25)), S(-dS / dB; 0.15, 0.3) S(dN / dB; 0.2, 0.4)) S(G; ``SNOW_COVER_GREEN``), d the
-    excess over the envelope of B02, NIR (B08/B8A) and SWIR (B11/B12) over the snow-free
-    dates, G the date's green (a dim pixel holds no snow cover that matters, and a small
-    blue rise leaves the ratios to the surface's own seasonal change: thin haze over a
-    spring field whose NIR grows has snow's shape). (Reading the change
+    0.25)), S(-dS / dB; 0.15, 0.3) S(dN / dB; 0.2, 0.4)), d the excess over the envelope of
+    B02, NIR (B08/B8A) and SWIR (B11/B12) over the snow-free dates. (Reading the change
     against one real date, all bands from the date of the blue envelope, sees more melting
     snow: on the synthetic stacks clear pixels gained 1.6-7.5 dB, but thick cloud lost 0.3-1
     dB and thin 0.1-0.3 dB, because the melting dates then become the nearest clear
@@ -473,12 +466,6 @@ def snow_change(
         # ice cloud over bare soil stays near -0.1. The NIR must still rise (a little).
         ice = smoothstep(-swir_ratio, 0.15, 0.3) * smoothstep(nir_ratio, 0.2, 0.4)
         score = smoothstep(db, 0.03, 0.06) * np.maximum(alike, ice)
-        # A snow cover worth the name leaves the pixel bright in the visible. Where the rise
-        # is a few hundredths (thin haze), the ratios are the surface's own seasonal change:
-        # a spring field's NIR grows past its winter envelope while its SWIR stays, snow's
-        # shape exactly, and a date under scene-wide haze read as a third of its pixels snow.
-        green = band_index(bands, "B03", "B02")
-        score = score * smoothstep(_band(data, green, observed), *SNOW_COVER_GREEN)
     return np.where(np.isfinite(score), score, 0.0)
 
 
