@@ -16,6 +16,7 @@ from pipeline.kernels._evidence import (
     haze_excess,
     lower_envelope,
     scene_haze_excess,
+    scene_transmission_ceiling,
     stack_evidence,
 )
 from pipeline.kernels._fusion import FusionConfig
@@ -89,6 +90,40 @@ def test_the_dark_object_excess_finds_the_scene_wide_haze_date():
     excess = scene_haze_excess(obs.reshape(obs.shape[0], obs.shape[1], -1), BANDS6)
     assert np.argmax(excess) == 5 and excess[5] > 0.03
     assert np.delete(excess, 5).max() < 0.01
+
+
+def test_the_dark_object_excess_bounds_a_hazy_dates_transmission():
+    """Path radiance lifts a hazy date's darkest surfaces by (A - D)(1 - t): read back as a
+    ceiling of t, it is the haze's own transmission; clear dates keep t = 1."""
+    obs = _series()
+    obs[5] = _haze(obs[5], 0.6)
+    sample = obs.reshape(obs.shape[0], obs.shape[1], -1)
+    excess = scene_haze_excess(sample, BANDS6)
+    dark = float(np.percentile(sample[:, 0].min(axis=0), 1.0))
+    light = np.full(obs.shape[0], HAZE_LIGHT[0])
+    exact = scene_transmission_ceiling(excess, light, dark, tolerance=0.0)
+    assert exact[5] == pytest.approx(0.6, abs=0.03)
+    tolerant = scene_transmission_ceiling(excess, light, dark, tolerance=0.02)
+    assert np.all(np.delete(tolerant, 5) == 1.0)
+    assert exact[5] < tolerant[5] < 1.0
+    # no bound where the excess is unknown or the airlight is no brighter than the dark object
+    assert scene_transmission_ceiling(np.array([np.nan]), np.array([0.3]), 0.01, 0.0)[0] == 1.0
+    assert scene_transmission_ceiling(np.array([0.2]), np.array([0.01]), 0.01, 0.0)[0] == 1.0
+
+
+def test_a_date_under_snow_everywhere_is_no_overcast():
+    """Snow has no dark surface either: its dates keep t unbounded (the overcast date's
+    ceiling, by the same dark-object excess, is low)."""
+    from pipeline.priors._physics import SCENE_T_CEILING
+
+    obs = _series(n_dates=4, seed=2)
+    rng = np.random.default_rng(2)
+    obs[1] = SNOW[:, None, None] * (1.0 + 0.02 * rng.standard_normal(obs.shape[2:]))
+    obs[2] = _overcast(obs[2], 0.1)
+    scene = PhysicsPrior().estimate_scene(obs.reshape(4, obs.shape[1], -1), BANDS6)
+    ceiling = scene.extras[SCENE_T_CEILING]
+    assert ceiling[1] == 1.0 and ceiling[0] == 1.0 and ceiling[3] == 1.0
+    assert ceiling[2] < 0.5
 
 
 def test_the_clear_pixels_around_a_thick_cloud_stay_clear():
@@ -345,10 +380,10 @@ def test_prior_combinations_by_name():
 # --------------------------------------------------------------------------- fusion
 
 
-def _cube(obs: np.ndarray, days) -> xr.Dataset:
+def _cube(obs: np.ndarray, days, bands: tuple[str, ...] = BANDS6) -> xr.Dataset:
     time = np.datetime64("2024-05-01") + np.asarray(days).astype("timedelta64[D]")
     return xr.Dataset(
-        {b: (("time", "y", "x"), obs[:, k].astype(np.float32)) for k, b in enumerate(BANDS6)},
+        {b: (("time", "y", "x"), obs[:, k].astype(np.float32)) for k, b in enumerate(bands)},
         coords={"time": time, "y": np.arange(obs.shape[2]), "x": np.arange(obs.shape[3])},
     )
 
@@ -377,6 +412,40 @@ def test_a_hazy_neighbour_is_not_the_reference_while_a_clear_date_exists():
     # the hazy dates read as not clear, the target's clear part as clear
     assert (ours.cloud_probability.values[1:3] >= 0.5).mean() >= 0.95
     assert (ours.cloud_probability.values[0][:, 32:] < 0.5).mean() >= 0.95
+
+
+def _overcast(obs: np.ndarray, t_mean: float, seed: int = 0) -> np.ndarray:
+    """A date under grey cloud over the whole scene (t about ``t_mean`` +- 0.05, airlight
+    0.65: the darkest of it about 0.45 in every band)."""
+    rng = np.random.default_rng(seed)
+    t = np.clip(t_mean + 0.05 * smooth_field(rng, obs.shape[-2:], 4), 0.0, 0.4)
+    return (obs * t + 0.65 * (1.0 - t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("prior", ["physics", "physics+stack"])
+def test_cloud_on_every_date_is_flagged_not_invented(prior):
+    """Failed before the scene's dark-object excess bounded each date's transmission (195 of
+    the 256 pixels were filled): a pixel cloudy on both dates takes its own cloud as its
+    dark object, so the overcast date read t ~ 0.5 with a high confidence there, served as
+    the reference, and the target's thick cloud was filled with cloud and reported valid.
+    Four bands, as the real two-date crop: no SWIR to tell cloud from a bright surface."""
+    bands = BANDS6[:4]
+    truth = _series(n_dates=2, seed=6)[:, :4]
+    obs = truth.copy()
+    obs[1] = _overcast(obs[1], 0.2)
+    cloud = (slice(8, 30), slice(8, 30))
+    obs[0][:, cloud[0], cloud[1]] = 0.8 * 0.95 + 0.05 * obs[0][:, cloud[0], cloud[1]]
+    out = restore(_cube(obs, [0, 20], bands), prior=prior)
+    inner = (slice(11, 27), slice(11, 27))  # away from the prior's windows at the edge
+    flagged = out.no_valid_observation.values
+    assert flagged[0][inner].all()  # no date shows the surface there
+    assert np.isnan(out.B02.values[0][inner]).all()
+    # where the target is clear it is kept, and the overcast date is not flagged there
+    clear = (slice(0, 40), slice(32, 40))
+    np.testing.assert_allclose(out.B02.values[0][clear], obs[0][0][clear], atol=2e-3)
+    assert not flagged[1][clear].any()
+    if "stack" in prior:  # the evidence also keeps the overcast date out of the gate
+        assert np.abs(out.B02.values[1][clear] - truth[1][0][clear]).mean() < 0.005
 
 
 def test_a_clear_pixel_after_snow_melt_passes_through_unchanged():

@@ -419,3 +419,20 @@ def test_on_the_real_two_date_crop_the_estimate_tells_the_truth():
     assert check["estimate_date"] == "2021-06-17"  # the target date's own estimate
     for cls in ("all", "thin", "thick"):
         assert abs(check["diff"][cls]) <= 1.5, (cls, check["estimate"], check["true"])
+
+
+def test_a_class_of_a_few_delivered_pixels_has_no_true_score():
+    """The check compares the estimate with the truth of a class only where the run delivers
+    enough of it: 3 unflagged thick-cloud pixels at a cloud's edge are no class figure."""
+    from pipeline.bench._validation_check import MIN_TRUE_PIXELS, true_scores
+
+    rng = np.random.default_rng(0)
+    truth = 0.1 + 0.7 * rng.random((4, 40, 40))
+    est = truth + 0.01  # an error of 0.01 everywhere: 40 dB
+    many = np.zeros((40, 40), bool)
+    many[:20] = True
+    few = np.zeros((40, 40), bool)
+    few.flat[: MIN_TRUE_PIXELS - 1] = True
+    got = true_scores(est, truth, {"thin": many, "thick": few})
+    assert got["thin"] == pytest.approx(40.0, abs=1e-6)
+    assert "thick" not in got

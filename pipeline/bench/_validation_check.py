@@ -27,6 +27,10 @@ from ..validation import ValidationConfig, error_layer_calibration, self_validat
 CHECK_CONFIG = ValidationConfig(bootstrap=100)
 #: Classes compared (the issue's targets: all, thin, thick).
 COMPARED = ("all", "thin", "thick")
+#: Least number of delivered pixels of a class for its true score: below it the class has
+#: no figure to compare (an overcast neighbour leaves a two-date run 3-10 thick-cloud pixels
+#: unflagged at a cloud's edge, whose PSNR says nothing about the class).
+MIN_TRUE_PIXELS = 100
 
 
 def _psnr(mse: float) -> float:
@@ -39,6 +43,18 @@ def _true_mse(est: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     diff = np.clip(est[:, mask], 0, 1) - np.clip(truth[:, mask], 0, 1)
     ok = np.isfinite(diff).all(axis=0)
     return float((diff[:, ok] ** 2).mean()) if ok.any() else float("nan")
+
+
+def true_scores(
+    est: np.ndarray, truth: np.ndarray, classes: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """True PSNR per class of what the run delivers; a class with fewer than
+    ``MIN_TRUE_PIXELS`` pixels has none."""
+    return {
+        c: _psnr(_true_mse(est, truth, m))
+        for c, m in classes.items()
+        if int(m.sum()) >= MIN_TRUE_PIXELS
+    }
 
 
 def validation_check(stack: Any, cloudy: np.ndarray, sim: Any) -> dict[str, Any]:
@@ -64,13 +80,13 @@ def validation_check(stack: Any, cloudy: np.ndarray, sim: Any) -> dict[str, Any]
         "thick": valid & sim.thick,
         "shadow": valid & sim.shadow,
     }
-    true = {c: _psnr(_true_mse(est, truth, m)) for c, m in classes.items() if m.any()}
-    true["all"] = _psnr(_true_mse(est, truth, valid))
+    true = true_scores(est, truth, {**classes, "all": valid})
     day = str(np.datetime_as_string(np.asarray(stack.times)[t], unit="D"))
     own = result.per_date.get(day, {})
     estimate = _mixed(classes, own, result.per_class)
     check: dict[str, Any] = {
         "true": true,
+        "true_pixels": {c: int(m.sum()) for c, m in {**classes, "all": valid}.items()},
         "estimate": estimate,
         "estimate_run": _mixed(classes, {}, result.per_class),
         "estimate_date": day if own else None,

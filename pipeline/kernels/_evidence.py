@@ -492,6 +492,36 @@ def scene_haze_excess(
     return levels - np.nanmin(levels)
 
 
+def scene_transmission_ceiling(
+    excess: np.ndarray,
+    airlight_blue: np.ndarray,
+    dark_blue: float,
+    tolerance: float,
+) -> np.ndarray:
+    """Per-date ceiling of t_ref (T,) float64 from each date's dark-object excess in the blue.
+
+    The darkest surfaces of a date are no darker than the series' darkest, so whatever lifts
+    the date's dark-object level above the series' lowest is path radiance, spread over the
+    whole scene: ``excess >= (A - D) (1 - t)`` at every pixel of the date, with A its
+    airlight and D the scene dark object in the blue. Hence ``t <= 1 - excess / (A - D)``.
+    A dark-object level is a per-pixel statement no single pixel can make: a date under
+    thick cloud everywhere (its darkest pixel a cloud at 0.5) has no pixel whose own cues
+    (the dark channel against its own cloudy dates, HOT) see it as opaque, and a uniform
+    haze is an affine map that only a comparison across the whole scene reveals.
+
+    ``tolerance``: the excess that clear dates show from season, sun angle and the
+    atmospheric correction (up to 0.014 on the real Austria crop and the synthetic stack's
+    clear dates); only the excess beyond it bounds t, so a clear date keeps t = 1.
+    1 (no bound) where the excess is unknown (NaN) or the airlight does not exceed D.
+    """
+    e = np.maximum(np.asarray(excess, np.float64) - tolerance, 0.0)
+    span = np.asarray(airlight_blue, np.float64) - float(dark_blue)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ceiling = 1.0 - e / span
+    ok = np.isfinite(ceiling) & (span > 0)
+    return np.where(ok, np.clip(ceiling, 0.0, 1.0), 1.0)
+
+
 # -- compiled passes ---------------------------------------------------------------------
 
 

@@ -1,8 +1,10 @@
 """The physics prior: transmission and confidence from the scattering model alone.
 
 Scene step (per date, on the strided sample): dark object D_b, airlight A_b, clear-sky line
-for HOT, Angstrom gamma (``pipeline.kernels`` scene estimators). Block step: t_ref from the
-dark-channel / HOT / snow / SCL cues, t_b by the Angstrom law, J_phys by inversion, and the
+for HOT, Angstrom gamma (``pipeline.kernels`` scene estimators), and a ceiling of each date's
+t_ref from its dark-object excess over the series (``scene_transmission_ceiling``: a date
+overcast or hazy over the whole scene). Block step: t_ref from the dark-channel / HOT / snow /
+SCL cues, capped by that ceiling, t_b by the Angstrom law, J_phys by inversion, and the
 confidence c (``pipeline.kernels.transmission`` and ``inversion_confidence`` say how).
 
 Limitations
@@ -36,6 +38,7 @@ from ..kernels import (
     wavelengths_of,
 )
 from ..kernels._common import band_index
+from ..kernels._evidence import scene_haze_excess, scene_transmission_ceiling
 from ._base import Prior, PriorBlock, SceneParams
 
 
@@ -54,6 +57,9 @@ class PhysicsConfig:
     min_cloud_reflectance: a date's brightest pixels below this hold no thick cloud.
     dark_object_percentile: percentile of temporal minima that defines the scene D_b.
     max_dark_object: cap of the per-pixel temporal dark object (reflectance).
+    scene_excess_tolerance: a date's dark-object excess in the blue over the series' lowest
+        that is still clear-date variation; beyond it the excess bounds the date's t_ref
+        from above (``scene_transmission_ceiling``).
     """
 
     t_min: float = 0.1
@@ -70,6 +76,7 @@ class PhysicsConfig:
     min_cloud_reflectance: float = 0.4
     dark_object_percentile: float = 1.0
     max_dark_object: float = 0.3
+    scene_excess_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
         if not 0.0 < self.t_min < 1.0:
@@ -80,6 +87,33 @@ class PhysicsConfig:
             raise ValueError("PhysicsConfig needs confidence_t_low < confidence_t_high")
         if not self.gamma_min <= self.gamma_default <= self.gamma_max:
             raise ValueError("PhysicsConfig needs gamma_min <= gamma_default <= gamma_max")
+        if not self.scene_excess_tolerance >= 0.0:
+            raise ValueError(
+                "PhysicsConfig.scene_excess_tolerance is a reflectance and must be >= 0, got "
+                f"{self.scene_excess_tolerance}"
+            )
+
+
+#: ``SceneParams.extras`` key of each date's transmission ceiling from its dark-object excess.
+SCENE_T_CEILING = "physics_scene_transmission_ceiling"
+
+
+def _below_ceiling(t_ref: np.ndarray, ceiling: np.ndarray | None) -> np.ndarray:
+    """t_ref (T, ...) capped by each date's ceiling, for the confidence.
+
+    A date whose darkest surfaces are lifted over the whole scene is that hazy or cloudy
+    everywhere, whatever a pixel's own cues say: a pixel cloudy on every date reads its own
+    cloud as its dark object and looks clear, and an overcast date then served as the
+    reference of the thick cloud on the others (the cloud was copied and reported valid).
+    Only the faith in the inversion reads the cap, not the inversion: the ceiling comes from
+    the cloud airlight of the date, while a scene-wide haze has its own, bluer path
+    radiance, and inverting a hazy date at the capped t with the cloud's grey airlight
+    took its restored blue 0.014 too dark (0.002 without the cap) on the real crop.
+    """
+    if ceiling is None:
+        return t_ref
+    cap = np.asarray(ceiling, dtype=np.float32).reshape((-1,) + (1,) * (np.ndim(t_ref) - 1))
+    return np.minimum(t_ref, cap)  # NaN (no data) stays NaN
 
 
 class PhysicsPrior(Prior):
@@ -124,6 +158,7 @@ class PhysicsPrior(Prior):
             min_cloud_reflectance=cfg.min_cloud_reflectance,
             max_nm=cfg.dark_channel_max_nm,
         )
+        ceiling = self._ceiling(sample, bands, airlight, dark, snow)
         gamma = estimate_gamma(
             sample,
             airlight,
@@ -139,7 +174,26 @@ class PhysicsPrior(Prior):
         slope, icpt = fit_clear_line(
             sample, band_index(bands, "B02"), band_index(bands, "B04"), h[..., 0] < 0.05
         )
-        return SceneParams(tuple(bands), airlight, gamma, dark, slope, icpt)
+        extras = {} if ceiling is None else {SCENE_T_CEILING: ceiling}
+        return SceneParams(tuple(bands), airlight, gamma, dark, slope, icpt, extras)
+
+    def _ceiling(self, sample, bands, airlight, dark, snow) -> np.ndarray | None:
+        """Each date's t_ref ceiling from its dark-object excess (None without a blue band).
+
+        Snow is left out of the dark-object levels (``snow``: (T, N, 1) scores, None without
+        SWIR): a date under snow everywhere has no dark surface either, and is no overcast.
+        """
+        blue = band_index(bands, "B02")
+        if blue is None:
+            return None
+        if snow is not None:
+            sample = np.where((snow[..., 0] >= 0.5)[:, None, :], np.float32(np.nan), sample)
+        return scene_transmission_ceiling(
+            scene_haze_excess(sample, tuple(bands)),
+            airlight[:, blue],
+            float(dark[blue]),
+            self.config.scene_excess_tolerance,
+        )
 
     def _block(self, data, bands, scene, scl, radius) -> PriorBlock:
         cfg = self.config
@@ -168,7 +222,7 @@ class PhysicsPrior(Prior):
         floor_transmission(data, scene.airlight, t_b, out=t_b)  # in place: one (T, B) array
         surface = invert(data, scene.airlight, t_b, cfg.t_min)
         conf = inversion_confidence(
-            t_ref,
+            _below_ceiling(t_ref, scene.extras.get(SCENE_T_CEILING)),
             surface,
             scl,
             t_low=cfg.confidence_t_low,
