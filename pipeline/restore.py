@@ -548,12 +548,17 @@ def _state_from_sample(
     date_clearness = np.array(
         [p_clear[t][observed[t]].mean() if observed[t].any() else 0.0 for t in range(len(sample))]
     )
-    pair_gain, pair_offset = pair_maps(sb.surface, (quality * p_clear) ** 2, cfg)
+    # target side clear (evidence too), source side as much surface as it shows: the map
+    # absorbs a source's scene-wide haze, never the target's (``fuse_dates``, step 3)
+    pair_gain, pair_offset = pair_maps(sb.surface, (quality * p_clear) ** 2, cfg, quality**2)
     return SceneState(scene, pair_gain, pair_offset, date_clearness, time, sample_shape)
 
 
 def pair_maps(
-    surface: np.ndarray, weight: np.ndarray, cfg: FusionConfig
+    surface: np.ndarray,
+    weight: np.ndarray,
+    cfg: FusionConfig,
+    source_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``pair_gain_offset`` of every date pair of a (T, B, N) sample, fitted two groups of
     ``PAIR_FIT_GROUP_DATES`` dates at a time.
@@ -572,14 +577,19 @@ def pair_maps(
     nt, nb = surface.shape[:2]
     size = PAIR_FIT_GROUP_DATES
     if nt <= 2 * size:
-        return pair_gain_offset(surface, weight, **kwargs)
+        return pair_gain_offset(surface, weight, source_weight=source_weight, **kwargs)
     gain = np.ones((nt, nt, nb), np.float32)
     offset = np.zeros((nt, nt, nb), np.float32)
     groups = [np.arange(start, min(start + size, nt)) for start in range(0, nt, size)]
     for a, first in enumerate(groups):
         for second in groups[a + 1 :]:
             idx = np.concatenate([first, second])
-            g, o = pair_gain_offset(surface[idx], weight[idx], **kwargs)
+            g, o = pair_gain_offset(
+                surface[idx],
+                weight[idx],
+                source_weight=None if source_weight is None else source_weight[idx],
+                **kwargs,
+            )
             pairs = np.ix_(idx, idx)
             gain[pairs], offset[pairs] = g, o
     return gain, offset

@@ -240,6 +240,23 @@ def test_global_pair_gain_offset_maps_each_date_onto_each_other():
     np.testing.assert_allclose(gain[0, 0], 1.0)
 
 
+def test_the_pair_map_weighs_the_target_by_its_clearness_and_the_source_by_its_surface():
+    """A source hazy over the whole scene (its evidence weight ~0) is still mapped onto a
+    clear target when its own side of the fit is weighed by how much surface it shows; with
+    the evidence on both sides the map had no support and stayed the identity."""
+    src = make_surface(("B02", "B04"), 40, 40, 3).reshape(2, -1)
+    hazy = 0.7 * src + 0.09  # the target's surface under haze (t 0.7, path radiance 0.09)
+    sample = np.stack([src, hazy])
+    evidence = np.stack([np.ones(src.shape[1]), np.full(src.shape[1], 0.002)])
+    g_sym, o_sym = pair_gain_offset(sample, evidence)
+    np.testing.assert_allclose(g_sym[0, 1], 1.0, atol=1e-6)  # shrunk to the identity
+    g, o = pair_gain_offset(sample, evidence, source_weight=np.ones_like(evidence))
+    np.testing.assert_allclose(g[0, 1], 1 / 0.7, atol=0.02)
+    np.testing.assert_allclose(o[0, 1], -0.09 / 0.7, atol=0.003)
+    # the hazy date as the target keeps its evidence weight: no map onto it is fitted
+    np.testing.assert_allclose(g[1, 0], 1.0, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- fusion
 
 
@@ -270,6 +287,51 @@ def test_fuse_dates_fills_thick_cloud_from_clear_date_and_flags_no_observation()
     assert res.no_valid_observation[:, 0, 0].tolist() == [1, 1]
     assert np.isnan(res.output[:, :, 0, 0]).all()
     assert res.no_valid_observation.sum() == 2
+
+
+def test_a_hazy_reference_is_harmonised_onto_the_target():
+    """The only reference is under haze over the whole scene, thicker to the east (an affine
+    map per band that varies across the scene), and the evidence says so. The target's clear
+    pixels around its thick cloud still fit the local map from the reference, so the cloud
+    is filled with the surface. Failed while the local fit took only pixels clear on both
+    dates by the evidence: it had none, and the scene map alone left the haze's local excess
+    in the cloud."""
+    bands = ("B02", "B04")
+    n = 128
+    surf = make_surface(bands, n, n, 5)
+    east = np.linspace(0.0, 1.0, n, dtype=np.float32)[None, None, :]
+    t = 0.85 - 0.2 * east  # the haze's transmission, 0.85 in the west, 0.65 in the east
+    light = np.array([0.3, 0.25], np.float32)[:, None, None]
+    obs = np.stack([surf, surf * t + light * (1 - t)]).copy()
+    cloud = (slice(50, 78), slice(90, 118))
+    obs[0, :, cloud[0], cloud[1]] = 0.9
+    t_ref = np.ones((2, n, n), np.float32)
+    conf = np.ones((2, n, n), np.float32)
+    t_ref[0][cloud], conf[0][cloud] = 0.0, 0.0
+    p_cloud = np.zeros((2, n, n))
+    p_cloud[0][cloud] = 1.0
+    p_cloud[1] = 0.95  # the evidence sees the haze
+    # the scene map of the reference onto the target: the mean haze (t = 0.75) undone
+    gain = np.ones((2, 2, 2), np.float32)
+    off = np.zeros((2, 2, 2), np.float32)
+    gain[0, 1] = 1 / 0.75
+    off[0, 1] = -light[:, 0, 0] * 0.25 / 0.75
+    res = fuse_dates(
+        obs,
+        obs.copy(),
+        t_ref,
+        conf,
+        np.array([0.0, 10.0]),
+        gain,
+        off,
+        FusionConfig(),
+        evidence=(p_cloud, None),
+    )
+    inner = (slice(55, 73), slice(95, 113))
+    err = np.abs(res.output[0][:, inner[0], inner[1]] - surf[:, inner[0], inner[1]]).mean()
+    scene_map = gain[0, 1][:, None, None] * obs[1] + off[0, 1][:, None, None]
+    err_scene = np.abs(scene_map[:, inner[0], inner[1]] - surf[:, inner[0], inner[1]]).mean()
+    assert err < 0.6 * err_scene, (err, err_scene)  # 0.46 now; 1.0 with the old weights
 
 
 def test_reference_departure_is_the_observations_distance_from_its_reference():

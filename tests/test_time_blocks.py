@@ -226,15 +226,16 @@ def test_the_pair_fit_group_by_group_equals_one_fit_over_all_dates():
     surface = (base * gains + rng.normal(0, 0.01, (nt, nb, n))).astype(np.float32)
     surface[4, :, :100] = np.nan  # a gap: pixels missing on one date
     weight = rng.uniform(0.3, 1.0, (nt, n)) ** 2
+    source = rng.uniform(0.5, 1.0, (nt, n)) ** 2  # the fusion's source side differs
     cfg = FusionConfig()
-    g, o = pair_maps(surface, weight, cfg)
-    g_all, o_all = pair_gain_offset(
-        surface, weight, ridge=cfg.harmonise_ridge, shrink_pixels=cfg.harmonise_shrink_pixels
-    )
-    assert g.shape == o.shape == (nt, nt, nb) and g.dtype == np.float32
-    np.testing.assert_array_equal(g, g_all)
-    np.testing.assert_array_equal(o, o_all)
-    assert np.abs(g_all - 1).max() > 0.05  # the maps are not identity: the test has teeth
+    kw = dict(ridge=cfg.harmonise_ridge, shrink_pixels=cfg.harmonise_shrink_pixels)
+    for src in (None, source):
+        g, o = pair_maps(surface, weight, cfg, src)
+        g_all, o_all = pair_gain_offset(surface, weight, source_weight=src, **kw)
+        assert g.shape == o.shape == (nt, nt, nb) and g.dtype == np.float32
+        np.testing.assert_array_equal(g, g_all)
+        np.testing.assert_array_equal(o, o_all)
+        assert np.abs(g_all - 1).max() > 0.05  # the maps are not identity: the test has teeth
 
 
 def test_cloud_evidence_reads_each_time_block_as_the_restore_does(series):

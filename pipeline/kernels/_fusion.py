@@ -107,8 +107,9 @@ def fuse_dates(
        rounded to 1e-6 so the choice is stable; ``reference_days`` reports the best date;
     3. R = sum_j w_j (g_ij J_j + o_ij) over the candidates within ``reference_blend_ratio``
        of the best score (w_j ~ score_j ** power), each mapped by the local gain/offset of
-       ``harmonise_local`` fitted on pixels clear in both dates (weights (c S(t))^2 on both,
-       times the robust ``_agreement`` pre-weight); q_j and the harmonisation residual are
+       ``harmonise_local`` fitted on pixels clear on the target and readable on the reference
+       (weights (c S(t) p_clear)_i^2 (c S(t))_j^2, times the robust ``_agreement``
+       pre-weight); q_j and the harmonisation residual are
        blended alike;
     4. temporal transmission (with ``band_transmission`` (T, B, Y, X) and ``airlight`` (T, B)
        of the prior): t_b = w t_b,temporal + (1 - w) t_b,prior with w = temporal_weight * q_j
@@ -124,9 +125,9 @@ def fuse_dates(
     evidence (``pipeline.priors.CloudEvidence``); p_clear = (1 - p_cloud)(1 - p_shadow). It
     enters three places: a candidate's score is multiplied by max(p_clear_j,
     ``evidence_floor``) (a date the evidence calls cloudy or hazy is not a reference while a
-    clearer one exists), the local harmonisation is fitted only where both dates read clear
-    (scene-wide haze, an affine map per band, would otherwise be absorbed by the fit), and
-    step 7. With evidence the darkening cue of step 5 is also made specific
+    clearer one exists), the local harmonisation is fitted only where the target reads clear
+    (a target's scene-wide haze, an affine map per band, would otherwise be absorbed by the
+    fit and kept in the output; the reference's haze is what the fit absorbs), and step 7. With evidence the darkening cue of step 5 is also made specific
     (``_shadow_specificity``: snow melt or a harvest darkens a pixel against its reference
     without being shadow; shadow dims every band alike). Without
     evidence, p_clear = 1 in the scores and harmonisation, and step 7 is skipped.
@@ -165,8 +166,16 @@ def fuse_dates(
     base = smoothed_quality(q, cfg.reference_smooth_radius) * cons * eligible
     if p_clear is not None:
         base *= np.maximum(p_clear, cfg.evidence_floor)
-    # harmonisation is fitted where both dates are clear, not merely invertible: a hazy
-    # target's inversion carries the prior's transmission error into the map
+    # The local harmonisation maps the reference onto the target. Its pixels must be clear
+    # on the target, by the prior and the evidence, not merely invertible: a hazy target's
+    # inversion carries the prior's transmission error into the map, and a target's haze
+    # absorbed by the map is haze the output keeps. On the reference what counts is how much
+    # of its surface the observation carries, its quality q = c t: whatever the reference
+    # holds over the whole scene, an affine map per band such as scene-wide haze, is what
+    # the map is there to absorb, and it could not while the reference had to read clear
+    # too (a hazy neighbour that was the only reference was copied with its haze). Opaque
+    # cloud on the reference has q ~ 0, and the fit's robust pre-weight (``_agreement``)
+    # keeps out the local clouds the prior missed.
     clear = np.where(
         valid,
         np.asarray(confidence, np.float64)
@@ -175,6 +184,7 @@ def fuse_dates(
         ),
         0.0,
     )
+    reference_fit = q
     if p_clear is not None:
         clear *= p_clear
         passthrough = smoothstep(p_clear, cfg.pass_low, cfg.pass_high)
@@ -258,7 +268,7 @@ def fuse_dates(
                 g, o, resid = _harmonise_candidate(
                     j_phys[i],
                     j_phys[j],
-                    (clear[i] * clear[j]) ** 2,
+                    (clear[i] * reference_fit[j]) ** 2,
                     pair_gain[i, j],
                     pair_offset[i, j],
                     cfg,

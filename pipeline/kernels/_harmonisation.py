@@ -130,6 +130,7 @@ def pair_gain_offset(
     sample: np.ndarray,
     weight: np.ndarray,
     *,
+    source_weight: np.ndarray | None = None,
     ridge: float = 4e-3,
     shrink_pixels: float = 30.0,
     robust_scale: float = 0.1,
@@ -139,7 +140,10 @@ def pair_gain_offset(
     """Global gain/offset that maps each date j onto each date i, (T, T, B) each.
 
     Weighted least squares of x_i,b = g x_j,b + o (x: the sample, raw or physically
-    inverted) on pixels clear in both dates (weight w_i w_j), with a ridge pull of g toward 1
+    inverted) on pixels clear in both dates (weight w_i w_j; with ``source_weight`` v, the
+    target's w_i and the source's v_j: the fusion weighs the target by its clear probability
+    and the source by how much surface it shows, so that the source's scene-wide haze is
+    absorbed by the map and the target's is not), with a ridge pull of g toward 1
     (``ridge`` is in units of sum(w) * variance) and shrinkage of (g, o) toward identity when
     the common clear weight is below ``shrink_pixels``. Used as the fallback of the local
     harmonisation and as the anchor of its robust pre-weight.
@@ -155,10 +159,17 @@ def pair_gain_offset(
         # (already strided) sample is plenty, and the IRLS passes cost O(T^2 B N)
         keep = np.linspace(0, sample.shape[2] - 1, max_pixels).astype(np.intp)
         sample, weight = sample[:, :, keep], np.asarray(weight)[:, keep]
+        if source_weight is not None:
+            source_weight = np.asarray(source_weight)[:, keep]
     t, nb, _ = sample.shape
     x = sample.astype(np.float64)
     ok: np.ndarray = np.asarray(np.isfinite(x).all(axis=1))  # (T, N)
     w = np.ascontiguousarray(np.where(ok, weight, 0.0), dtype=np.float64)
+    v = (
+        w
+        if source_weight is None
+        else np.ascontiguousarray(np.where(ok, source_weight, 0.0), dtype=np.float64)
+    )
     # (T, N, B): the bands of one pixel side by side for the compiled moment loop
     xz = np.ascontiguousarray(np.where(ok[:, None, :], x, 0.0).transpose(0, 2, 1))
     gains = np.ones((t, t, nb))
@@ -166,6 +177,7 @@ def pair_gain_offset(
     pair_irls_fit(
         xz,
         w,
+        v,
         float(ridge),
         float(shrink_pixels),
         *GAIN_BOUNDS,
@@ -661,12 +673,14 @@ def _add_finite_node(num, den, weight, value):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def pair_irls_fit(x, w, ridge, shrink_pixels, g_lo, g_hi, robust_scale, iterations, gains, offsets):
+def pair_irls_fit(
+    x, w, v, ridge, shrink_pixels, g_lo, g_hi, robust_scale, iterations, gains, offsets
+):
     """Robust global gain/offset of every date pair (semantics: ``pair_gain_offset``).
 
     ``x`` (T, N, B) float64 sample, 0 where a pixel is not finite in every band; ``w`` (T, N)
-    weights, 0 there. For each target i and source j: weighted moments with pair weights
-    w_i w_j r_ij (r: Cauchy robust weights of the previous round, 1 in the first), the ridge
+    target weights and ``v`` (T, N) source weights, 0 there. For each target i and source j:
+    weighted moments with pair weights w_i v_j r_ij (r: Cauchy robust weights of the previous round, 1 in the first), the ridge
     fit toward identity, then the new r_ij = 1 / (1 + mean_b(resid^2) / robust_scale^2).
     ``gains``, ``offsets`` (T, T, B) are written in place (the diagonal is left to the caller).
     """
@@ -680,7 +694,7 @@ def pair_irls_fit(x, w, ridge, shrink_pixels, g_lo, g_hi, robust_scale, iteratio
                 s0 = 0.0
                 mom[:, :] = 0.0
                 for k in range(n):
-                    pw = w[i, k] * w[j, k] * robust[i, j, k]
+                    pw = w[i, k] * v[j, k] * robust[i, j, k]
                     if pw == 0.0:
                         continue
                     s0 += pw
