@@ -436,3 +436,18 @@ def test_a_class_of_a_few_delivered_pixels_has_no_true_score():
     got = true_scores(est, truth, {"thin": many, "thick": few})
     assert got["thin"] == pytest.approx(40.0, abs=1e-6)
     assert "thick" not in got
+
+
+def test_the_check_prints_a_class_without_a_true_figure_as_na():
+    from pipeline.bench._validation_check import format_check
+
+    check = {
+        "true": {"all": 20.0, "thin": 18.0},
+        "true_pixels": {"all": 5000, "thin": 900, "thick": 3},
+        "estimate": {"all": 20.5, "thin": 18.4, "thick": 15.0},
+        "diff": {"all": 0.5, "thin": 0.4, "thick": float("nan")},
+        "estimate_date": None,
+    }
+    line = format_check(check)[0]
+    assert "thick 15.00 vs n/a, 3 px delivered" in line
+    assert "thin 18.40 vs 18.00 (+0.40)" in line

@@ -122,12 +122,17 @@ def _mixed(
     return estimate
 
 
+def _cell(check: dict[str, Any], c: str) -> str:
+    estimate = f"{c} {check['estimate'].get(c, float('nan')):.2f}"
+    if c not in check["true"]:
+        pixels = check.get("true_pixels", {}).get(c)
+        few = f", {pixels} px delivered" if pixels is not None else ""
+        return f"{estimate} vs n/a{few}"
+    return f"{estimate} vs {check['true'][c]:.2f} ({check['diff'][c]:+.2f})"
+
+
 def format_check(check: dict[str, Any]) -> list[str]:
-    cells = ", ".join(
-        f"{c} {check['estimate'].get(c, float('nan')):.2f} vs {check['true'].get(c, float('nan')):.2f}"
-        f" ({check['diff'][c]:+.2f})"
-        for c in COMPARED
-    )
+    cells = ", ".join(_cell(check, c) for c in COMPARED)
     scope = f"the target date {check['estimate_date']}" if check.get("estimate_date") else "the run"
     lines = [f"  self-validation estimate ({scope}) vs true (dB): {cells}"]
     run = check.get("estimate_run")
