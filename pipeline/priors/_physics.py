@@ -13,6 +13,8 @@ Limitations
   the fusion step. Snow without SWIR bands is indistinguishable from cloud here.
 * The airlight is one spectrum per date; scenes with clouds of very different optical
   properties (cirrus over cumulus) would need A per region.
+* The transmission ceiling leaves snow out of the dark-object levels only with B11/B12 in
+  the cube: in a 4-band run a date under snow over the whole scene reads as overcast.
 """
 
 from __future__ import annotations
