@@ -199,6 +199,25 @@ def test_half_melted_snow_after_a_snowy_season_is_not_cloud():
     assert p_cloud[8][7:13, 7:13].min() > 0.95
 
 
+def test_old_snow_melting_over_a_meadow_is_not_cloud_thin_cloud_over_it_is():
+    """Aged wet snow (visible ~0.6, SWIR ~0.12) half melted over a meadow whose SWIR is
+    brighter (0.22): against the meadow the visible rises and the SWIR falls by 0.18 of the
+    blue's rise, beyond the ~0.1 that any cloud or haze takes off there. It read as cloud
+    while the ice test's ramp started at 0.15 (0.1 of the way up at 0.18)."""
+    meadow = np.array([0.04, 0.07, 0.05, 0.30, 0.22, 0.13], np.float32)
+    old_snow = np.array([0.60, 0.60, 0.58, 0.55, 0.12, 0.09], np.float32)
+    rng = np.random.default_rng(4)
+    obs = np.broadcast_to(meadow[None, :, None, None], (8, 6, 30, 30)).copy()
+    obs += rng.normal(0, 0.003, obs.shape).astype(np.float32)
+    patch = (slice(5, 15), slice(5, 15))
+    obs[5][:, patch[0], patch[1]] = (0.5 * old_snow + 0.5 * meadow)[:, None, None]
+    veil = (slice(18, 28), slice(18, 28))  # thin water cloud over the meadow, another date
+    obs[3][:, veil[0], veil[1]] = (0.6 * meadow + 0.4 * 0.7)[:, None, None]
+    p_cloud, _ = stack_evidence(np.clip(obs, 0.001, None), BANDS6)
+    assert (p_cloud[5][patch] < 0.5).mean() > 0.95
+    assert (p_cloud[3][veil] > 0.5).mean() > 0.95
+
+
 def test_cloud_shadow_is_a_uniform_darkening_snow_melt_is_not():
     obs = _series()
     # shadow: every band x 0.4-0.3 (diffuse light), on date 3

@@ -54,6 +54,13 @@ CHANGE_SLOPE = 1.5
 #: A date's pixel counts as snow-free for the envelope of ``snow_change`` below this
 #: ``snow_score`` (the middle of its ramp).
 SNOW_FREE_BELOW = 0.5
+#: Ramp of -dS / dB (the SWIR's fall over the blue's rise against the envelope) over which a
+#: brightening reads as melting or patchy snow (``snow_change``). It starts where no cloud or
+#: haze reaches: they take off at most ~0.1 of the blue rise in the SWIR, over a bright-SWIR
+#: ground. From (0.15, 0.3): melting snow whose SWIR envelope a shadowed or cloud-lit date
+#: pulls down reads a fall of 0.2-0.25, half-way up the old ramp (the demo's clear pixels
+#: 32.72 -> 32.78 dB; in memory, clear 50.8 -> 52.7 dB, thin, thick and shadow +0.01-0.05).
+ICE_RAMP = (0.1, 0.2)
 #: Least p_cloud of a pixel with n valid dates is FEW_DATES_FLOOR / (n - 1): the chance that
 #: the lower envelope itself is contaminated shrinks as the dates add up.
 FEW_DATES_FLOOR = 0.3
@@ -419,7 +426,7 @@ def snow_change(
     half as much as the blue); patchy or melting snow over a darker ground darkens the SWIR
     while it brightens the visible, which no cloud or haze does by more than ~0.1 of the
     blue rise. score = S(dB; 0.03, 0.06) max(S(dN / dB; 0.5, 0.8) (1 - S(dS / dB; 0.1,
-    0.25)), S(-dS / dB; 0.15, 0.3) S(dN / dB; 0.2, 0.4)), d the excess over the envelope of
+    0.25)), S(-dS / dB; ``ICE_RAMP``) S(dN / dB; 0.2, 0.4)), d the excess over the envelope of
     B02, NIR (B08/B8A) and SWIR (B11/B12) over the snow-free dates. (Reading the change
     against one real date, all bands from the date of the blue envelope, sees more melting
     snow: on the synthetic stacks clear pixels gained 1.6-7.5 dB, but thick cloud lost 0.3-1
@@ -464,7 +471,7 @@ def snow_change(
         # light in the SWIR or, over a bright-SWIR ground, take off at most ~0.1 of the blue
         # rise: aerosol haze barely reaches the SWIR (1 - t_s ~ 0.2 (1 - t_b)) and even grey
         # ice cloud over bare soil stays near -0.1. The NIR must still rise (a little).
-        ice = smoothstep(-swir_ratio, 0.15, 0.3) * smoothstep(nir_ratio, 0.2, 0.4)
+        ice = smoothstep(-swir_ratio, *ICE_RAMP) * smoothstep(nir_ratio, 0.2, 0.4)
         score = smoothstep(db, 0.03, 0.06) * np.maximum(alike, ice)
     return np.where(np.isfinite(score), score, 0.0)
 
