@@ -107,10 +107,9 @@ def fuse_dates(
        rounded to 1e-6 so the choice is stable; ``reference_days`` reports the best date;
     3. R = sum_j w_j (g_ij J_j + o_ij) over the candidates within ``reference_blend_ratio``
        of the best score (w_j ~ score_j ** power), each mapped by the local gain/offset of
-       ``harmonise_local`` fitted on pixels clear on the target and readable on the reference
-       (weights (c S(t) p_clear)_i^2 (c S(t))_j^2, times the robust ``_agreement``
-       pre-weight); q_j and the harmonisation residual are
-       blended alike;
+       ``harmonise_local`` fitted on pixels clear on the target that show the reference's
+       surface (weights (c S(t) p_clear)_i^2 q_j^2, times the robust ``_agreement``
+       pre-weight); q_j and the harmonisation residual are blended alike;
     4. temporal transmission (with ``band_transmission`` (T, B, Y, X) and ``airlight`` (T, B)
        of the prior): t_b = w t_b,temporal + (1 - w) t_b,prior with w = temporal_weight * q_j
        per usable band (``temporal_band_transmission``; ``bands``: the asset keys), then
@@ -127,7 +126,8 @@ def fuse_dates(
     ``evidence_floor``) (a date the evidence calls cloudy or hazy is not a reference while a
     clearer one exists), the local harmonisation is fitted only where the target reads clear
     (a target's scene-wide haze, an affine map per band, would otherwise be absorbed by the
-    fit and kept in the output; the reference's haze is what the fit absorbs), and step 7. With evidence the darkening cue of step 5 is also made specific
+    fit and kept in the output; the reference's haze is what the fit absorbs), and step 7.
+    With evidence the darkening cue of step 5 is also made specific
     (``_shadow_specificity``: snow melt or a harvest darkens a pixel against its reference
     without being shadow; shadow dims every band alike). Without
     evidence, p_clear = 1 in the scores and harmonisation, and step 7 is skipped.
@@ -184,7 +184,6 @@ def fuse_dates(
         ),
         0.0,
     )
-    reference_fit = q
     if p_clear is not None:
         clear *= p_clear
         passthrough = smoothstep(p_clear, cfg.pass_low, cfg.pass_high)
@@ -268,7 +267,7 @@ def fuse_dates(
                 g, o, resid = _harmonise_candidate(
                     j_phys[i],
                     j_phys[j],
-                    (clear[i] * reference_fit[j]) ** 2,
+                    (clear[i] * q[j]) ** 2,  # the reference side: q (see above)
                     pair_gain[i, j],
                     pair_offset[i, j],
                     cfg,
