@@ -451,3 +451,21 @@ def test_the_check_prints_a_class_without_a_true_figure_as_na():
     line = format_check(check)[0]
     assert "thick 15.00 vs n/a, 3 px delivered" in line
     assert "thin 18.40 vs 18.00 (+0.40)" in line
+
+
+def test_the_run_summary_gives_the_validations_share_over_the_rest_of_the_run(cube):
+    """The validation runs before the tiles and adds its seconds to the run: its share is
+    quoted over the run's other seconds (10 s on a 60 s run adds 20 %, not "17 % of the
+    run")."""
+    from flows.config import RunSummary
+
+    result = self_validate(cube, config=SMALL)
+    result.seconds = 10.0
+    summary = RunSummary("s.zarr", 4, 4, (64, 64), 1, 0, [], 0, 60.0, validation=result)
+    line = next(s for s in summary.lines() if s.startswith("validation time"))
+    assert line.endswith("10.0 s (20 % on top of the run's other 50.0 s)")
+    assert not [
+        s
+        for s in RunSummary("s.zarr", 4, 4, (64, 64), 1, 0, [], 0, 60.0).lines()
+        if s.startswith("validation time")
+    ]
