@@ -19,9 +19,12 @@ from pipeline.bench._stacks import (
 from pipeline.bench.quality import (
     METHODS,
     PIXEL_SETS,
+    PSNR_CAP,
     QualityConfig,
     check_targets,
+    pooled_psnr,
     score_case,
+    summarise,
     unrecoverable,
 )
 from tests.conftest import SHARED_DATA
@@ -128,6 +131,28 @@ def test_targets_compare_ours_with_the_best_peer():
     assert t["thick_psnr_not_worse"]["met"] is False  # 20 < 21
     assert t["seam_half_of_two_stage"]["met"] is True  # 0.01 <= 0.015
     assert t["all_sam_best"]["met"] is True and t["no_invented_pixels"]["met"] is True
+
+
+def _case(method: str, clear_rmse: float, pixels: int = 100) -> dict:
+    """A scored case as ``score_case`` writes it, every set exact but ``clear``."""
+    exact = {"psnr": math.inf, "ssim": 1.0, "sam": 0.0, "rmse": 0.0, "mae": 0.0, "pixels": pixels}
+    clear = dict(
+        exact, rmse=clear_rmse, psnr=20 * math.log10(1 / clear_rmse) if clear_rmse else math.inf
+    )
+    row = {ps: dict(exact) for ps in PIXEL_SETS}
+    row.update(clear=clear, seam=0.0, missing=0, invented=0, unrecoverable=0)
+    return dict(row, stack="s", key="s", method=method, kind="thick", cover=0.5, seed=0)
+
+
+def test_the_clear_pixels_are_also_pooled_over_the_cases():
+    """The mean of each case's PSNR counts an exact case at the cap (an input's clear pixels
+    are exact in every thick-cloud case); pooled, the clear pixels of all cases are one
+    image: an error of 0.01 on half of them is 43 dB, not (100 + 40) / 2."""
+    fig = summarise([_case("ours", 0.0), _case("ours", 0.01)])["s"]["ours"]
+    assert fig["clear_psnr"] == pytest.approx((PSNR_CAP + 40.0) / 2)
+    assert fig["clear_psnr_pooled"] == pytest.approx(10 * math.log10(200 / (100 * 1e-4)))
+    assert pooled_psnr([_case("input", 0.0)], "clear") == PSNR_CAP
+    assert math.isnan(pooled_psnr([_case("ours", 0.01, pixels=0)], "clear"))
 
 
 def test_config_rejects_unknown_methods_and_covers():
