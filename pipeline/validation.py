@@ -539,6 +539,15 @@ def _stratum_index(proxy: np.ndarray) -> np.ndarray:
 RUN_CLASS_OF = {"clear": "clear", "thin": "thin", "thick": "thick", "shadow": "thin"}
 
 
+def _run_class(cloud_probability, transmission) -> np.ndarray:
+    """A run's class of each pixel, as its evidence reads it: 0 clear (cloud probability
+    under ``CLOUDY_AT``), 1 thin (cloudy, transmission at least ``THICK_T``), 2 thick; no
+    reading of the evidence counts as cloudy, none of the transmission as thin."""
+    cp = np.nan_to_num(np.asarray(cloud_probability, np.float64), nan=0.5)
+    t = np.nan_to_num(np.asarray(transmission, np.float64), nan=1.0)
+    return np.where(cp < CLOUDY_AT, 0, np.where(t >= THICK_T, 1, 2))
+
+
 class _Collector:
     """Per held-out pixel rows, and the run's class shares and per-class strata counts."""
 
@@ -577,15 +586,13 @@ class _Collector:
         """The run's own pixels of the window: class (from the evidence and transmission)
         and land-cover proxy, for the run and (with ``dates``, a label per date) per date."""
         observed = np.isfinite(data).all(axis=1)
-        cp = np.nan_to_num(base["cloud_probability"].values, nan=0.5)
-        t = np.nan_to_num(base["transmission"].values, nan=1.0)
-        cloudy = observed & (cp >= CLOUDY_AT)
+        read = _run_class(base["cloud_probability"].values, base["transmission"].values)
         # thick cloud that no other date observes is not restored (the run flags it: no
         # valid observation), so it is no part of the mix the estimate stands for
         masks = {
-            "clear": observed & ~cloudy,
-            "thin": cloudy & (t >= THICK_T),
-            "thick": cloudy & (t < THICK_T) & (proxy != NO_OTHER),
+            "clear": observed & (read == 0),
+            "thin": observed & (read == 1),
+            "thick": observed & (read == 2) & (proxy != NO_OTHER),
         }
         for c, m in masks.items():
             self.class_counts[c] += int(m.sum())
@@ -748,10 +755,8 @@ def _run_class_index(cls: np.ndarray) -> np.ndarray:
 
 def _read_class(rows: dict[str, np.ndarray]) -> np.ndarray:
     """What the trial's evidence made of each held-out pixel, by the rule the run's own
-    pixels are counted with (``add_run_shares``): 0 clear, 1 thin, 2 thick."""
-    cp = np.nan_to_num(np.asarray(rows["cloud_probability"], np.float64), nan=0.5)
-    t = np.nan_to_num(np.asarray(rows["transmission"], np.float64), nan=1.0)
-    return np.where(cp < CLOUDY_AT, 0, np.where(t >= THICK_T, 1, 2))
+    pixels are counted with (``_run_class``)."""
+    return _run_class(rows["cloud_probability"], rows["transmission"])
 
 
 def _cell_mask(rows: dict[str, np.ndarray], own: np.ndarray) -> np.ndarray:
