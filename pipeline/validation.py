@@ -1200,11 +1200,26 @@ RESTORE_ONLY = ("sample_pixels", "time_block")
 HOLD_OUT_CAP = 0.3
 
 
+#: Cloud probabilities closer than this are the same evidence: the clearest fifth takes
+#: every pixel within it of the fifth's edge.
+HOLD_OUT_TIES = 0.01
+
+
 def _hold_out_threshold(cp: np.ndarray, cfg: ValidationConfig) -> float:
     """``cfg.clear_probability``, or, where the evidence never gets that certain, the
-    clearest fifth of the window's pixels up to ``HOLD_OUT_CAP``."""
+    clearest fifth of the window's pixels up to ``HOLD_OUT_CAP``, ties included.
+
+    With few dates the evidence takes a few levels (a two-date pixel reads 0.125 or 0.25
+    over most of a scene), so the fifth's edge falls inside a cluster of pixels at one
+    level, and which side of the edge the cluster lies on turns on the fourth decimal: a
+    change of 0.0008 in the cloud probability of 4 % of the real crop's pixels (a source
+    abstaining where it had voted "no shadow") moved a date's hold-out from 2 208 to 444
+    pixels and its thick-cloud estimate by 2.9 dB. Every pixel within ``HOLD_OUT_TIES`` of
+    the edge is held out with it."""
     low = float(np.percentile(cp, 20)) if cp.size else cfg.clear_probability
-    return min(HOLD_OUT_CAP, max(cfg.clear_probability, low))
+    if low <= cfg.clear_probability:
+        return cfg.clear_probability
+    return min(HOLD_OUT_CAP, low + HOLD_OUT_TIES)
 
 
 @dataclass(frozen=True)

@@ -345,6 +345,26 @@ def test_a_single_date_gives_no_stack_opinion_and_two_dates_a_weak_one():
     assert p2.min() >= 0.3 - 1e-6  # a lower envelope of two dates may itself be cloudy
 
 
+def test_a_date_no_other_date_shows_clear_has_no_shadow_opinion():
+    """The shadow test reads a date against the clear dates' median: where the date is the
+    only clear one it would be its own yardstick and read "no shadow", outvoting a source
+    that sees the shadow on that date alone."""
+    obs = _series(n_dates=2)
+    obs[0][:, 5:15, 5:15] *= np.linspace(0.45, 0.3, len(BANDS6)).astype(np.float32)[:, None, None]
+    obs[1][:, :, 20:] = 0.8  # the other date overcast on the right half
+    _, single = stack_evidence(obs[:1], BANDS6)
+    assert np.isnan(single).all()
+    _, pair = stack_evidence(obs, BANDS6)
+    assert np.isnan(pair[0][:, 20:]).all()  # only date 0 is clear there
+    assert np.isfinite(pair[0][:, :20]).all()  # date 1 is a yardstick here
+    # with no opinion from the stack, a source that sees the shadow on the one date stands
+    sees = CloudEvidence(np.full(single.shape, 0.1, np.float32), np.full(single.shape, 0.9))
+    fused = combine_evidence(
+        [(1.0, CloudEvidence(np.full(single.shape, np.nan), single)), (1.0, sees)], single.shape
+    )
+    np.testing.assert_allclose(fused.shadow, 0.9, rtol=1e-5)
+
+
 def test_the_stack_source_without_blue_or_red_has_no_opinion():
     src = StackEvidence()
     obs = _series(n_dates=3)[:, [3, 4]]  # B08 and B11 only

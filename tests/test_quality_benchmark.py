@@ -30,6 +30,8 @@ from pipeline.bench.quality import (
 from tests.conftest import SHARED_DATA
 
 AUSTRIA = SHARED_DATA / "pc-l2a-austria-2dates" / "inference-img.tif"
+#: the real scene the ``real_clouds`` scenario takes its cloud fields from
+REAL_CLOUDS = SHARED_DATA / "ukis-csmask-fixture" / "sentinel2.npz"
 
 
 def _stack(t=3, shape=(40, 50)):
@@ -181,7 +183,13 @@ def test_austria_stack_is_the_real_image_scaled_per_provenance():
 
 def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, capsys):
     inputs = "synthetic,austria" if AUSTRIA.exists() else "synthetic"
-    scenarios = ("none", "hazy_neighbours", "cloudy_neighbours", "snow_melt", "harvest")
+    scenarios = (
+        "none",
+        "hazy_neighbours",
+        "cloudy_neighbours",
+        "snow_melt",
+        "harvest",
+    ) + (("real_clouds",) if REAL_CLOUDS.exists() or os.environ.get("CI") else ())
     code = main(
         [
             "-q",
@@ -198,6 +206,8 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
             "--scenario-kinds",
             "thick",
             "--scenario-covers",
+            "0.3",
+            "--real-covers",
             "0.3",
             "--synthetic-size",
             "48",
@@ -250,11 +260,23 @@ def test_benchmark_command_produces_a_complete_table_json_and_figure(tmp_path, c
             assert diff == pytest.approx(expected, nan_ok=True), (name, ps)
     # scenario "none" runs the mixed 50 % case, the others the thick 30 % one
     kinds = {(r["scenario"], r["kind"], r["cover"]) for r in report["cases"]}
-    assert kinds == {("none", "mixed", 0.5)} | {(sc, "thick", 0.3) for sc in scenarios[1:]}
+    real = {("real_clouds", "real", 0.3)} if "real_clouds" in scenarios else set()
+    assert kinds == (
+        {("none", "mixed", 0.5)}
+        | real
+        | {(sc, "thick", 0.3) for sc in scenarios[1:] if sc != "real_clouds"}
+    )
     assert report["simulator"]["THIN_T_MIN"] == 0.3  # the fixed simulator constants are recorded
     assert report["scenarios"]["HAZE_GAMMA"] == 1.3  # and the scenarios'
     assert len(report["cases"]) == len(keys) * len(ran)
     assert printed.count("approximation (ours - ours_exact, PSNR dB)") == len(keys)
+    # the cloud evidence of the default's single-date source and of the learned one on a
+    # real scene's reference mask: shares, printed
+    scene = report["real_scene_evidence"]
+    assert set(scene) == ({"physics", "physics+csmask"} if real else set())
+    for row in scene.values():
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert ("Cloud evidence on a real scene with a reference mask" in printed) == bool(real)
     # the run's self-validation beside the truth, once per stack and scenario
     assert set(report["validation"]) == set(keys)
     assert printed.count("self-validation estimate (") == len(keys)

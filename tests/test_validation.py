@@ -24,6 +24,7 @@ from pipeline.validation import (
     _detection_corrected,
     _estimates,
     _halos,
+    _hold_out_threshold,
     _per_date,
     _shadowed_haze_weights,
     _strata_weights,
@@ -581,3 +582,19 @@ def test_held_out_shadow_pixels_take_the_trial_clouds_share_of_hazy_shadow():
     assert (w[~h_shadow] == 1).all()
     # a hold-out with no hazy shadow at all cannot be reweighted: it stays as drawn
     assert (_shadowed_haze_weights(sim, held & ~thin) == 1).all()
+
+
+def test_the_hold_out_takes_a_cluster_of_equal_evidence_whole():
+    """Two-date evidence takes a few levels: the clearest fifth's edge must not split pixels
+    whose cloud probabilities differ in the fourth decimal."""
+    cfg = ValidationConfig()
+    cp = np.array([0.125] * 15 + [0.1258] * 15 + [0.4] * 70)
+    t = _hold_out_threshold(cp, cfg)
+    assert (cp <= t).sum() == 30
+    shifted = np.where(cp == 0.1258, 0.125, cp)  # the same evidence, rounded differently
+    assert (shifted <= _hold_out_threshold(shifted, cfg)).sum() == 30
+    # evidence sure enough: the configured probability, unchanged
+    sure = np.array([0.02] * 50 + [0.5] * 50)
+    assert _hold_out_threshold(sure, cfg) == cfg.clear_probability
+    # never above the cap, however unsure the window
+    assert _hold_out_threshold(np.full(100, 0.6), cfg) == pytest.approx(0.3)

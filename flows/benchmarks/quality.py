@@ -17,7 +17,7 @@ DESCRIPTION = (
     "as a path), restore them with every method, and report PSNR/SSIM/SAM/RMSE/MAE for all, "
     "clear, thin, thick and shadow pixels plus the seam error at cloud boundaries, under "
     "scenarios of the other dates (scene-wide haze or cloud on the nearest dates, snow melt, "
-    "harvest), with an oracle-reference row that shows what the reference choice costs. Writes "
+    "harvest) and with real cloud fields, with an oracle-reference row that shows what the reference choice costs. Writes "
     "quality.json and quality.png into --output."
 )
 
@@ -80,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "what the other dates look like: 'none' (as they are), 'hazy_neighbours', "
             "'cloudy_neighbours' (the nearest dates under scene-wide haze / thick cloud), "
             "'snow_melt' (snow on the nearest dates, none on the target), 'harvest' (fields "
-            "green before, bare soil on the target) (default: all)"
+            "green before, bare soil on the target), 'real_clouds' (the target's clouds and "
+            "shadows taken from a real Sentinel-2 scene in ../shared/data) (default: all)"
         ),
     )
     p.add_argument(
@@ -94,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_floats,
         default=d.scenario_covers,
         help="cloud covers for the scenarios other than 'none' (default %(default)s)",
+    )
+    p.add_argument(
+        "--real-covers",
+        type=_floats,
+        default=d.real_covers,
+        help="cloud and shadow covers of the 'real_clouds' cases, at most 0.6 (default %(default)s)",
     )
     p.add_argument(
         "--synthetic-size",
@@ -128,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
         scenarios=args.scenarios,
         scenario_kinds=args.scenario_kinds,
         scenario_covers=args.scenario_covers,
+        real_covers=args.real_covers,
         synthetic_size=args.synthetic_size,
         synthetic_dates=args.synthetic_dates,
     )

@@ -36,6 +36,11 @@ cloud simulator's streams):
     target and its nearest other date are both vegetated (NDVI), become bare soil
     (``SOIL_SPECTRUM``) on the target's truth: red up most, NIR down. The other dates keep
     their vegetation, so every reference is out of date there.
+``real_clouds``
+    The other dates as they are; the target's clouds and shadows are not the simulator's
+    but real ones, taken from a real Sentinel-2 scene (``pipeline.bench._real_clouds``: the
+    simulator's flat, cut-edged thick cores are not what a detector trained on real clouds
+    sees). Its cases have the kind ``real`` and the covers ``QualityConfig.real_covers``.
 
 Neighbour dates: the other dates ordered by time distance to the target (ties: the
 earlier one). A scenario keeps no-data as no-data and records what it did in the stack:
@@ -62,6 +67,7 @@ SCENARIOS: tuple[str, ...] = (
     "cloudy_neighbours",
     "snow_melt",
     "harvest",
+    "real_clouds",
 )
 SCENARIO_SEED = 0
 
@@ -355,11 +361,18 @@ def _label_rectangles(mask: np.ndarray) -> np.ndarray:
     return labels
 
 
+def real_clouds(stack: BenchStack) -> BenchStack:
+    """The stack as it is: the scenario is on the target, whose clouds and shadows come
+    from a real scene (``pipeline.bench._real_clouds``) instead of the simulator."""
+    return replace(stack, scenario="real_clouds")
+
+
 _APPLY = {
     "hazy_neighbours": hazy_neighbours,
     "cloudy_neighbours": cloudy_neighbours,
     "snow_melt": snow_melt,
     "harvest": harvest,
+    "real_clouds": real_clouds,
 }
 
 

@@ -10,7 +10,8 @@
    also checks that no method reports a pixel without any valid observation as valid;
 3. applies each configured scenario (:mod:`._scenarios`) to the stack's other dates:
    ``none`` (as is), ``hazy_neighbours``, ``cloudy_neighbours``, ``snow_melt``, ``harvest``
-   (the last changes the target's truth: harvested fields are bare soil on it);
+   (the last changes the target's truth: harvested fields are bare soil on it), and
+   ``real_clouds`` (the stack as is, the target's clouds taken from a real scene);
 4. for each (stack, scenario, kind, cover, seed) simulates clouds on the target date with
    :func:`pipeline.cloud_simulator.simulate` (parameters fixed in that module, independent of the
    method and of the demo generator) and runs every method on the identical input
@@ -28,7 +29,9 @@
    / each method, error maps; scenario ``none``).
 
 Rows besides the peers of DESIGN.md section 5: ``ours`` is ``restore`` with the library's
-default prior, ``ours_physics`` the physics prior alone, ``oracle_reference`` ours with the
+default prior, ``ours_physics`` the physics prior alone, ``ours_csmask`` the default
+prior's sources plus the learned ``csmask`` evidence (skipped, with a note, without the
+``csmask`` extra), ``oracle_reference`` ours with the
 reference forced to the true nearest clear date (``restore(forced_reference=...)``; the
 row is skipped, with a note, while ``restore`` has no such argument), and ``input`` the
 cloudy input itself (its clear-pixel PSNR is what a pass-through of clear pixels keeps).
@@ -56,6 +59,13 @@ from ..cloud_simulator import boundary_mask, simulate
 from . import _scenarios
 from ._baselines import dark_channel_dehaze, masked_median, nearest_clear_date, two_stage
 from ._metrics_extra import seam_error
+from ._real_clouds import (
+    REAL_KIND,
+    RealCloudsUnavailable,
+    evidence_on_the_real_scene,
+    format_scene_evidence,
+    real_clouds,
+)
 from ._scenarios import SCENARIOS, apply_scenario, oracle_reference
 from ._stacks import BenchStack, add_nodata_wedges, load_stacks
 from ._validation_check import format_check, validation_check
@@ -64,6 +74,9 @@ log = logging.getLogger(__name__)
 
 OURS = "ours"
 OURS_PHYSICS = "ours_physics"
+#: ``ours`` with the learned cloud evidence added (``physics+stack+csmask``; extra ``csmask``)
+OURS_CSMASK = "ours_csmask"
+CSMASK_PRIOR = "physics+stack+csmask"
 ORACLE = "oracle_reference"
 INPUT = "input"
 #: The peers of DESIGN.md section 5 (the "best peer" of the targets is one of these).
@@ -75,7 +88,7 @@ EXACT = "ours_exact"
 #: Greatest PSNR loss (dB) of ``ours`` against ``ours_exact`` on any stack or pixel set.
 APPROXIMATION_BUDGET_DB = 0.1
 #: Methods in table order: ours and its variants, the input itself, then the peers.
-METHODS: tuple[str, ...] = (OURS, EXACT, OURS_PHYSICS, ORACLE, INPUT, *PEERS)
+METHODS: tuple[str, ...] = (OURS, EXACT, OURS_PHYSICS, OURS_CSMASK, ORACLE, INPUT, *PEERS)
 PIXEL_SETS: tuple[str, ...] = ("all", "clear", "thin", "thick", "shadow")
 SEAM_WIDTH = 2
 #: An exact result has an infinite PSNR; in the means it counts as this (RMSE 1e-5).
@@ -102,6 +115,9 @@ class QualityConfig:
     #: cases of the scenarios other than "none" (fewer, to bound the run time)
     scenario_kinds: tuple[str, ...] = ("thick", "shadow", "mixed")
     scenario_covers: tuple[float, ...] = (0.5,)
+    #: covers of the ``real_clouds`` scenario's cases (real cloud fields: a window of the
+    #: real scene holds at most about 0.6 of cloud, haze and shadow)
+    real_covers: tuple[float, ...] = (0.2, 0.4)
     synthetic_size: int = 192
     synthetic_dates: int = 10
     synthetic_seed: int = 7
@@ -120,6 +136,13 @@ class QualityConfig:
         for name, covers in (("covers", self.covers), ("scenario_covers", self.scenario_covers)):
             if not covers or any(not 0.1 <= c <= 0.9 for c in covers):
                 raise ValueError(f"{name} must be in [0.1, 0.9], got {covers}")
+        if "real_clouds" in self.scenarios and (
+            not self.real_covers or any(not 0.05 <= c <= 0.6 for c in self.real_covers)
+        ):
+            raise ValueError(
+                f"real_covers must be in [0.05, 0.6] (what a window of the real scene holds), "
+                f"got {self.real_covers}"
+            )
         if not self.scenarios:
             raise ValueError(f"scenarios is empty; choose from {', '.join(SCENARIOS)}")
         _scenarios.check_scenarios(self.scenarios)
@@ -164,6 +187,19 @@ def _ours_physics(stack: BenchStack, cloudy: np.ndarray) -> MethodOutput:
     return _restored(stack, cloudy, prior="physics")
 
 
+def _ours_csmask(stack: BenchStack, cloudy: np.ndarray) -> MethodOutput:
+    """pipeline.restore with the learned cloud evidence added to the default's sources."""
+    try:
+        import onnxruntime  # noqa: F401
+        import ukis_csmask  # noqa: F401
+    except ImportError as err:
+        raise MethodUnavailable(
+            f"{CSMASK_PRIOR} needs the csmask extra ({err.name} is not installed); fix: "
+            "pip install 'phyvlm-cr[csmask]'"
+        ) from None
+    return _restored(stack, cloudy, prior=CSMASK_PRIOR)
+
+
 def _oracle(stack: BenchStack, cloudy: np.ndarray) -> MethodOutput:
     """Ours (default prior) with the reference forced to the true nearest clear date."""
     try:
@@ -197,6 +233,7 @@ def _peer(fn: Callable[..., np.ndarray]) -> Callable[[BenchStack, np.ndarray], M
 _RUNNERS: dict[str, Callable[[BenchStack, np.ndarray], MethodOutput]] = {
     OURS: _ours,
     OURS_PHYSICS: _ours_physics,
+    OURS_CSMASK: _ours_csmask,
     ORACLE: _oracle,
     INPUT: _input,
     EXACT: lambda stack, cloudy: _restored(stack, cloudy, fusion={"harmonise_grid_step": 1}),
@@ -311,6 +348,9 @@ class QualityReport:
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it did not run
     #: key -> the self-validation estimate vs the truth (``_validation_check``)
     validation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: prior -> how its cloud evidence reads a real scene's reference mask
+    #: (``_real_clouds.evidence_on_the_real_scene``), with the ``real_clouds`` scenario
+    real_scene_evidence: dict[str, dict[str, Any]] = field(default_factory=dict)
     json_path: str = ""
     figure_path: str = ""
     machine: dict[str, str] = field(default_factory=dict)
@@ -330,6 +370,7 @@ class QualityReport:
             "approximation_cost": approximation_cost(self.summary),
             "seconds": self.seconds,
             "validation": self.validation,
+            "real_scene_evidence": self.real_scene_evidence,
             "cases": self.cases,
         }
 
@@ -351,6 +392,8 @@ def _jsonable(v: Any) -> Any:
 def _case_list(config: QualityConfig, scenario: str = "none") -> list[tuple[str, float, int]]:
     if scenario == "none":
         kinds, covers = config.kinds, config.covers
+    elif scenario == "real_clouds":
+        kinds, covers = (REAL_KIND,), config.real_covers
     else:
         kinds, covers = config.scenario_kinds, config.scenario_covers
     return [(k, c, s) for k in kinds for c in covers for s in config.seeds]
@@ -388,14 +431,13 @@ def run_quality_benchmark(
             seconds[stack.key] = dict.fromkeys(config.methods, 0.0)
             example_key = _example_case(grid) if scenario == "none" else None
             for kind, cover, seed in grid:
-                sim = simulate(
-                    stack.clear,
-                    stack.wavelengths,
-                    target=stack.target,
-                    kind=kind,
-                    cover=cover,
-                    seed=seed,
-                )
+                try:
+                    sim = _clouds(stack, kind, cover, seed)
+                except RealCloudsUnavailable as err:
+                    log.warning("scenario real_clouds skipped: %s", err)
+                    skipped["real_clouds"] = str(err)
+                    bar.update(len(config.methods) * len(grid))
+                    break
                 cloudy = stack.with_target(sim.cloudy[stack.target])
                 truth = stack.clear[stack.target]
                 invalid = unrecoverable(cloudy, stack.target, sim.thick, stack.hidden_mask())
@@ -441,6 +483,9 @@ def run_quality_benchmark(
                         "outputs": outputs,
                     }
     bar.close()
+    scene_evidence: dict[str, dict[str, Any]] = {}
+    if "real_clouds" in config.scenarios and "real_clouds" not in skipped:
+        scene_evidence = evidence_on_the_real_scene()
     summary = summarise(cases)
     targets = check_targets(summary)
     for key, check in validation.items():
@@ -451,6 +496,7 @@ def run_quality_benchmark(
         summary=summary,
         targets=targets,
         validation=validation,
+        real_scene_evidence=scene_evidence,
         seconds=seconds,
         skipped=skipped,
         machine={
@@ -468,6 +514,17 @@ def run_quality_benchmark(
         draw_examples(examples, report.figure_path)
     log.info("quality benchmark written to %s", out)
     return report
+
+
+def _clouds(stack: BenchStack, kind: str, cover: float, seed: int) -> cloud_simulator.Simulation:
+    """The target's clouds of one case: the simulator's, or a real scene's (kind ``real``)."""
+    if kind == REAL_KIND:
+        return real_clouds(
+            stack.clear, stack.wavelengths, target=stack.target, cover=cover, seed=seed
+        )
+    return simulate(
+        stack.clear, stack.wavelengths, target=stack.target, kind=kind, cover=cover, seed=seed
+    )
 
 
 def _check_case(grid: Sequence[tuple[str, float, int]]) -> tuple[str, float, int]:
@@ -680,7 +737,8 @@ def format_report(report: QualityReport) -> str:
         f"{PSNR_CAP:g} dB; SAM degrees)",
         f"scenario none: kinds {','.join(c.kinds)}; covers {','.join(f'{v:g}' for v in c.covers)}; "
         f"other scenarios: kinds {','.join(c.scenario_kinds)}; covers "
-        f"{','.join(f'{v:g}' for v in c.scenario_covers)}; seeds {','.join(map(str, c.seeds))}",
+        f"{','.join(f'{v:g}' for v in c.scenario_covers)}; real_clouds: covers "
+        f"{','.join(f'{v:g}' for v in c.real_covers)}; seeds {','.join(map(str, c.seeds))}",
         "simulator constants in pipeline/cloud_simulator.py, scenario constants in "
         "pipeline/bench/_scenarios.py (both in the JSON)",
         "clr pool: PSNR of all clear pixels of all cases together (the demo's table); clear, "
@@ -715,6 +773,8 @@ def format_report(report: QualityReport) -> str:
             lines.append(
                 f"  target {name:<36} {t['value']:.4g} {t['op']} {t['threshold']:.4g}: {verdict}"
             )
+    if report.real_scene_evidence:
+        lines += ["", *format_scene_evidence(report.real_scene_evidence)]
     for method, why in report.skipped.items():
         lines.append(f"\n{method} not run: {why}")
     return "\n".join(lines)

@@ -32,7 +32,8 @@ Per date t and pixel:
 * shadow: the band ratios to the per-pixel median of the dates that read clear, r_b = I_b /
   M_b. Cloud shadow darkens every band by a similar factor (mean log ratio well below 0 and a
   small spread across bands); snow melt and harvest change the spectrum's shape (a large
-  spread), so they do not read as shadow: p_shadow = S(-mean log r) (1 - S(spread)) (1 - p_cloud).
+  spread), so they do not read as shadow: p_shadow = S(-mean log r) (1 - S(spread)) (1 - p_cloud);
+  no opinion (NaN) where no other date reads clear (the date would be its own yardstick).
 
 Scene level (``scene_haze_excess``): a date's dark-object level in the blue (a low percentile
 over the scene sample) against the lowest such level of the series. A date hazy or clouded
@@ -202,7 +203,7 @@ def shadow_probability(
     M_b) over bands with M_b and I_b above ``min_reflectance``; p = S(-mean; darkening)
     (1 - S(std; spread)) (1 - S(mean_visible log r_b; ``VISIBLE_DARKER``)) (1 - p_cloud)
     (1 - snow(M) (1 - snow(I))): the visible must darken too. NaN where the pixel is
-    unobserved; 0 without a median. The median's own snow score (with ``bands``, where SWIR
+    unobserved or no other date reads clear there (no opinion); 0 without a median. The median's own snow score (with ``bands``, where SWIR
     exists) vetoes the test where the date is no longer snow: melting snow over water or
     dark rock darkens the visible bands alike, while a shadow on the snow leaves it snow
     (``snow``: the dates' own snow score when the caller has it).
@@ -283,6 +284,12 @@ def _shadow(data, p_cloud, darkening, spread, bands, min_reflectance, snow=None)
         vis = stats.visible
         dark = dark * np.where(np.isfinite(vis), 1.0 - smoothstep(vis, *VISIBLE_DARKER), 1.0)
     p = np.where(stats.bands_read >= 2, dark, 0.0) * (1.0 - np.nan_to_num(p_cloud, nan=0.0))
+    # A date whose pixel no OTHER date shows clear is its own median: nothing to be darker
+    # than, so no opinion (NaN), not "no shadow": a single-date run, or the other dates
+    # overcast or snowy there. Read as 0, the test outvoted every source that can see a
+    # shadow on one date (the learned csmask: 99.9 % of a real scene's shadow -> 12 %).
+    others = clear.sum(axis=0)[None] - clear
+    p = np.where(others > 0, p, np.nan)
     if bands is not None:
         snowy = snow_score(stats.median[None], bands)
         if snowy is not None:

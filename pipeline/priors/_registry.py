@@ -25,6 +25,15 @@ def available_sources() -> tuple[str, ...]:
     return tuple(sorted(_SOURCES))
 
 
+def evidence_source(name: str) -> Any:
+    """A registered evidence source by name, with its defaults (``"stack"``, ``"csmask"``)."""
+    if name not in _SOURCES:
+        raise ValueError(
+            f"unknown evidence source {name!r}; valid: {', '.join(available_sources())}"
+        )
+    return _SOURCES[name]()
+
+
 def register_prior(name: str, factory: Callable[..., Prior]) -> None:
     """Make ``get_prior(name, **kw)`` build priors with ``factory(**kw)``."""
     _REGISTRY[name] = factory
