@@ -266,3 +266,36 @@ def test_missing_package_names_the_extra(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ukis_csmask", None)  # makes `import ukis_csmask` fail
     with pytest.raises(ImportError, match=r"phyvlm-cr\[csmask\]"):
         CSMaskSource()
+
+
+def test_it_knows_a_cloud_by_its_structure_not_its_brightness(scene) -> None:
+    """Why the quality benchmark has real cloud fields (``pipeline.bench._real_clouds``):
+    the same real cloud moved onto clear ground is found, a disk of that cloud's own mean
+    spectrum is not, so the simulator's flat thick cores say nothing about this source."""
+    from scipy import ndimage
+
+    img, msk = scene
+    data = img[:4].copy()
+    cloud = msk == REF_CLOUD
+    labels, n = ndimage.label(cloud)
+    biggest = 1 + int(np.argmax(ndimage.sum(cloud, labels, range(1, n + 1))))
+    box = ndimage.find_objects(labels)[biggest - 1]
+    patch = labels[box] == biggest
+    h, w = patch.shape
+    clear = np.isin(msk, REF_CLEAR)
+    # a clear place for it: the window of that size with the most clear pixels
+    area = ndimage.uniform_filter(clear.astype(float), size=(h, w), mode="constant")
+    y0, x0 = np.unravel_index(
+        np.argmax(area[h // 2 : 512 - h // 2, w // 2 : 512 - w // 2]), (512 - h, 512 - w)
+    )
+    src = CSMaskSource(scale=1, band_set="4")
+    moved = data.copy()
+    moved[:, y0 : y0 + h, x0 : x0 + w][:, patch] = data[:, box[0], box[1]][:, patch]
+    flat = data.copy()
+    flat[:, y0 : y0 + h, x0 : x0 + w][:, patch] = data[:, cloud].mean(axis=1)[:, None]
+    found = {}
+    for name, image in (("moved", moved), ("flat", flat)):
+        ev = src.evidence(image[None], BANDS_6[:4], None, whole(image[None]))
+        found[name] = float((ev.cloud[0, y0 : y0 + h, x0 : x0 + w][patch] > 0.5).mean())
+    assert found["moved"] > 0.8
+    assert found["flat"] < 0.3
