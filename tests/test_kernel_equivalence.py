@@ -345,6 +345,8 @@ def numpy_shadow_probability(data, p_cloud, darkening, spread, bands, min_reflec
     snowy = snow_score(median[None], bands)
     still = np.nan_to_num(snow_score(data, bands))  # the dates' own: shadowed snow stays snow
     p = p * (1.0 - snowy * (1.0 - still))
+    # no other clear date at the pixel: no yardstick, no opinion
+    p = np.where(clear.sum(axis=0)[None] - clear > 0, p, np.nan)
     return np.where(observed, p, np.nan)
 
 
