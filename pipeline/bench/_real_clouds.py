@@ -89,10 +89,8 @@ def fixture_path() -> Path:
     return shared_data_dir() / FIXTURE_DIR / FIXTURE_FILE
 
 
-@functools.lru_cache(maxsize=1)
-def _fields() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The scene's cloud transmission (Y, X), shadow darkening (6, Y, X), shadow mask
-    (Y, X) and cloud top (6,), all at 30 m."""
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    """The scene's (6, Y, X) float32 reflectance and (Y, X) reference mask."""
     path = fixture_path()
     if not path.exists():
         raise RealCloudsUnavailable(
@@ -100,8 +98,16 @@ def _fields() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             "(or set PHYVLM_SHARED_DATA to the folder that holds it)"
         )
     with np.load(path) as f:
-        img = np.moveaxis(np.asarray(f["img"], dtype=np.float64), -1, 0)  # (6, Y, X)
-        mask = np.asarray(f["msk"])[..., 0]
+        img = np.moveaxis(np.asarray(f["img"], dtype=np.float32), -1, 0)
+        return np.ascontiguousarray(img), np.asarray(f["msk"])[..., 0]
+
+
+@functools.lru_cache(maxsize=1)
+def _fields() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The scene's cloud transmission (Y, X), shadow darkening (6, Y, X), shadow mask
+    (Y, X) and cloud top (6,), all at 30 m."""
+    scene, mask = _scene()
+    img = scene.astype(np.float64)
     cloud = mask == MASK_CLOUD
     shadow = mask == MASK_SHADOW
     clear = ~cloud & ~shadow
@@ -252,15 +258,10 @@ def evidence_on_the_real_scene(priors: tuple[str, ...] = SCENE_PRIORS) -> dict[s
     from ..priors._registry import evidence_source
     from ..restore import cloud_evidence
 
-    path = fixture_path()
-    if not path.exists():
-        raise RealCloudsUnavailable(f"the real cloud scene is not at {path}")
-    with np.load(path) as f:
-        img = np.asarray(f["img"], dtype=np.float32)
-        mask = np.asarray(f["msk"])[..., 0]
+    img, mask = _scene()
     ny, nx = mask.shape
     cube = xr.Dataset(
-        {b: (("time", "y", "x"), img[None, :, :, i]) for i, b in enumerate(FIXTURE_BANDS)},
+        {b: (("time", "y", "x"), img[None, i]) for i, b in enumerate(FIXTURE_BANDS)},
         coords={
             "time": [np.datetime64("2020-01-01", "ns")],
             "y": 30.0 * np.arange(ny)[::-1],
